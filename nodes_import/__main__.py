@@ -1,0 +1,3 @@
+from nodes_import.cli import main
+
+main()

@@ -1,0 +1,316 @@
+"""The import engine: runs one job from its source to a terminal state (worker side).
+
+Shape of a job (``run_import``):
+1. open the source and read its header; a source that cannot be read fails the job
+   before a single row is written;
+2. mark the job PROCESSING and read its checkpoint (a resumed job skips what it
+   already committed);
+3. one reader (this thread) parses, validates and encodes batches, splitting each by a
+   hash of reference_id into ``max-parallel-futures`` key partitions;
+4. one writer thread per partition, each on its own pooled connection, writes its
+   partition's batches in file order, one transaction each, with retries for transient
+   errors; the bounded queues between 3 and 4 keep memory flat;
+5. the job ends COMPLETED, or FAILED with the reason (timeout, too many rejects, the
+   database lost, an unreadable file).
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.csv as pacsv
+from psycopg_pool import ConnectionPool
+
+from nodes_import import retry, status, storage
+from nodes_import.config import ImportConfig
+from nodes_import.errors import (JobRejectedError, JobTimeoutError, NodesImportError,
+                                 PayloadError, StorageError, TransientStorageError)
+from nodes_import.jobs import ImportJob, JobOutcome
+from nodes_import.pipeline import encode
+from nodes_import.pipeline.parse import CsvReader, IdFileReader, RawBatch, id_list_batches
+from nodes_import.pipeline.source import Source
+
+log = logging.getLogger(__name__)
+
+# Encoded batches waiting per writer: enough to overlap parsing with writing, few enough
+# to keep memory at a handful of batches whatever the file size.
+QUEUE_DEPTH = 2
+TIMEOUT_MESSAGE = "Timeout exceeded"
+
+
+@dataclass
+class Progress:
+    """A job's running figures, as the engine knows them (the CLI's progress bar)."""
+
+    rows_read: int = 0
+    rows_committed: int = 0
+    failed: int = 0
+    bytes_read: int = 0
+    source_bytes: int | None = None
+    started: float = 0.0
+
+
+class _Job:
+    """The state one ``run_import`` call shares between its reader and writer threads."""
+
+    def __init__(self, job: ImportJob, cfg: ImportConfig, pool: ConnectionPool,
+                 on_progress: Callable[[Progress], None] | None,
+                 cancel: threading.Event | None) -> None:
+        self.job, self.cfg, self.pool = job, cfg, pool
+        self.on_progress = on_progress
+        self.cancel = cancel or threading.Event()
+        self.progress = Progress(started=time.monotonic())
+        self.deadline = self.progress.started + cfg.global_timeout_ms / 1000.0
+        self.fatal: NodesImportError | None = None
+        self.lock = threading.Lock()
+        self.ctx = {"jobId": job.job_id, "groupId": job.group_id, "domainId": job.domain_id}
+        self.columns: list[str] = []
+        self.new_id = "gen_random_uuid()"
+
+    def fail(self, exc: NodesImportError) -> None:
+        with self.lock:
+            if self.fatal is None:
+                self.fatal = exc
+
+    def stopping(self) -> bool:
+        return self.fatal is not None or self.cancel.is_set()
+
+    def remaining_ms(self) -> int:
+        return int((self.deadline - time.monotonic()) * 1000)
+
+    def committed(self, result: storage.PartResult, bytes_read: int) -> None:
+        with self.lock:
+            self.progress.rows_committed += result.success + result.failed
+            self.progress.failed += result.failed
+            self.progress.bytes_read = max(self.progress.bytes_read, bytes_read)
+            snapshot = Progress(**vars(self.progress))
+        if self.on_progress is not None:
+            self.on_progress(snapshot)
+
+
+def _with_conn(state: _Job, fn: Callable[[Any], Any]) -> Any:
+    timeout_s = max(1.0, min(30.0, state.remaining_ms() / 1000.0))
+    with storage.wrapped(), state.pool.connection(timeout=timeout_s) as conn:
+        return fn(conn)
+
+
+def _payload_rows(part: encode.EncodedPart, reason: str) -> list[encode.Rejected]:
+    """The rows of a payload that could not be written, as failures (rare path)."""
+    if not part.rows:
+        return []
+    table = pacsv.read_csv(
+        pa.py_buffer(part.payload),
+        read_options=pacsv.ReadOptions(autogenerate_column_names=True),
+        convert_options=pacsv.ConvertOptions(column_types={"f0": pa.int64(), "f1": pa.string()}))
+    return [encode.Rejected(n, ref, reason, "")
+            for n, ref in zip(table.column("f0").to_pylist(), table.column("f1").to_pylist())]
+
+
+def _write_one(state: _Job, part: encode.EncodedPart, bytes_read: int) -> None:
+    job = state.job
+    started = time.monotonic()
+
+    def attempt() -> storage.PartResult:
+        remaining = state.remaining_ms()
+        if remaining <= 0:
+            raise JobTimeoutError(TIMEOUT_MESSAGE)
+        return _with_conn(state, lambda conn: storage.write_part(
+            conn, job_id=job.job_id, group_id=job.group_id, domain_id=job.domain_id,
+            default_type=job.node_type, columns=state.columns, part=part,
+            bytes_read=bytes_read, timeout_ms=min(state.cfg.batch_timeout_ms, remaining),
+            new_id=state.new_id))
+
+    try:
+        result = retry.call(state.cfg.retry, attempt, context=state.ctx)
+    except TransientStorageError as exc:
+        if storage.is_connection_failure(exc) or state.remaining_ms() <= 0:
+            state.fail(JobTimeoutError(TIMEOUT_MESSAGE) if state.remaining_ms() <= 0 else exc)
+            return
+        result = _fail_part(state, part, bytes_read, f"batch failed after retries: {exc}")
+    except JobTimeoutError as exc:
+        state.fail(exc)
+        return
+    except StorageError as exc:
+        result = _fail_part(state, part, bytes_read, f"batch rejected by the database: {exc}")
+    if result is None:
+        return
+    state.committed(result, bytes_read)
+    log.info("batch committed", extra={"fields": {
+        **state.ctx, "partition": part.partition, "batchSize": part.rows + len(part.rejected),
+        "inserted": result.inserted, "updated": result.updated, "unchanged": result.unchanged,
+        "failed": result.failed, "durationMs": round((time.monotonic() - started) * 1000, 1)}})
+
+
+def _fail_part(state: _Job, part: encode.EncodedPart, bytes_read: int,
+               reason: str) -> storage.PartResult | None:
+    """Count a partition whose write kept failing as failed rows, and go on."""
+    rows = part.rejected + _payload_rows(part, reason[:1000])
+    try:
+        retry.call(state.cfg.retry, lambda: _with_conn(state, lambda conn: storage.fail_rows(
+            conn, job_id=state.job.job_id, part=part, rejected=rows, bytes_read=bytes_read)),
+            context=state.ctx)
+    except NodesImportError as exc:
+        state.fail(exc)
+        return None
+    log.error("batch failed; its rows are recorded as failed", extra={"fields": {
+        **state.ctx, "partition": part.partition, "rows": len(rows), "error": reason}})
+    return storage.PartResult(0, 0, 0, len(rows))
+
+
+def _writer(state: _Job, inbox: queue.Queue[tuple[encode.EncodedPart, int] | None]) -> None:
+    while True:
+        item = inbox.get()
+        if item is None:
+            return
+        if state.fatal is not None:
+            continue  # drain without writing: the job is failing
+        try:
+            _write_one(state, *item)
+        except NodesImportError as exc:
+            state.fail(exc)
+        except Exception as exc:  # a bug must fail the job, not hang the reader
+            log.exception("writer crashed", extra={"fields": state.ctx})
+            state.fail(StorageError(f"internal error: {type(exc).__name__}: {exc}"))
+
+
+def _open_batches(state: _Job) -> tuple[Iterator[RawBatch], list[str], int | None]:
+    job, cfg = state.job, state.cfg
+    if job.reference_ids is not None:
+        if len(job.reference_ids) > cfg.max_reference_ids:
+            raise PayloadError(f"{len(job.reference_ids)} reference IDs, over "
+                               f"node.import.max-reference-ids ({cfg.max_reference_ids})")
+        return id_list_batches(job.reference_ids, cfg.batch_size), [encode.REFERENCE_ID], None
+    uri = job.source or job.reference_ids_file
+    if uri is None:
+        raise PayloadError("the job has neither a file nor reference IDs")
+    source = Source(uri, allowed_roots=cfg.allowed_roots, max_file_bytes=cfg.max_file_bytes,
+                    max_decompressed_bytes=cfg.max_decompressed_bytes)
+    reader: CsvReader | IdFileReader
+    if job.source is not None:
+        reader = CsvReader(source, block_size=cfg.block_size_bytes, batch_size=cfg.batch_size)
+    else:
+        reader = IdFileReader(source, block_size=cfg.block_size_bytes, batch_size=cfg.batch_size)
+    return reader.batches(), reader.header, source.info.size
+
+
+def _read_all(state: _Job, batches: Iterator[RawBatch], header: list[str],
+              checkpoint: list[int], inboxes: list[queue.Queue[Any]]) -> None:
+    partitions = len(inboxes)
+    rejected = 0
+    skip: list[int] | None = checkpoint if any(checkpoint) else None
+    for batch in batches:
+        if state.stopping():
+            return
+        if state.remaining_ms() <= 0:
+            state.fail(JobTimeoutError(TIMEOUT_MESSAGE))
+            return
+        parts = encode.encode_batch(batch, header, partitions, skip)
+        if skip is not None and len(batch.row_numbers) and \
+                batch.row_numbers[-1].as_py() > max(skip):
+            skip = None  # past every partition's checkpoint: stop filtering
+        with state.lock:
+            state.progress.rows_read += batch.table.num_rows + len(batch.invalid)
+            state.progress.bytes_read = max(state.progress.bytes_read, batch.bytes_read)
+            rows_read = state.progress.rows_read
+        rejected += sum(len(p.rejected) for p in parts)
+        if state.job.reference_ids_file is not None and rows_read > state.cfg.max_reference_ids:
+            state.fail(PayloadError(f"more than node.import.max-reference-ids "
+                                    f"({state.cfg.max_reference_ids}) reference IDs"))
+            return
+        if rows_read and rejected / rows_read > state.cfg.max_reject_ratio:
+            state.fail(JobRejectedError(
+                f"{rejected} of {rows_read} rows rejected, over "
+                f"node.import.max-reject-ratio ({state.cfg.max_reject_ratio})"))
+            return
+        for part in parts:
+            if part.rows or part.rejected:
+                while not state.stopping():
+                    try:
+                        inboxes[part.partition].put((part, batch.bytes_read), timeout=0.2)
+                        break
+                    except queue.Full:
+                        if state.remaining_ms() <= 0:
+                            state.fail(JobTimeoutError(TIMEOUT_MESSAGE))
+
+
+def _finish(state: _Job, final: str, error: str | None) -> JobOutcome:
+    job = state.job
+    row = retry.call(state.cfg.retry, lambda: _with_conn(
+        state, lambda conn: storage.finish_job(conn, job_id=job.job_id, status=final,
+                                               error=error)), context=state.ctx)
+    row = row or {}
+    duration = round(time.monotonic() - state.progress.started, 3)
+    fields = {**state.ctx, "status": row.get("status", final), "durationS": duration,
+              "total": row.get("total_nodes"), "success": row.get("success_count"),
+              "failed": row.get("failed_count"), "inserted": row.get("inserted_count"),
+              "updated": row.get("updated_count"), "unchanged": row.get("unchanged_count")}
+    if error:
+        fields["error"] = error
+    log.log(logging.ERROR if final == status.FAILED else logging.INFO, "job finished",
+            extra={"fields": fields})
+    return JobOutcome(job.job_id, str(row.get("status", final)), error, row)
+
+
+def run_import(job: ImportJob, cfg: ImportConfig, pool: ConnectionPool, *,
+               on_progress: Callable[[Progress], None] | None = None,
+               cancel: threading.Event | None = None) -> JobOutcome:
+    """Run ``job`` to COMPLETED or FAILED (or leave it PROCESSING if ``cancel`` is set)."""
+    state = _Job(job, cfg, pool, on_progress, cancel)
+    retry.call(cfg.retry, lambda: _with_conn(state, lambda conn: storage.create_job(
+        conn, job_id=job.job_id, group_id=job.group_id, domain_id=job.domain_id,
+        node_type=job.node_type, source=job.source_label)), context=state.ctx)
+    # 1. the source: unreadable means FAILED before anything is written
+    try:
+        batches, header, size = _open_batches(state)
+    except PayloadError as exc:
+        retry.call(cfg.retry, lambda: _with_conn(state, lambda conn: storage.start_job(
+            conn, job_id=job.job_id, partitions=1, source_bytes=None,
+            claimed_by=job.claimed_by)), context=state.ctx)
+        return _finish(state, status.FAILED, str(exc))
+    state.progress.source_bytes = size
+    state.columns = encode.staged_columns(header)
+    # 2. PROCESSING, and where a previous attempt stopped
+    checkpoint = retry.call(cfg.retry, lambda: _with_conn(state, lambda conn: storage.start_job(
+        conn, job_id=job.job_id, partitions=cfg.max_parallel_futures, source_bytes=size,
+        claimed_by=job.claimed_by)), context=state.ctx)
+    if checkpoint is None:
+        row = _with_conn(state, lambda conn: storage.get_job(conn, job.job_id)) or {}
+        log.info("job already finished; skipped", extra={"fields": state.ctx})
+        return JobOutcome(job.job_id, str(row.get("status")), row.get("error"), row)
+    state.new_id = _with_conn(state, storage.new_id_function)
+    log.info("job started", extra={"fields": {**state.ctx, "source": job.source_label,
+                                              "partitions": len(checkpoint),
+                                              "resumeFrom": checkpoint if any(checkpoint) else None}})
+    # 3./4. the reader here, one writer per key partition
+    inboxes: list[queue.Queue[Any]] = [queue.Queue(QUEUE_DEPTH) for _ in checkpoint]
+    writers = [threading.Thread(target=_writer, args=(state, box), daemon=True,
+                                name=f"writer-{job.job_id[:8]}-{n}")
+               for n, box in enumerate(inboxes)]
+    for thread in writers:
+        thread.start()
+    try:
+        _read_all(state, batches, header, checkpoint, inboxes)
+    except PayloadError as exc:
+        state.fail(exc)
+    except NodesImportError as exc:
+        state.fail(exc)
+    finally:
+        for box in inboxes:
+            box.put(None)
+        for thread in writers:
+            thread.join()
+    # 5. the end
+    if state.fatal is not None:
+        return _finish(state, status.FAILED, str(state.fatal))
+    if state.cancel.is_set():
+        log.info("job interrupted; it resumes from its checkpoint", extra={"fields": state.ctx})
+        row = _with_conn(state, lambda conn: storage.get_job(conn, job.job_id)) or {}
+        return JobOutcome(job.job_id, status.PROCESSING, None, row)
+    return _finish(state, status.COMPLETED, None)

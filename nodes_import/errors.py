@@ -1,0 +1,49 @@
+"""The one exception tree of nodes-import.
+
+Third-party errors are wrapped where they happen (``raise ... from exc``) so callers
+only ever branch on these classes:
+
+- ``PayloadError``: the message or the file is bad. The job is FAILED and dead-lettered;
+  never retried.
+- ``TransientStorageError``: the database went away, a deadlock, a serialization
+  failure, a timeout. The only class the retry policy retries.
+- ``StorageError``: any other database failure (a data error): not retried.
+"""
+
+from __future__ import annotations
+
+
+class NodesImportError(Exception):
+    """Base of every error nodes-import raises on purpose."""
+
+
+class ConfigError(NodesImportError):
+    """The configuration is invalid: unknown key, wrong type, missing value."""
+
+
+class PayloadError(NodesImportError):
+    """A message or a source file cannot be imported as given (never retried)."""
+
+
+class SourceError(PayloadError):
+    """The source file cannot be opened or read (missing, refused, corrupt, too big)."""
+
+
+class StorageError(NodesImportError):
+    """A database operation failed."""
+
+
+class TransientStorageError(StorageError):
+    """A database failure that may succeed when tried again (connection, deadlock...)."""
+
+
+class JobTimeoutError(NodesImportError):
+    """The job ran past ``node.import.global.timeout.ms``."""
+
+
+class JobRejectedError(NodesImportError):
+    """The job rejected more rows than ``node.import.max-reject-ratio`` allows."""
+
+
+class BrokerError(NodesImportError):
+    """Kafka could not be reached or refused an operation."""

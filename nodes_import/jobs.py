@@ -1,0 +1,56 @@
+"""What crosses the process boundary: ``ImportJob`` in, ``JobOutcome`` out. Primitives only."""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass, field
+from typing import Any
+
+# The `source` recorded for jobs whose nodes come from a list of reference IDs.
+REFERENCE_IDS_SOURCE = "reference-ids"
+# Namespace for job ids derived from a message's (topic, partition, offset).
+_JOB_NAMESPACE = uuid.UUID("6f1c1a3e-2b9d-4c55-9a57-0d3c6a1f0b21")
+
+
+@dataclass(frozen=True)
+class ImportJob:
+    """One import to run: where the nodes come from and whose they are.
+
+    Exactly one of ``source`` (a file path or URI: the cost-based path) and
+    ``reference_ids`` (the non-cost-based path) is set. ``reference_ids_file`` is a
+    file of IDs, one per line (the CLI's ``--reference-ids FILE``).
+    """
+
+    job_id: str
+    group_id: str
+    domain_id: str
+    node_type: str = "USER"
+    source: str | None = None
+    reference_ids: tuple[str, ...] | None = None
+    reference_ids_file: str | None = None
+    claimed_by: str | None = None
+
+    @property
+    def source_label(self) -> str:
+        """What ``job_status.source`` records."""
+        return self.source or REFERENCE_IDS_SOURCE
+
+
+@dataclass(frozen=True)
+class JobOutcome:
+    """How a job ended, as the worker saw it (the database row is the truth)."""
+
+    job_id: str
+    status: str
+    error: str | None = None
+    row: dict[str, Any] = field(default_factory=dict)
+
+
+def new_job_id() -> str:
+    """A fresh random job id."""
+    return str(uuid.uuid4())
+
+
+def derived_job_id(topic: str, partition: int, offset: int) -> str:
+    """The deterministic job id of a message that carries none."""
+    return str(uuid.uuid5(_JOB_NAMESPACE, f"{topic}/{partition}/{offset}"))

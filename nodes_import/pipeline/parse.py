@@ -1,0 +1,254 @@
+"""Parse: a decompressed stream (or a list of IDs) -> Arrow batches of string columns.
+
+Every column is read as a string, exactly as written (no trimming, no type guessing);
+empty cells are nulls. Each batch carries the data row numbers of its rows (1 = the
+first row after the header) so rejected rows can be reported and a resumed job can skip
+what it already committed. Rows with the wrong number of fields come back as
+``InvalidRow`` with their text, in order, never as an exception.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.csv as pacsv
+
+from nodes_import.errors import SourceError
+from nodes_import.pipeline.source import CountingStream, Source
+
+REFERENCE_ID = "reference_id"
+TYPE = "type"
+# Longest stored excerpt of a rejected line: job_failures is for reading, not archiving.
+MAX_LINE_CHARS = 4096
+# Above this many wrong-width rows in one batch, number rows in Python instead of
+# one vector pass per bad row (only pathological files get here).
+_VECTOR_SHIFT_LIMIT = 32
+
+
+@dataclass(frozen=True)
+class InvalidRow:
+    """A row the parser could not split into the header's columns."""
+
+    row_number: int
+    line: str
+    reason: str
+
+
+@dataclass
+class RawBatch:
+    """Up to ``batch_size`` parsed rows: string columns by header name."""
+
+    table: pa.Table
+    row_numbers: pa.Array  # int64, ascending
+    invalid: list[InvalidRow] = field(default_factory=list)
+    bytes_read: int = 0  # compressed bytes read from the source so far
+
+
+class _RowNumbers:
+    """Assigns data row numbers to valid rows, skipping the numbers of invalid ones."""
+
+    def __init__(self, capacity: int) -> None:
+        self._arange = pa.array(range(capacity), pa.int64())
+        self._next = 1
+        self.pending: list[InvalidRow] = []
+
+    def take(self, count: int) -> tuple[pa.Array, list[InvalidRow]]:
+        start = self._next
+        self.pending.sort(key=lambda r: r.row_number)
+        numbers: pa.Array = pc.add(self._arange.slice(0, count), start)
+        last = start + count - 1
+        taken: list[InvalidRow] = []
+        if self.pending and count:
+            if len(self.pending) > _VECTOR_SHIFT_LIMIT:
+                numbers, taken = self._take_slow(start, count)
+            else:
+                for bad in self.pending:
+                    if bad.row_number < start:  # number unknown or already passed
+                        taken.append(bad)
+                        continue
+                    if bad.row_number > last:
+                        break
+                    numbers = pc.add(numbers, pc.cast(pc.greater_equal(numbers, bad.row_number), pa.int64()))
+                    last += 1
+                    taken.append(bad)
+        elif self.pending:
+            taken = [bad for bad in self.pending if bad.row_number < start]
+        self.pending = self.pending[len(taken):]
+        self._next = last + 1 if count else start
+        return numbers, taken
+
+    def _take_slow(self, start: int, count: int) -> tuple[pa.Array, list[InvalidRow]]:
+        bad = {row.row_number for row in self.pending}
+        numbers: list[int] = []
+        row = start
+        while len(numbers) < count:
+            if row not in bad:
+                numbers.append(row)
+            row += 1
+        last = numbers[-1]
+        taken = [r for r in self.pending if r.row_number <= last]
+        return pa.array(numbers, pa.int64()), taken
+
+    def flush(self) -> list[InvalidRow]:
+        rest, self.pending = self.pending, []
+        return sorted(rest, key=lambda r: r.row_number)
+
+
+def _invalid_handler(sink: list[InvalidRow]) -> Callable[[Any], str]:
+    def handle(row: Any) -> str:
+        number = row.number - 1 if row.number is not None and row.number > 0 else -1
+        reason = f"expected {row.expected_columns} fields, got {row.actual_columns}"
+        sink.append(InvalidRow(number, (row.text or "")[:MAX_LINE_CHARS], reason))
+        return "skip"
+
+    return handle
+
+
+def _slices(batch: pa.RecordBatch, size: int) -> Iterator[pa.RecordBatch]:
+    for offset in range(0, batch.num_rows, size):
+        yield batch.slice(offset, size)
+
+
+class CsvReader:
+    """Streams a CSV source as ``RawBatch`` es; the header is read first, from its own open."""
+
+    def __init__(self, source: Source, *, block_size: int, batch_size: int) -> None:
+        self._source = source
+        self._block_size = block_size
+        self._batch_size = batch_size
+        self.header = self._read_header()
+
+    def _options(self, sink: list[InvalidRow], types: dict[str, Any] | None) -> dict[str, Any]:
+        return {
+            "read_options": pacsv.ReadOptions(use_threads=False, block_size=self._block_size),
+            "parse_options": pacsv.ParseOptions(
+                newlines_in_values=True, invalid_row_handler=_invalid_handler(sink)
+            ),
+            "convert_options": pacsv.ConvertOptions(
+                column_types=types,
+                strings_can_be_null=True,
+                quoted_strings_can_be_null=True,
+                null_values=[""],
+                check_utf8=True,
+            ),
+        }
+
+    def _open(self, stream: CountingStream, sink: list[InvalidRow],
+              types: dict[str, Any] | None) -> pacsv.CSVStreamingReader:
+        try:
+            return pacsv.open_csv(pa.PythonFile(stream, mode="r"), **self._options(sink, types))
+        except SourceError:
+            raise
+        except (pa.ArrowInvalid, OSError, UnicodeDecodeError) as exc:
+            raise SourceError(f"cannot read the CSV: {_arrow_message(exc)}") from exc
+
+    def _read_header(self) -> list[str]:
+        stream = self._source.open()
+        try:
+            names = list(self._open(stream, [], None).schema.names)
+        finally:
+            stream.close()
+        if REFERENCE_ID not in names:
+            raise SourceError(f"the CSV has no {REFERENCE_ID!r} column (header: {names[:20]})")
+        if "" in names:
+            raise SourceError(f"the CSV header has an empty column name at position {names.index('') + 1}")
+        duplicates = sorted({n for n in names if names.count(n) > 1})
+        if duplicates:
+            raise SourceError(f"the CSV header repeats column name(s): {', '.join(duplicates)}")
+        return names
+
+    def batches(self, progress: Callable[[int], None] | None = None) -> Iterator[RawBatch]:
+        """Yield every row once, in file order, in batches of at most ``batch_size``."""
+        invalid: list[InvalidRow] = []
+        numbers = _RowNumbers(self._batch_size)
+        stream = self._source.open()
+        try:
+            reader = self._open(stream, invalid, {name: pa.string() for name in self.header})
+            while True:
+                try:
+                    batch = reader.read_next_batch()
+                except StopIteration:
+                    break
+                except SourceError:
+                    raise
+                except (pa.ArrowInvalid, OSError) as exc:
+                    raise SourceError(f"cannot read the CSV: {_arrow_message(exc)}") from exc
+                numbers.pending.extend(invalid)
+                invalid.clear()
+                for piece in _slices(batch, self._batch_size):
+                    row_numbers, bad = numbers.take(piece.num_rows)
+                    yield RawBatch(pa.Table.from_batches([piece]), row_numbers, bad,
+                                   stream.compressed_bytes)
+            numbers.pending.extend(invalid)
+            rest = numbers.flush()
+            if rest:
+                empty = pa.table({name: pa.array([], pa.string()) for name in self.header})
+                yield RawBatch(empty, pa.array([], pa.int64()), rest, stream.compressed_bytes)
+        finally:
+            stream.close()
+
+
+def _arrow_message(exc: BaseException) -> str:
+    text = str(exc).strip()
+    if "invalid UTF8" in text or "invalid utf8" in text.lower():
+        return "invalid UTF-8 data (" + text.splitlines()[0] + ")"
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+def id_list_batches(ids: Sequence[str], batch_size: int) -> Iterator[RawBatch]:
+    """A list of reference IDs (from a message) as batches; row numbers are list positions."""
+    for offset in range(0, len(ids), batch_size):
+        chunk = pa.array(ids[offset:offset + batch_size], pa.string())
+        numbers = pa.array(range(offset + 1, offset + 1 + len(chunk)), pa.int64())
+        yield RawBatch(pa.table({REFERENCE_ID: chunk}), numbers)
+
+
+class IdFileReader:
+    """A file of reference IDs, one per line (optionally gzipped), streamed with Arrow."""
+
+    def __init__(self, source: Source, *, block_size: int, batch_size: int) -> None:
+        self._source = source
+        self._block_size = block_size
+        self._batch_size = batch_size
+        self.header = [REFERENCE_ID]
+
+    def batches(self, progress: Callable[[int], None] | None = None) -> Iterator[RawBatch]:
+        """Yield every ID line once, in order; blank lines are skipped."""
+        stream = self._source.open()
+        invalid: list[InvalidRow] = []
+        numbers = _RowNumbers(self._batch_size)
+        try:
+            reader = pacsv.open_csv(
+                pa.PythonFile(stream, mode="r"),
+                read_options=pacsv.ReadOptions(
+                    use_threads=False, block_size=self._block_size, column_names=[REFERENCE_ID]
+                ),
+                # No delimiter or quote can split an ID line: one line, one value.
+                parse_options=pacsv.ParseOptions(delimiter="\x1f", quote_char=False,
+                                                 invalid_row_handler=_invalid_handler(invalid)),
+                convert_options=pacsv.ConvertOptions(
+                    column_types={REFERENCE_ID: pa.string()}, strings_can_be_null=False
+                ),
+            )
+            for batch in reader:
+                numbers.pending.extend(invalid)
+                invalid.clear()
+                for piece in _slices(batch, self._batch_size):
+                    row_numbers, bad = numbers.take(piece.num_rows)
+                    yield RawBatch(pa.Table.from_batches([piece]), row_numbers, bad,
+                                   stream.compressed_bytes)
+            numbers.pending.extend(invalid)
+            rest = numbers.flush()
+            if rest:
+                empty = pa.table({REFERENCE_ID: pa.array([], pa.string())})
+                yield RawBatch(empty, pa.array([], pa.int64()), rest, stream.compressed_bytes)
+        except SourceError:
+            raise
+        except (pa.ArrowInvalid, OSError) as exc:
+            raise SourceError(f"cannot read the ID file: {_arrow_message(exc)}") from exc
+        finally:
+            stream.close()

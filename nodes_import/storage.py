@@ -1,0 +1,373 @@
+"""Storage: every SQL statement of nodes-import, and the connection pool.
+
+One batch is one transaction (``write_part``): COPY into a per-connection temp table,
+one upsert statement for ``nodes`` and ``node_metadata`` that skips unchanged rows, the
+rejected rows into ``job_failures``, and the job's counters and checkpoint. The counters
+therefore never disagree with the rows they count.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from importlib import resources
+from typing import Any
+
+import psycopg
+from psycopg import errors as pgerrors
+from psycopg import sql
+from psycopg.rows import dict_row
+from psycopg_pool import ConnectionPool, PoolTimeout
+
+from nodes_import.errors import StorageError, TransientStorageError
+from nodes_import.pipeline.encode import EncodedPart, Rejected
+
+log = logging.getLogger(__name__)
+
+STAGE_TABLE = "nodes_import_stage"
+# SQLSTATEs worth another try: the server went away or chose a victim.
+_TRANSIENT_SQLSTATES = {
+    "40001",  # serialization_failure
+    "40P01",  # deadlock_detected
+    "57014",  # query_canceled (statement_timeout)
+    "57P01",  # admin_shutdown
+    "57P02",  # crash_shutdown
+    "57P03",  # cannot_connect_now
+    "53300",  # too_many_connections
+    "55P03",  # lock_not_available
+}
+
+
+def classify(exc: BaseException) -> StorageError:
+    """Wrap a psycopg error as transient (retried) or not."""
+    if isinstance(exc, StorageError):
+        return exc
+    sqlstate = getattr(exc, "sqlstate", None)
+    if isinstance(exc, (psycopg.OperationalError, PoolTimeout)) and sqlstate is None:
+        return TransientStorageError(f"database connection failed: {_first_line(exc)}")
+    if sqlstate in _TRANSIENT_SQLSTATES or (sqlstate or "").startswith("08"):
+        return TransientStorageError(f"{_first_line(exc)} (SQLSTATE {sqlstate})")
+    if isinstance(exc, psycopg.InterfaceError):
+        return TransientStorageError(f"database connection unusable: {_first_line(exc)}")
+    return StorageError(f"{_first_line(exc)}" + (f" (SQLSTATE {sqlstate})" if sqlstate else ""))
+
+
+def is_connection_failure(exc: BaseException) -> bool:
+    """True when the error is the database link itself, not the data."""
+    return isinstance(exc, TransientStorageError) and (
+        "connection" in str(exc) or "SQLSTATE 57P" in str(exc) or "SQLSTATE 08" in str(exc)
+    )
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+@contextmanager
+def wrapped() -> Iterator[None]:
+    """Turn psycopg errors raised inside into the service's StorageError tree."""
+    try:
+        yield
+    except (psycopg.Error, PoolTimeout) as exc:
+        raise classify(exc) from exc
+
+
+# ---------------------------------------------------------------- connections and schema
+
+
+def _configure(conn: psycopg.Connection[Any]) -> None:
+    """Per-connection set-up: the reusable staging table (rows vanish at each commit)."""
+    conn.execute(
+        f"CREATE TEMP TABLE IF NOT EXISTS {STAGE_TABLE} ("
+        " row_number BIGINT NOT NULL, reference_id TEXT NOT NULL,"
+        " node_type TEXT, metadata JSONB) ON COMMIT DELETE ROWS"
+    )
+    conn.commit()
+
+
+def open_pool(dsn: str, *, max_size: int, timeout_s: float = 30.0,
+              name: str = "nodes-import") -> ConnectionPool:
+    """A psycopg pool whose connections carry the staging table. Opens and waits."""
+    pool = ConnectionPool(
+        dsn,
+        min_size=1,
+        max_size=max_size,
+        kwargs={"autocommit": False, "application_name": name},
+        configure=_configure,
+        timeout=timeout_s,
+        name=name,
+        open=False,
+    )
+    try:
+        pool.open(wait=True, timeout=timeout_s)
+    except PoolTimeout as exc:
+        pool.close()
+        raise TransientStorageError(
+            f"cannot connect to PostgreSQL within {timeout_s:.0f}s") from exc
+    return pool
+
+
+def migrations() -> list[tuple[str, str]]:
+    """The versioned schema files, in order: (version, SQL)."""
+    folder = resources.files("nodes_import") / "sql"
+    files = sorted(p for p in folder.iterdir() if p.name.endswith(".sql"))
+    return [(p.name.removesuffix(".sql"), p.read_text(encoding="utf-8")) for p in files]
+
+
+def init_schema(conn: psycopg.Connection[Any]) -> list[str]:
+    """Apply the migrations not yet applied; returns the versions applied now.
+
+    An advisory lock serialises concurrent ``db init`` runs (several daemons starting).
+    """
+    applied_now = []
+    with wrapped(), conn.transaction():
+        conn.execute("SELECT pg_advisory_xact_lock(hashtext('nodes_import.schema'))")
+        conn.execute("CREATE TABLE IF NOT EXISTS schema_migrations ("
+                     " version TEXT PRIMARY KEY, applied_at TIMESTAMPTZ NOT NULL DEFAULT now())")
+        done = {row[0] for row in conn.execute("SELECT version FROM schema_migrations")}
+        for version, text in migrations():
+            if version in done:
+                continue
+            conn.execute(text)  # type: ignore[arg-type]  # our own files, never input
+            conn.execute("INSERT INTO schema_migrations (version) VALUES (%s)", (version,))
+            applied_now.append(version)
+    return applied_now
+
+
+def new_id_function(conn: psycopg.Connection[Any]) -> str:
+    """``uuidv7()`` where the server has it (PostgreSQL 18+), else ``gen_random_uuid()``."""
+    version = conn.info.server_version
+    return "uuidv7()" if version >= 180000 else "gen_random_uuid()"
+
+
+# ---------------------------------------------------------------------- the batch write
+
+
+@dataclass(frozen=True)
+class PartResult:
+    """What one committed batch partition did."""
+
+    inserted: int
+    updated: int
+    unchanged: int
+    failed: int
+
+    @property
+    def success(self) -> int:
+        return self.inserted + self.updated + self.unchanged
+
+
+# One statement: dedupe the staged rows (last row number wins), look up the current
+# values, drop the unchanged ones, then insert new nodes, update changed ones and
+# upsert their metadata. Rows are taken in reference_id order so concurrent jobs on
+# overlapping keys lock in the same order.
+_UPSERT = """
+WITH src AS (
+    SELECT DISTINCT ON (reference_id) reference_id,
+           coalesce(node_type, {default_type}) AS node_type, metadata
+    FROM {stage} ORDER BY reference_id, row_number DESC
+), cur AS (
+    SELECT s.*, n.id AS node_id,
+           (n.id IS NOT NULL AND n.type = s.node_type AND n.domain_id = {domain}
+            AND (s.metadata IS NULL OR m.metadata IS NOT DISTINCT FROM s.metadata)) AS same
+    FROM src s
+    LEFT JOIN nodes n ON n.reference_id = s.reference_id AND n.group_id = {group}
+    LEFT JOIN node_metadata m ON m.node_id = n.id
+), ins AS (
+    INSERT INTO nodes AS n (id, reference_id, group_id, type, domain_id)
+    SELECT {new_id}, reference_id, {group}, node_type, {domain}
+    FROM cur WHERE node_id IS NULL ORDER BY reference_id
+    ON CONFLICT (reference_id, group_id) DO UPDATE
+        SET type = EXCLUDED.type, domain_id = EXCLUDED.domain_id, updated_at = now()
+    RETURNING n.id, n.reference_id, (n.xmax = 0) AS inserted
+), upd AS (
+    UPDATE nodes AS n SET type = c.node_type, domain_id = {domain}, updated_at = now()
+    FROM cur c WHERE n.id = c.node_id AND NOT c.same
+    RETURNING n.id, n.reference_id
+), written AS (
+    SELECT id, reference_id, inserted FROM ins
+    UNION ALL SELECT id, reference_id, false FROM upd
+), meta AS (
+    INSERT INTO node_metadata AS m (node_id, metadata)
+    SELECT w.id, c.metadata FROM written w JOIN cur c USING (reference_id)
+    WHERE c.metadata IS NOT NULL
+    ORDER BY w.id
+    ON CONFLICT (node_id) DO UPDATE SET metadata = EXCLUDED.metadata
+        WHERE m.metadata IS DISTINCT FROM EXCLUDED.metadata
+    RETURNING 1
+)
+SELECT (SELECT count(*) FROM written WHERE inserted),
+       (SELECT count(*) FROM written WHERE NOT inserted),
+       (SELECT count(*) FROM cur WHERE same),
+       (SELECT count(*) FROM meta)
+"""
+
+_COUNTERS = """
+UPDATE job_status SET
+    total_nodes = total_nodes + %(total)s,
+    success_count = success_count + %(success)s,
+    failed_count = failed_count + %(failed)s,
+    inserted_count = inserted_count + %(inserted)s,
+    updated_count = updated_count + %(updated)s,
+    unchanged_count = unchanged_count + %(unchanged)s,
+    rows_committed = rows_committed + %(total)s,
+    checkpoint[%(slot)s] = greatest(checkpoint[%(slot)s], %(last_row)s),
+    bytes_read = greatest(bytes_read, %(bytes_read)s),
+    updated_at = now(), heartbeat_at = now()
+WHERE id = %(job_id)s AND status = 'PROCESSING'
+"""
+
+
+def _copy_failures(cur: psycopg.Cursor[Any], job_id: str, rejected: Sequence[Rejected]) -> None:
+    with cur.copy("COPY job_failures (job_id, row_number, reference_id, reason, line)"
+                  " FROM STDIN") as copy:
+        for row in rejected:  # rejected rows only: rare by definition
+            copy.write_row((job_id, row.row_number, row.reference_id, row.reason, row.line))
+
+
+def write_part(
+    conn: psycopg.Connection[Any],
+    *,
+    job_id: str,
+    group_id: str,
+    domain_id: str,
+    default_type: str,
+    columns: Sequence[str],
+    part: EncodedPart,
+    bytes_read: int,
+    timeout_ms: int,
+    new_id: str,
+) -> PartResult:
+    """Write one partition of a batch and its job counters in ONE transaction."""
+    inserted = updated = unchanged = 0
+    with wrapped(), conn.transaction(), conn.cursor() as cur:
+        cur.execute(sql.SQL("SET LOCAL statement_timeout = {}").format(sql.Literal(timeout_ms)))
+        if part.rows:
+            copy_sql = sql.SQL("COPY {} ({}) FROM STDIN (FORMAT csv)").format(
+                sql.Identifier(STAGE_TABLE), sql.SQL(", ").join(map(sql.Identifier, columns)))
+            with cur.copy(copy_sql) as copy:
+                copy.write(part.payload)
+            upsert = sql.SQL(_UPSERT).format(
+                stage=sql.Identifier(STAGE_TABLE), group=sql.Literal(group_id),
+                domain=sql.Literal(domain_id), default_type=sql.Literal(default_type),
+                new_id=sql.SQL(new_id))
+            row = cur.execute(upsert).fetchone()
+            assert row is not None
+            inserted, updated, unchanged = int(row[0]), int(row[1]), int(row[2])
+            # Rows superseded by a later duplicate in the same batch were applied and then
+            # overwritten: they count as updates, so the split always adds up.
+            updated += part.rows - (inserted + updated + unchanged)
+        if part.rejected:
+            _copy_failures(cur, job_id, part.rejected)
+        result = PartResult(inserted, updated, unchanged, len(part.rejected))
+        cur.execute(_COUNTERS, {
+            "job_id": job_id, "total": result.success + result.failed,
+            "success": result.success, "failed": result.failed, "inserted": inserted,
+            "updated": updated, "unchanged": unchanged, "slot": part.partition + 1,
+            "last_row": part.last_row, "bytes_read": bytes_read,
+        })
+        if cur.rowcount != 1:
+            raise StorageError(f"job {job_id} is no longer PROCESSING; batch rolled back")
+    return result
+
+
+def fail_rows(conn: psycopg.Connection[Any], *, job_id: str, part: EncodedPart,
+              rejected: Sequence[Rejected], bytes_read: int) -> None:
+    """Record a whole partition's rows as failed (its write kept failing) and move on."""
+    with wrapped(), conn.transaction(), conn.cursor() as cur:
+        _copy_failures(cur, job_id, rejected)
+        cur.execute(_COUNTERS, {
+            "job_id": job_id, "total": len(rejected), "success": 0, "failed": len(rejected),
+            "inserted": 0, "updated": 0, "unchanged": 0, "slot": part.partition + 1,
+            "last_row": part.last_row, "bytes_read": bytes_read,
+        })
+
+
+# ------------------------------------------------------------------------- job rows
+
+JOB_COLUMNS = (
+    "id", "group_id", "domain_id", "status", "node_type", "source", "total_nodes",
+    "success_count", "failed_count", "inserted_count", "updated_count", "unchanged_count",
+    "rows_committed", "error", "attempts", "source_bytes", "bytes_read", "claimed_by",
+    "created_at", "updated_at", "started_at", "finished_at", "heartbeat_at",
+)
+_SELECT_JOB = sql.SQL("SELECT {} FROM job_status").format(
+    sql.SQL(", ").join(map(sql.Identifier, JOB_COLUMNS)))
+
+
+def create_job(conn: psycopg.Connection[Any], *, job_id: str, group_id: str, domain_id: str,
+               node_type: str, source: str) -> dict[str, Any]:
+    """Insert the job as PENDING unless it exists; return its current row."""
+    with wrapped(), conn.transaction():
+        conn.execute(
+            "INSERT INTO job_status (id, group_id, domain_id, status, node_type, source)"
+            " VALUES (%s, %s, %s, 'PENDING', %s, %s) ON CONFLICT (id) DO NOTHING",
+            (job_id, group_id, domain_id, node_type, source))
+    job = get_job(conn, job_id)
+    assert job is not None
+    return job
+
+
+def start_job(conn: psycopg.Connection[Any], *, job_id: str, partitions: int,
+              source_bytes: int | None, claimed_by: str | None = None) -> list[int] | None:
+    """PENDING/PROCESSING -> PROCESSING; return the checkpoint (None: job is finished)."""
+    with wrapped(), conn.transaction():
+        row = conn.execute(
+            "UPDATE job_status SET status = 'PROCESSING', attempts = attempts + 1,"
+            " started_at = coalesce(started_at, now()), updated_at = now(),"
+            " heartbeat_at = now(), claimed_by = coalesce(%s, claimed_by),"
+            " source_bytes = coalesce(%s, source_bytes),"
+            " checkpoint = coalesce(checkpoint, array_fill(0::bigint, ARRAY[%s::int]))"
+            " WHERE id = %s AND status IN ('PENDING', 'PROCESSING') RETURNING checkpoint",
+            (claimed_by, source_bytes, partitions, job_id)).fetchone()
+    return None if row is None else [int(x) for x in row[0]]
+
+
+def finish_job(conn: psycopg.Connection[Any], *, job_id: str, status: str,
+               error: str | None = None) -> dict[str, Any] | None:
+    """PROCESSING (or PENDING) -> COMPLETED/FAILED; return the final row."""
+    with wrapped(), conn.transaction():
+        conn.execute(
+            "UPDATE job_status SET status = %s, error = %s, finished_at = now(),"
+            " updated_at = now() WHERE id = %s AND status IN ('PENDING', 'PROCESSING')",
+            (status, error, job_id))
+    return get_job(conn, job_id)
+
+
+def get_job(conn: psycopg.Connection[Any], job_id: str) -> dict[str, Any] | None:
+    """One job row as a dict keyed by column name (None if unknown)."""
+    with wrapped(), conn.cursor(row_factory=dict_row) as cur:
+        cur.execute(_SELECT_JOB + sql.SQL(" WHERE id = %s"), (job_id,))
+        row = cur.fetchone()
+    if not conn.info.transaction_status == psycopg.pq.TransactionStatus.IDLE:
+        conn.rollback()
+    return row
+
+
+def list_jobs(conn: psycopg.Connection[Any], *, status: str | None = None,
+              limit: int = 50) -> list[dict[str, Any]]:
+    """Most recent jobs first, optionally of one status."""
+    query = _SELECT_JOB
+    params: list[Any] = []
+    if status:
+        query += sql.SQL(" WHERE status = %s")
+        params.append(status)
+    query += sql.SQL(" ORDER BY created_at DESC LIMIT %s")
+    params.append(limit)
+    with wrapped(), conn.cursor(row_factory=dict_row) as cur:
+        rows = cur.execute(query, params).fetchall()
+    conn.rollback()
+    return rows
+
+
+def job_failures(conn: psycopg.Connection[Any], job_id: str, limit: int = 100) -> list[dict[str, Any]]:
+    """The first rejected rows of a job, by row number."""
+    with wrapped(), conn.cursor(row_factory=dict_row) as cur:
+        rows = cur.execute(
+            "SELECT row_number, reference_id, reason, line FROM job_failures"
+            " WHERE job_id = %s ORDER BY row_number LIMIT %s", (job_id, limit)).fetchall()
+    conn.rollback()
+    return rows
