@@ -76,10 +76,16 @@ def metadata_json(table: pa.Table, keys: list[str]) -> pa.Array:
     pieces = []
     for key in keys:
         prefix = orjson.dumps(key).decode() + ':"'
-        body = _json_string_body(table.column(key).combine_chunks())
+        column = table.column(key).combine_chunks()
+        # The parser already reads empty cells as nulls; this keeps other producers honest.
+        column = pc.if_else(pc.equal(column, ""), pa.scalar(None, pa.string()), column)
+        body = _json_string_body(column)
         pieces.append(pc.binary_join_element_wise(prefix, body, '"', ""))
-    joined = pc.binary_join_element_wise(*pieces, ",", null_handling="skip")
-    return pc.binary_join_element_wise("{", joined, "}", "")
+    # The leading "{" is a scalar on purpose: pyarrow's skip-nulls join drops the rows
+    # where every input is null (observed with pyarrow 26) unless one input never is.
+    joined = pc.binary_join_element_wise("{", *pieces, ",", null_handling="skip")
+    joined = pc.replace_substring(joined, "{,", "{", max_replacements=1)
+    return pc.binary_join_element_wise(joined, "}", "")
 
 
 def _partition_of(refs: pa.Array, partitions: int) -> pa.Array:

@@ -151,7 +151,7 @@ class Source:
 
     def _open_raw(self) -> pa.NativeFile:
         try:
-            return self._fs.open_input_stream(self._path)
+            return self._fs.open_input_stream(self._path, compression=None)
         except (OSError, pa.ArrowException) as exc:
             raise SourceError(f"cannot open {self._path}: {exc}") from exc
 

@@ -1,0 +1,19 @@
+"""Test configuration: fixture plugins, and markers derived from the fixtures a test uses."""
+
+from __future__ import annotations
+
+import pytest
+
+pytest_plugins = ["tests.fixtures.postgres", "tests.fixtures.files"]
+
+# fixture name -> marker it implies
+_FIXTURE_MARKERS = {"pg_dsn": "postgres", "pg_server_dsn": "postgres", "db": "postgres",
+                    "kafka_broker": "kafka"}
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        names = getattr(item, "fixturenames", ())
+        for fixture, marker in _FIXTURE_MARKERS.items():
+            if fixture in names:
+                item.add_marker(getattr(pytest.mark, marker))

@@ -1,0 +1,124 @@
+"""Parse: row numbering, bad rows, RFC 4180 details, sources and their limits."""
+
+from __future__ import annotations
+
+import gzip
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from nodes_import.errors import SourceError
+from nodes_import.pipeline.parse import CsvReader, IdFileReader
+from nodes_import.pipeline.source import Source
+
+
+def _source(path: Path, **limits: int) -> Source:
+    return Source(str(path), allowed_roots=(str(path.parent),),
+                  max_file_bytes=limits.get("max_file_bytes", 1 << 30),
+                  max_decompressed_bytes=limits.get("max_decompressed_bytes", 1 << 30))
+
+
+def _read(path: Path, batch_size: int = 1000) -> tuple[list[str], list[tuple[int, dict]], list]:
+    reader = CsvReader(_source(path), block_size=1 << 16, batch_size=batch_size)
+    rows, bad = [], []
+    for batch in reader.batches():
+        rows += list(zip(batch.row_numbers.to_pylist(), batch.table.to_pylist()))
+        bad += [(b.row_number, b.line) for b in batch.invalid]
+    return reader.header, rows, bad
+
+
+def test_bom_crlf_quotes_and_newlines_in_values_are_read_as_written(gz_csv: Callable) -> None:
+    path = gz_csv(b'\xef\xbb\xbfreference_id,note\r\nr1," a, ""b""\r\nc "\r\nr2,\r\n')
+    header, rows, bad = _read(path)
+    assert header == ["reference_id", "note"]
+    assert rows == [(1, {"reference_id": "r1", "note": ' a, "b"\r\nc '}),
+                    (2, {"reference_id": "r2", "note": None})]
+    assert bad == []
+
+
+def test_rows_with_the_wrong_field_count_keep_their_place_in_the_numbering(
+        gz_csv: Callable) -> None:
+    lines = ["reference_id,a"] + [f"r{n},{n}" if n % 7 else f"r{n}" for n in range(1, 50)]
+    path = gz_csv("\n".join(lines) + "\n")
+    for batch_size in (1, 5, 1000):
+        _, rows, bad = _read(path, batch_size)
+        assert [n for n, _ in rows] == [n for n in range(1, 50) if n % 7]
+        assert [r["reference_id"] for _, r in rows] == [f"r{n}" for n in range(1, 50) if n % 7]
+        assert sorted(bad) == [(n, f"r{n}") for n in range(7, 50, 7)]
+
+
+def test_plain_csv_is_accepted_and_gzip_is_found_by_magic_bytes(gz_csv: Callable) -> None:
+    plain = gz_csv("reference_id\nx\n", name="plain.csv.gz", compress=False)
+    zipped = gz_csv("reference_id\ny\n", name="zipped.csv", compress=True)
+    assert _read(plain)[1] == [(1, {"reference_id": "x"})]
+    assert _read(zipped)[1] == [(1, {"reference_id": "y"})]
+
+
+@pytest.mark.parametrize("content, message", [
+    ("id,name\n1,a\n", "no 'reference_id' column"),
+    ("reference_id,a,a\n1,2,3\n", "repeats column name"),
+    ("reference_id,,b\n1,2,3\n", "empty column name"),
+])
+def test_a_bad_header_is_refused_with_a_clear_reason(gz_csv: Callable, content: str,
+                                                     message: str) -> None:
+    with pytest.raises(SourceError, match=message):
+        CsvReader(_source(gz_csv(content)), block_size=1 << 16, batch_size=10)
+
+
+def test_corrupt_gzip_is_a_source_error(gz_csv: Callable) -> None:
+    data = gzip.compress(("reference_id\n" + "x\n" * 100000).encode())
+    path = gz_csv(data[: len(data) // 2], compress=False)
+    with pytest.raises(SourceError):
+        _read(path)
+
+
+def test_a_gzip_bomb_stops_at_the_decompressed_limit(gz_csv: Callable) -> None:
+    path = gz_csv(b"reference_id\n" + b"aaaaaaaaaaaaaaa\n" * 5_000_000)
+    assert path.stat().st_size < 500_000
+    with pytest.raises(SourceError, match="max-decompressed-bytes"):
+        reader = CsvReader(_source(path, max_decompressed_bytes=1 << 20), block_size=1 << 16,
+                           batch_size=10)
+        list(reader.batches())
+
+
+def test_files_outside_the_allowed_roots_are_refused(tmp_path: Path) -> None:
+    with pytest.raises(SourceError, match="not under an allowed root"):
+        Source("/etc/passwd", allowed_roots=(str(tmp_path),), max_file_bytes=1 << 30,
+               max_decompressed_bytes=1 << 30)
+    escape = f"{tmp_path}/../../etc/passwd"
+    with pytest.raises(SourceError, match="not under an allowed root"):
+        Source(escape, allowed_roots=(str(tmp_path),), max_file_bytes=1 << 30,
+               max_decompressed_bytes=1 << 30)
+    link = tmp_path / "link.csv"
+    link.symlink_to("/etc/passwd")
+    with pytest.raises(SourceError, match="not under an allowed root"):
+        Source(f"file://{link}", allowed_roots=(str(tmp_path),), max_file_bytes=1 << 30,
+               max_decompressed_bytes=1 << 30)
+
+
+def test_missing_empty_and_oversized_files_are_refused(tmp_path: Path) -> None:
+    with pytest.raises(SourceError, match="no such file"):
+        _source(tmp_path / "missing.csv.gz")
+    empty = tmp_path / "empty.csv"
+    empty.write_bytes(b"")
+    with pytest.raises(SourceError, match="empty"):
+        _source(empty)
+    big = tmp_path / "big.csv"
+    big.write_bytes(b"reference_id\n" + b"x\n" * 1000)
+    with pytest.raises(SourceError, match="max-file-bytes"):
+        _source(big, max_file_bytes=100)
+
+
+def test_reference_id_files_are_one_id_per_line(tmp_path: Path) -> None:
+    path = tmp_path / "ids.txt.gz"
+    path.write_bytes(gzip.compress(b"a\r\nb,c\n\"d\"\n\ne\n"))
+    reader = IdFileReader(_source(path), block_size=1 << 16, batch_size=2)
+    ids = [r for b in reader.batches() for r in b.table.column("reference_id").to_pylist()]
+    assert ids == ["a", "b,c", '"d"', "e"]
+
+
+def test_a_field_larger_than_a_read_block_is_refused_clearly(gz_csv: Callable) -> None:
+    path = gz_csv(b"reference_id,blob\nx," + b"a" * 300_000 + b"\n")
+    with pytest.raises(SourceError, match="larger than node.import.block-size-bytes"):
+        _read(path)
