@@ -108,9 +108,24 @@ def _invalid_handler(sink: list[InvalidRow]) -> Callable[[Any], str]:
     return handle
 
 
-def _slices(batch: pa.RecordBatch, size: int) -> Iterator[pa.RecordBatch]:
-    for offset in range(0, batch.num_rows, size):
-        yield batch.slice(offset, size)
+def _rebatch(reader: Iterator[pa.RecordBatch], size: int) -> Iterator[pa.Table]:
+    """Gather read blocks into tables of exactly ``size`` rows (the last one smaller).
+
+    Blocks stay small (pyarrow reads several ahead, so the block size sets the reader's
+    memory) while batches stay large (the database prefers big transactions).
+    """
+    pending: list[pa.RecordBatch] = []
+    rows = 0
+    for batch in reader:
+        pending.append(batch)
+        rows += batch.num_rows
+        while rows >= size:
+            table = pa.Table.from_batches(pending)
+            yield table.slice(0, size)
+            rest = table.slice(size)
+            pending, rows = rest.to_batches(), rest.num_rows
+    if rows:
+        yield pa.Table.from_batches(pending)
 
 
 class CsvReader:
@@ -168,21 +183,11 @@ class CsvReader:
         stream = self._source.open()
         try:
             reader = self._open(stream, invalid, {name: pa.string() for name in self.header})
-            while True:
-                try:
-                    batch = reader.read_next_batch()
-                except StopIteration:
-                    break
-                except SourceError:
-                    raise
-                except (pa.ArrowInvalid, OSError) as exc:
-                    raise SourceError(f"cannot read the CSV: {_arrow_message(exc)}") from exc
+            for table in _rebatch(_guarded(reader), self._batch_size):
                 numbers.pending.extend(invalid)
                 invalid.clear()
-                for piece in _slices(batch, self._batch_size):
-                    row_numbers, bad = numbers.take(piece.num_rows)
-                    yield RawBatch(pa.Table.from_batches([piece]), row_numbers, bad,
-                                   stream.compressed_bytes)
+                row_numbers, bad = numbers.take(table.num_rows)
+                yield RawBatch(table, row_numbers, bad, stream.compressed_bytes)
             numbers.pending.extend(invalid)
             rest = numbers.flush()
             if rest:
@@ -190,6 +195,19 @@ class CsvReader:
                 yield RawBatch(empty, pa.array([], pa.int64()), rest, stream.compressed_bytes)
         finally:
             stream.close()
+
+
+def _guarded(reader: pacsv.CSVStreamingReader) -> Iterator[pa.RecordBatch]:
+    """The reader's blocks, with Arrow's read errors turned into ``SourceError``."""
+    while True:
+        try:
+            yield reader.read_next_batch()
+        except StopIteration:
+            return
+        except SourceError:
+            raise
+        except (pa.ArrowInvalid, OSError) as exc:
+            raise SourceError(f"cannot read the CSV: {_arrow_message(exc)}") from exc
 
 
 def _arrow_message(exc: BaseException) -> str:
@@ -236,13 +254,11 @@ class IdFileReader:
                     column_types={REFERENCE_ID: pa.string()}, strings_can_be_null=False
                 ),
             )
-            for batch in reader:
+            for table in _rebatch(_guarded(reader), self._batch_size):
                 numbers.pending.extend(invalid)
                 invalid.clear()
-                for piece in _slices(batch, self._batch_size):
-                    row_numbers, bad = numbers.take(piece.num_rows)
-                    yield RawBatch(pa.Table.from_batches([piece]), row_numbers, bad,
-                                   stream.compressed_bytes)
+                row_numbers, bad = numbers.take(table.num_rows)
+                yield RawBatch(table, row_numbers, bad, stream.compressed_bytes)
             numbers.pending.extend(invalid)
             rest = numbers.flush()
             if rest:
