@@ -239,3 +239,142 @@ def jobs_show(ctx: click.Context, job_id: Any, dsn: str | None, as_json: bool) -
     click.echo(_summary(row))
     for f in failures:
         click.echo(f"  row {f['row_number']}: {f['reason']}: {f['line']!r}")
+
+
+# --------------------------------------------------------------------------- the daemon
+
+
+def _log_level(ctx: click.Context, default: str) -> str:
+    """The --log-level given to ``main``, else ``default`` (a daemon logs at INFO)."""
+    parent = ctx.parent
+    if parent is not None and parent.get_parameter_source("log_level") == \
+            click.core.ParameterSource.COMMANDLINE:
+        return str(parent.params["log_level"]).upper()
+    logs.setup(default)
+    return default
+
+
+@main.command("run")
+@click.option("--config", "config_path", type=click.Path(dir_okay=False),
+              help="YAML config file (also accepted before the command).")
+@click.option("--dsn", help="PostgreSQL connection string (default: embedded server).")
+@click.option("--bootstrap-servers", help="Kafka HOST:PORT list (default: a local broker).")
+@click.option("--topic-pattern", help="Regex of the job topics (default ^.*-users).")
+@click.option("--group-id", help="Kafka consumer group (default nodes-import-group).")
+@click.pass_context
+def run_cmd(ctx: click.Context, config_path: str | None, dsn: str | None,
+            bootstrap_servers: str | None, topic_pattern: str | None,
+            group_id: str | None) -> None:
+    """Run the import daemon in the foreground until SIGTERM/SIGINT (exit 0)."""
+    from nodes_import import daemon
+
+    if config_path:
+        ctx.obj["config_path"] = config_path
+    cfg = _load(ctx, **{"database.dsn": dsn, "kafka.bootstrap-servers": bootstrap_servers,
+                        "kafka.topic-pattern": topic_pattern, "kafka.group-id": group_id})
+    try:
+        daemon.serve(cfg, log_level=_log_level(ctx, "INFO"))
+    except NodesImportError as exc:
+        _fail(str(exc))
+
+
+def _read_ids(path: str) -> tuple[str, ...]:
+    import gzip
+
+    opener: Any = gzip.open if path.endswith(".gz") else open
+    with opener(path, "rt", encoding="utf-8") as handle:
+        return tuple(line.strip() for line in handle if line.strip())
+
+
+@main.command("submit")
+@click.argument("source", required=False)
+@click.option("--reference-ids", "ids_file", type=click.Path(exists=True, dir_okay=False),
+              help="File of reference IDs, one per line: sent inline as referenceIds.")
+@click.option("--group", "group_id", required=True, help="Group the nodes belong to.")
+@click.option("--domain", "domain_id", required=True, type=click.UUID, help="Domain UUID.")
+@click.option("--type", "node_type", default=None, help="Node type (default USER).")
+@click.option("--topic", help="Topic (default: kafka.submit-topic, nodes-import-users).")
+@click.option("--job-id", type=click.UUID, help="The idempotency key (default: a new one).")
+@click.option("--bootstrap-servers", help="Kafka HOST:PORT list.")
+@click.pass_context
+def submit_cmd(ctx: click.Context, source: str | None, ids_file: str | None, group_id: str,
+               domain_id: Any, node_type: str | None, topic: str | None, job_id: Any,
+               bootstrap_servers: str | None) -> None:
+    """Send one job message (a file SOURCE, or --reference-ids FILE); prints its jobId."""
+    from pathlib import Path
+
+    from nodes_import.consumer import Publisher, client_settings, submit
+    from nodes_import.payload import NodeExchange
+
+    if (source is None) == (ids_file is None):
+        raise click.UsageError("give exactly one of SOURCE or --reference-ids FILE")
+    cfg = _load(ctx, **{"kafka.bootstrap-servers": bootstrap_servers})
+    if source is not None and "://" not in source and Path(source).exists():
+        source = str(Path(source).resolve())  # the daemon may run in another directory
+    request = NodeExchange(
+        group_id=group_id, domain_id=str(domain_id), file=source, node_type=node_type,
+        reference_ids=_read_ids(ids_file) if ids_file else None,
+        job_id=str(job_id or new_job_id()))
+    try:
+        publisher = Publisher(client_settings(cfg.kafka, "producer"))
+        try:
+            submit(publisher, topic or cfg.kafka.submit_topic, request)
+        finally:
+            publisher.close()
+    except NodesImportError as exc:
+        _fail(str(exc))
+    click.echo(request.job_id)
+
+
+@main.group()
+def dlq() -> None:
+    """The dead-letter topic."""
+
+
+@dlq.command("replay")
+@click.option("--limit", type=click.IntRange(1), help="Replay at most N dead letters.")
+@click.option("--job-id", type=click.UUID, help="Only the dead letters of this job.")
+@click.option("--new-job-id", is_flag=True, help="Give each replayed message a fresh jobId "
+              "(needed to re-run a job that FAILED under its own jobId).")
+@click.option("--bootstrap-servers", help="Kafka HOST:PORT list.")
+@click.pass_context
+def dlq_replay(ctx: click.Context, limit: int | None, job_id: Any, new_job_id: bool,
+               bootstrap_servers: str | None) -> None:
+    """Re-publish dead letters to the topics they came from."""
+    from nodes_import import deadletter
+    from nodes_import.consumer import Publisher, client_settings
+
+    cfg = _load(ctx, **{"kafka.bootstrap-servers": bootstrap_servers})
+    timeout_s = cfg.kafka.startup_timeout_ms / 1000.0
+    try:
+        letters = deadletter.read_letters(client_settings(cfg.kafka, "consumer"),
+                                          cfg.kafka.dlq_topic, timeout_s=timeout_s)
+        publisher = Publisher(client_settings(cfg.kafka, "producer"))
+        try:
+            done = deadletter.replay(
+                letters, publisher, limit=limit, job_id=str(job_id) if job_id else None,
+                new_job_id=new_job_id, on_skip=lambda d, why: click.echo(
+                    f"skipped {d.topic}/{d.partition}/{d.offset}: {why}", err=True))
+        finally:
+            publisher.close()
+    except NodesImportError as exc:
+        _fail(str(exc))
+    for r in done:
+        fresh = f" as job {r.new_job_id}" if r.new_job_id else ""
+        click.echo(f"replayed job {r.job_id or '-'} to {r.topic}/{r.partition}/{r.offset}{fresh}")
+    click.echo(f"{len(done)} of {len(letters)} dead letters replayed")
+
+
+@main.command("demo")
+@click.pass_context
+def demo_cmd(ctx: click.Context) -> None:
+    """Embedded PostgreSQL + local broker + daemon: import a sample file and an ID list."""
+    from nodes_import.demo import run_demo
+
+    cfg = _load(ctx)
+    _log_level(ctx, "WARNING")
+    try:
+        ok = run_demo(cfg, click.echo, _summary)
+    except NodesImportError as exc:
+        _fail(str(exc))
+    sys.exit(EXIT_OK if ok else EXIT_FAILED)

@@ -50,6 +50,7 @@ KEYS: dict[str, tuple[Any, Any]] = {
     "kafka.consumer.properties": (_MAPPING, {}),
     "kafka.producer.properties": (_MAPPING, {}),
     "kafka.startup-timeout.ms": (int, 15_000),
+    "kafka.submit-topic": (str, "nodes-import-users"),
     # -- the import engine (seed section 8, and this service's additions)
     "node.import.timeout.ms": (int, 120_000),
     "node.import.global.timeout.ms": (int, 3_600_000),
@@ -58,6 +59,10 @@ KEYS: dict[str, tuple[Any, Any]] = {
     "node.import.executor.queue-capacity": (int, 100),
     "node.import.backpressure": (str, "pause"),
     "node.import.drain-timeout.ms": (int, 30_000),
+    "node.import.executor.start-method": (str, "spawn"),
+    "node.import.executor.max-job-crashes": (int, 3),
+    "node.import.lease-timeout.ms": (int, 30_000),
+    "node.import.heartbeat-interval.ms": (int, 5_000),
     "node.import.batch.size": (int, 50_000),
     "node.import.block-size-bytes": (int, 4 << 20),
     "node.import.retry.max-attempts": (int, 3),
@@ -74,6 +79,9 @@ KEYS: dict[str, tuple[Any, Any]] = {
 }
 
 BACKPRESSURE_MODES = ("pause", "reject")
+# fork is excluded: librdkafka runs threads in the daemon, and a forked child inherits them
+# half-copied.
+START_METHODS = ("spawn", "forkserver")
 
 
 @dataclass(frozen=True)
@@ -126,6 +134,7 @@ class KafkaConfig:
     consumer_properties: Mapping[str, Any] = field(default_factory=dict)
     producer_properties: Mapping[str, Any] = field(default_factory=dict)
     startup_timeout_ms: int = 15_000
+    submit_topic: str = "nodes-import-users"
 
 
 @dataclass(frozen=True)
@@ -137,6 +146,10 @@ class ExecutorConfig:
     queue_capacity: int = 100
     backpressure: str = "pause"
     drain_timeout_ms: int = 30_000
+    start_method: str = "spawn"
+    max_job_crashes: int = 3
+    lease_timeout_ms: int = 30_000
+    heartbeat_interval_ms: int = 5_000
 
 
 @dataclass(frozen=True)
@@ -287,6 +300,14 @@ def _check(values: Mapping[str, Any]) -> None:
             f"node.import.backpressure: one of {', '.join(BACKPRESSURE_MODES)}, "
             f"got {values['node.import.backpressure']!r}"
         )
+    if values["node.import.executor.start-method"] not in START_METHODS:
+        raise ConfigError(
+            f"node.import.executor.start-method: one of {', '.join(START_METHODS)}, "
+            f"got {values['node.import.executor.start-method']!r}"
+        )
+    if values["node.import.heartbeat-interval.ms"] * 2 > values["node.import.lease-timeout.ms"]:
+        raise ConfigError("node.import.heartbeat-interval.ms: must be at most half of "
+                          "node.import.lease-timeout.ms, or live leases expire")
 
 
 def build(values: Mapping[str, Any], environ: Mapping[str, str]) -> Config:
@@ -328,6 +349,7 @@ def build(values: Mapping[str, Any], environ: Mapping[str, str]) -> Config:
         consumer_properties=dict(v["kafka.consumer.properties"]),
         producer_properties=dict(v["kafka.producer.properties"]),
         startup_timeout_ms=v["kafka.startup-timeout.ms"],
+        submit_topic=v["kafka.submit-topic"],
     )
     executor = ExecutorConfig(
         core_pool_size=v["node.import.executor.core-pool-size"],
@@ -335,5 +357,9 @@ def build(values: Mapping[str, Any], environ: Mapping[str, str]) -> Config:
         queue_capacity=v["node.import.executor.queue-capacity"],
         backpressure=v["node.import.backpressure"],
         drain_timeout_ms=v["node.import.drain-timeout.ms"],
+        start_method=v["node.import.executor.start-method"],
+        max_job_crashes=v["node.import.executor.max-job-crashes"],
+        lease_timeout_ms=v["node.import.lease-timeout.ms"],
+        heartbeat_interval_ms=v["node.import.heartbeat-interval.ms"],
     )
     return Config(database, kafka, executor, imports, dict(values))

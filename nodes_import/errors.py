@@ -47,3 +47,11 @@ class JobRejectedError(NodesImportError):
 
 class BrokerError(NodesImportError):
     """Kafka could not be reached or refused an operation."""
+
+
+class OverloadedError(NodesImportError):
+    """The daemon's in-flight window is full and ``node.import.backpressure`` is reject."""
+
+
+class WorkerDiedError(NodesImportError):
+    """The worker process running a job died (killed, out of memory) too many times."""

@@ -44,6 +44,10 @@ class JobOutcome:
     status: str
     error: str | None = None
     row: dict[str, Any] = field(default_factory=dict)
+    # Set when an exception ended the job in the worker: its class and stack trace (the
+    # dead letter's error headers).
+    error_type: str | None = None
+    stack_trace: str | None = None
 
 
 def new_job_id() -> str:

@@ -371,3 +371,73 @@ def job_failures(conn: psycopg.Connection[Any], job_id: str, limit: int = 100) -
             " WHERE job_id = %s ORDER BY row_number LIMIT %s", (job_id, limit)).fetchall()
     conn.rollback()
     return rows
+
+
+# ------------------------------------------------------------ leases (the daemon's claims)
+# A daemon instance (``host:pid``) claims a job before running it and renews the claim's
+# heartbeat while the job is in its hands. Another instance may take the job over only
+# once the heartbeat is older than the lease; times are the database's clock, so the
+# daemons' clocks never have to agree. ``claimed_by`` stays after the job ends: the record
+# of who ran it.
+
+CLAIMED = "claimed"  # the caller holds the lease now
+FINISHED = "finished"  # the job is COMPLETED or FAILED: nothing to run
+HELD = "held"  # another live instance holds the lease
+
+
+@dataclass(frozen=True)
+class Claim:
+    """The answer to ``claim_job``: the outcome, the job's status and who holds it."""
+
+    outcome: str
+    status: str
+    holder: str | None
+    heartbeat_age_s: float | None = None
+
+
+def claim_job(conn: psycopg.Connection[Any], *, job_id: str, owner: str,
+              lease_ms: int) -> Claim:
+    """Take (or renew) the lease on an existing job unless another live owner holds it.
+
+    Claimable: PENDING/PROCESSING and (no heartbeat, or ours, or older than the lease).
+    """
+    with wrapped(), conn.transaction():
+        row = conn.execute(
+            "SELECT status, claimed_by, extract(epoch FROM now() - heartbeat_at)::float8"
+            " FROM job_status WHERE id = %s FOR UPDATE", (job_id,)).fetchone()
+        if row is None:
+            raise StorageError(f"job {job_id} does not exist; create it before claiming")
+        job_status, holder, age = str(row[0]), row[1], row[2]
+        if job_status in ("COMPLETED", "FAILED"):
+            return Claim(FINISHED, job_status, holder, age)
+        if holder is not None and holder != owner and age is not None \
+                and age * 1000 < lease_ms:
+            return Claim(HELD, job_status, holder, age)
+        conn.execute(
+            "UPDATE job_status SET claimed_by = %s, heartbeat_at = now(), updated_at = now()"
+            " WHERE id = %s", (owner, job_id))
+    return Claim(CLAIMED, job_status, owner, 0.0)
+
+
+def renew_leases(conn: psycopg.Connection[Any], *, job_ids: Sequence[str], owner: str) -> int:
+    """Refresh the heartbeat of the unfinished jobs ``owner`` holds; returns how many."""
+    if not job_ids:
+        return 0
+    with wrapped(), conn.transaction():
+        cur = conn.execute(
+            "UPDATE job_status SET heartbeat_at = now() WHERE id = ANY(%s::uuid[])"
+            " AND claimed_by = %s AND status IN ('PENDING', 'PROCESSING')",
+            (list(job_ids), owner))
+        return cur.rowcount
+
+
+def release_leases(conn: psycopg.Connection[Any], *, owner: str) -> int:
+    """Give up the leases of ``owner``'s unfinished jobs so the next owner need not wait.
+
+    ``claimed_by`` is kept (who ran it last); only the heartbeat goes.
+    """
+    with wrapped(), conn.transaction():
+        cur = conn.execute(
+            "UPDATE job_status SET heartbeat_at = NULL WHERE claimed_by = %s"
+            " AND status IN ('PENDING', 'PROCESSING')", (owner,))
+        return cur.rowcount

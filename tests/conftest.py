@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-pytest_plugins = ["tests.fixtures.postgres", "tests.fixtures.files"]
+pytest_plugins = ["tests.fixtures.postgres", "tests.fixtures.files", "tests.fixtures.kafka",
+                  "tests.fixtures.daemon"]
 
 # fixture name -> marker it implies
 _FIXTURE_MARKERS = {"pg_dsn": "postgres", "pg_server_dsn": "postgres", "db": "postgres",

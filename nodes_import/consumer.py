@@ -1,0 +1,303 @@
+"""The confluent-kafka edge (parent side only): poll, pause/resume, offsets, producing.
+
+Everything the daemon needs from Kafka goes through here, so the rest of the service
+sees plain data (``Delivery``) and the service's own errors (``BrokerError``):
+
+- ``client_settings``: librdkafka settings from the config; the ``kafka.consumer`` /
+  ``kafka.producer`` properties pass through unchanged (security.protocol, SASL, TLS).
+- ``OffsetTracker``: which offsets may be committed. A message counts as done once its
+  job is terminal (and dead-lettered if it FAILED); with several jobs in flight per
+  partition, the commit position is the first offset not yet done.
+- ``JobConsumer``: the regex subscription, rebalance callbacks, pause/resume, commits.
+- ``Publisher``: one idempotent producer (acks=all) per process for dead letters and
+  ``submit``: librdkafka spends ~0.5 s before an idempotent producer's first send.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import OrderedDict
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
+
+from nodes_import.config import KafkaConfig
+from nodes_import.errors import BrokerError
+
+log = logging.getLogger(__name__)
+
+TP = tuple[str, int]  # (topic, partition)
+Headers = list[tuple[str, bytes | None]]  # Kafka headers: ordered, repeatable, binary
+
+# Settings the daemon relies on; user properties may override anything else.
+CONSUMER_DEFAULTS: dict[str, Any] = {
+    "enable.auto.commit": False,  # offsets are committed only for finished jobs
+    "enable.auto.offset.store": False,
+    "auto.offset.reset": "earliest",  # a new group starts at the oldest job (and Tansu's
+                                      # ListOffsets(latest) is unreliable)
+}
+PRODUCER_DEFAULTS: dict[str, Any] = {
+    "enable.idempotence": True,
+    "acks": "all",
+    "linger.ms": 5,
+}
+# Properties whose values are secrets: never logged.
+SECRET_KEYS = ("sasl.password", "ssl.key.password", "ssl.keystore.password",
+               "sasl.oauthbearer.client.secret")
+
+
+def client_settings(kafka: KafkaConfig, kind: str, *, bootstrap: str | None = None,
+                    group_id: str | None = None) -> dict[str, Any]:
+    """librdkafka settings for a ``consumer`` or ``producer`` from the configuration."""
+    servers = bootstrap or kafka.bootstrap_servers
+    if not servers:
+        raise BrokerError("no Kafka bootstrap servers configured")
+    settings: dict[str, Any] = {"bootstrap.servers": servers,
+                                "logger": logging.getLogger("librdkafka")}
+    if kind == "consumer":
+        settings.update(CONSUMER_DEFAULTS)
+        settings["group.id"] = group_id or kafka.group_id
+        settings.update(kafka.consumer_properties)
+    else:
+        settings.update(PRODUCER_DEFAULTS)
+        settings.update(kafka.producer_properties)
+    return settings
+
+
+def redacted(settings: Mapping[str, Any]) -> dict[str, Any]:
+    """Settings fit for a log line: secrets masked, the logger object left out."""
+    return {k: ("***" if k in SECRET_KEYS else v) for k, v in settings.items() if k != "logger"}
+
+
+@dataclass(frozen=True)
+class Delivery:
+    """One consumed message, copied out of librdkafka."""
+
+    topic: str
+    partition: int
+    offset: int
+    key: bytes | None
+    value: bytes | None
+    headers: Headers = field(default_factory=list)
+    timestamp_ms: int | None = None
+
+    @property
+    def tp(self) -> TP:
+        """(topic, partition)."""
+        return (self.topic, self.partition)
+
+    @classmethod
+    def of(cls, msg: Message) -> Delivery:
+        """Copy a confluent-kafka message."""
+        kind, stamp = msg.timestamp()
+        raw = msg.headers() or []
+        items = list(raw.items()) if isinstance(raw, dict) else raw
+        return cls(topic=str(msg.topic()), partition=int(msg.partition() or 0),
+                   offset=int(msg.offset() or 0), key=msg.key(), value=msg.value(),
+                   headers=[(k, v if isinstance(v, bytes | None) else v.encode())
+                            for k, v in items],
+                   timestamp_ms=stamp if kind else None)
+
+
+class OffsetTracker:
+    """Per partition: the offsets in flight and the position that may be committed.
+
+    Offsets of one partition are added in consumption (= increasing) order. ``done``
+    marks one; the commit position moves past the longest done prefix, so a slow job
+    holds back the commits of the faster ones behind it, never the other way round.
+    """
+
+    def __init__(self) -> None:
+        self._pending: dict[TP, OrderedDict[int, bool]] = {}
+        self._position: dict[TP, int] = {}  # next offset to commit, per partition
+        self._committed: dict[TP, int] = {}
+
+    def add(self, tp: TP, offset: int) -> None:
+        """A message was taken: it must be done before its offset is committed."""
+        self._pending.setdefault(tp, OrderedDict())[offset] = False
+
+    def done(self, tp: TP, offset: int) -> None:
+        """The message's job is terminal (or the message was dead-lettered)."""
+        pending = self._pending.get(tp)
+        if pending is None or offset not in pending:
+            return  # a partition revoked since: its new owner commits it
+        pending[offset] = True
+        while pending and pending[next(iter(pending))]:
+            first, _ = pending.popitem(last=False)
+            self._position[tp] = first + 1
+
+    def in_flight(self) -> int:
+        """Messages taken and not done, over all partitions."""
+        return sum(sum(1 for d in p.values() if not d) for p in self._pending.values())
+
+    def to_commit(self, tps: Iterable[TP] | None = None) -> dict[TP, int]:
+        """Positions that moved since the last ``committed`` call."""
+        wanted = self._position.keys() if tps is None else [t for t in tps if t in self._position]
+        return {tp: self._position[tp] for tp in wanted
+                if self._committed.get(tp) != self._position[tp]}
+
+    def committed(self, positions: Mapping[TP, int]) -> None:
+        """Record a successful commit."""
+        self._committed.update(positions)
+
+    def forget(self, tps: Iterable[TP]) -> None:
+        """Drop revoked partitions: their new owner starts from the committed offset."""
+        for tp in tps:
+            self._pending.pop(tp, None)
+            self._position.pop(tp, None)
+            self._committed.pop(tp, None)
+
+
+def _tps(partitions: Sequence[TopicPartition]) -> list[TP]:
+    return [(p.topic, p.partition) for p in partitions]
+
+
+class JobConsumer:
+    """The daemon's consumer: one per daemon process, used from one thread.
+
+    ``on_assign``/``on_revoke`` are called from inside ``poll`` with (topic, partition)
+    lists; ``on_revoke`` runs before the partitions go, so the daemon can commit.
+    """
+
+    def __init__(self, settings: Mapping[str, Any], pattern: str,
+                 on_assign: Callable[[list[TP]], None],
+                 on_revoke: Callable[[list[TP]], None]) -> None:
+        self.settings = dict(settings)
+        self.pattern = pattern if pattern.startswith("^") else "^" + pattern
+        self._on_assign, self._on_revoke = on_assign, on_revoke
+        self._consumer: Consumer | None = None
+        self.paused = False
+        # librdkafka assigns after on_assign returns: new partitions are paused on the
+        # next poll when the daemon is paused.
+        self._pause_after_assign = False
+
+    def open(self, timeout_s: float) -> None:
+        """Connect, prove the broker answers within ``timeout_s``, subscribe."""
+        try:
+            self._consumer = Consumer(self.settings)
+            self._consumer.list_topics(timeout=timeout_s)
+        except KafkaException as exc:
+            self.close()
+            raise BrokerError(f"cannot reach Kafka at {self.settings['bootstrap.servers']} "
+                              f"within {timeout_s:.0f}s: {exc.args[0]}") from exc
+        self._consumer.subscribe([self.pattern], on_assign=self._assigned,
+                                 on_revoke=self._revoked, on_lost=self._revoked)
+        log.info("subscribed", extra={"fields": {"pattern": self.pattern,
+                                                 "groupId": self.settings.get("group.id")}})
+
+    @property
+    def consumer(self) -> Consumer:
+        if self._consumer is None:
+            raise BrokerError("the consumer is not open")
+        return self._consumer
+
+    def _assigned(self, _consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        tps = _tps(partitions)
+        log.info("partitions assigned", extra={"fields": {"partitions": len(tps),
+                                                          "assigned": sorted(tps)}})
+        self._on_assign(tps)
+        if self.paused and partitions:
+            self._pause_after_assign = True
+
+    def _revoked(self, _consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        tps = _tps(partitions)
+        log.info("partitions revoked", extra={"fields": {"partitions": len(tps)}})
+        self._on_revoke(tps)
+
+    def poll(self, timeout_s: float) -> Delivery | None:
+        """The next message, or None. Errors that are not fatal are logged and skipped."""
+        msg = self.consumer.poll(timeout_s)
+        if self._pause_after_assign:
+            self._pause_after_assign = False
+            self.pause()
+        if msg is None:
+            return None
+        error = msg.error()
+        if error is not None:
+            if error.fatal():
+                raise BrokerError(f"fatal consumer error: {error.str()}")
+            if error.code() == KafkaError.UNKNOWN_TOPIC_OR_PART:
+                # No topic matches the pattern yet: normal until the first job is sent.
+                log.info("no topic matches yet", extra={"fields": {"error": error.str()}})
+            elif error.code() != KafkaError._PARTITION_EOF:
+                log.warning("consumer error", extra={"fields": {"error": error.str()}})
+            return None
+        return Delivery.of(msg)
+
+    def pause(self) -> None:
+        """Stop fetching from every assigned partition; keep polling to stay in the group."""
+        assignment = self.consumer.assignment()
+        if assignment:
+            self.consumer.pause(assignment)
+        self.paused = True
+
+    def resume(self) -> None:
+        """Fetch again; librdkafka restarts each partition after its last delivered offset."""
+        assignment = self.consumer.assignment()
+        if assignment:
+            self.consumer.resume(assignment)
+        self.paused = False
+
+    def commit(self, positions: Mapping[TP, int]) -> bool:
+        """Commit positions synchronously; False (logged) when the broker refused."""
+        if not positions:
+            return True
+        offsets = [TopicPartition(t, p, o) for (t, p), o in positions.items()]
+        try:
+            self.consumer.commit(offsets=offsets, asynchronous=False)
+        except KafkaException as exc:
+            log.warning("offset commit failed; retried later",
+                        extra={"fields": {"error": str(exc.args[0])}})
+            return False
+        return True
+
+    def close(self) -> None:
+        """Leave the group and close. Idempotent."""
+        if self._consumer is not None:
+            try:
+                self._consumer.close()
+            except (KafkaException, RuntimeError) as exc:
+                log.warning("consumer close failed", extra={"fields": {"error": str(exc)}})
+            self._consumer = None
+
+
+class Publisher:
+    """One idempotent producer; ``send`` waits for the broker's acknowledgement."""
+
+    def __init__(self, settings: Mapping[str, Any]) -> None:
+        self.settings = dict(settings)
+        self._producer = Producer(self.settings)
+
+    def send(self, topic: str, value: bytes | None, *, key: bytes | None = None,
+             headers: Headers | None = None, timeout_s: float = 30.0) -> tuple[int, int]:
+        """Produce one message and wait until acks=all; returns (partition, offset)."""
+        result: list[Any] = []
+
+        def delivered(err: KafkaError | None, msg: Message) -> None:
+            result.append(err if err is not None else (msg.partition(), msg.offset()))
+
+        try:
+            self._producer.produce(topic, value=value, key=key, headers=list(headers or []),
+                                   on_delivery=delivered)
+        except (KafkaException, BufferError) as exc:
+            raise BrokerError(f"cannot produce to {topic}: {exc}") from exc
+        self._producer.flush(timeout_s)
+        if not result:
+            raise BrokerError(f"no acknowledgement from Kafka for {topic} within {timeout_s:.0f}s")
+        if isinstance(result[0], KafkaError):
+            raise BrokerError(f"producing to {topic} failed: {result[0].str()}")
+        partition, offset = result[0]
+        return int(partition), int(offset)
+
+    def close(self, timeout_s: float = 10.0) -> None:
+        """Deliver what is queued."""
+        self._producer.flush(timeout_s)
+
+
+def submit(publisher: Publisher, topic: str, request: Any) -> tuple[int, int]:
+    """Produce one NodeExchange (``payload.NodeExchange``) keyed by its jobId."""
+    key = request.job_id.encode() if request.job_id else None
+    return publisher.send(topic, request.to_json(), key=key,
+                          headers=[("__TypeId__", b"NodeExchange")])

@@ -1,0 +1,531 @@
+"""The daemon (parent side): signals, the process pool, the in-flight window, the stop order.
+
+One ``Daemon`` per process. Its main thread owns the Kafka consumer, the producer and
+a small database pool; jobs run in a ``ProcessPoolExecutor`` (spawn or forkserver:
+librdkafka runs threads here that a fork would copy half-way).
+
+One message's life:
+1. polled; a value that is not a valid NodeExchange is dead-lettered (stage parse or
+   validate) and done;
+2. its job row is created (PENDING, idempotent) and claimed: a COMPLETED/FAILED job is
+   skipped (a redelivery), a job whose lease another live daemon holds waits;
+3. the job goes to a worker; the slot stays in the in-flight window until then;
+4. COMPLETED is done; FAILED is dead-lettered (stage import), then done; a worker that
+   died has its pool replaced and the job retried (it resumes from its checkpoint);
+5. done offsets are committed: per partition, up to the first message not yet done.
+
+The window holds ``queue-capacity`` messages. When it is full, ``pause`` pauses the
+assigned partitions (polling goes on, so the daemon stays in its group) and ``reject``
+FAILs the new job with "System overloaded" and dead-letters it (stage backpressure).
+"""
+
+from __future__ import annotations
+
+import logging
+import multiprocessing
+import os
+import signal
+import threading
+import time
+import traceback
+from concurrent.futures import Future, ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
+from dataclasses import dataclass, field
+from typing import Any
+
+from psycopg_pool import ConnectionPool
+
+from nodes_import import payload, status, storage, worker
+from nodes_import.config import Config
+from nodes_import.consumer import (
+    TP,
+    Delivery,
+    JobConsumer,
+    OffsetTracker,
+    Publisher,
+    client_settings,
+)
+from nodes_import.deadletter import (
+    STAGE_BACKPRESSURE,
+    STAGE_IMPORT,
+    DeadLetterWriter,
+    Failure,
+    counts_of,
+    instance_name,
+)
+from nodes_import.embedded import local_services
+from nodes_import.errors import (
+    BrokerError,
+    ConfigError,
+    OverloadedError,
+    StorageError,
+    WorkerDiedError,
+)
+from nodes_import.jobs import ImportJob, JobOutcome, derived_job_id
+
+log = logging.getLogger(__name__)
+
+OVERLOADED = "System overloaded"  # the seed's reason for a rejected job
+POLL_S = 0.05  # poll timeout: also how quickly finished jobs are noticed
+COMMIT_EVERY_S = 0.2  # commits are batched at most this often (and forced on revoke/stop)
+RETRY_MAX_S = 5.0  # longest wait before trying a job again after a database error
+WAITING, RUNNING, DEAD_LETTER, REJECTING = "waiting", "running", "dead-letter", "rejecting"
+
+
+@dataclass
+class Slot:
+    """One message in the in-flight window, from taken to done."""
+
+    delivery: Delivery
+    job: ImportJob | None = None
+    state: str = WAITING
+    future: Future[JobOutcome] | None = None
+    generation: int = 0  # which process pool runs it
+    not_before: float = 0.0
+    crashes: int = 0  # worker deaths while this job ran
+    failures: int = 0  # database errors while starting it
+    failure: Failure | None = None  # the dead letter still to send
+    waiting_for: str | None = None  # the other daemon holding its lease
+    started: float = field(default_factory=time.monotonic)
+
+    def ctx(self) -> dict[str, Any]:
+        """Log fields of this job."""
+        d = self.delivery
+        fields: dict[str, Any] = {"topic": d.topic, "partition": d.partition, "offset": d.offset}
+        if self.job is not None:
+            fields.update(jobId=self.job.job_id, groupId=self.job.group_id,
+                          domainId=self.job.domain_id)
+        return fields
+
+
+class Heartbeat(threading.Thread):
+    """Renews the leases of the jobs this daemon holds, every heartbeat interval."""
+
+    def __init__(self, pool: ConnectionPool, owner: str, interval_s: float) -> None:
+        super().__init__(name="lease-heartbeat", daemon=True)
+        self.pool, self.owner, self.interval_s = pool, owner, interval_s
+        self.job_ids: set[str] = set()
+        self.lock = threading.Lock()
+        self.stopped = threading.Event()
+
+    def hold(self, job_id: str) -> None:
+        with self.lock:
+            self.job_ids.add(job_id)
+
+    def drop(self, job_id: str) -> None:
+        with self.lock:
+            self.job_ids.discard(job_id)
+
+    def run(self) -> None:
+        while not self.stopped.wait(self.interval_s):
+            with self.lock:
+                ids = sorted(self.job_ids)
+            try:
+                with self.pool.connection() as conn:
+                    storage.renew_leases(conn, job_ids=ids, owner=self.owner)
+            except (StorageError, OSError) as exc:  # the next beat tries again
+                log.warning("lease renewal failed", extra={"fields": {"error": str(exc)}})
+
+
+class Daemon:
+    """Consumes job messages and runs them on worker processes until asked to stop."""
+
+    def __init__(self, cfg: Config, *, log_level: str = "INFO") -> None:
+        if not cfg.database.dsn or not cfg.kafka.bootstrap_servers:
+            raise ConfigError("the daemon needs a DSN and bootstrap servers "
+                              "(embedded.local_services provides local ones)")
+        self.cfg, self.log_level = cfg, log_level
+        self.dsn, self.bootstrap = cfg.database.dsn, cfg.kafka.bootstrap_servers
+        self.owner = instance_name()
+        self.capacity = cfg.executor.queue_capacity
+        self.reject_mode = cfg.executor.backpressure == "reject"
+        self.slots: list[Slot] = []
+        self.running: dict[str, Slot] = {}
+        self.tracker = OffsetTracker()
+        self.stopping = threading.Event()
+        self.ready = threading.Event()  # set once subscribed (tests and demo wait on it)
+        self.generation = 0
+        self._last_commit = 0.0
+        self._mp = multiprocessing.get_context(cfg.executor.start_method)
+        self._stop_jobs = self._mp.Event()  # tells running jobs to checkpoint and return
+        self.db: ConnectionPool | None = None
+        self.consumer: JobConsumer | None = None
+        self.publisher: Publisher | None = None
+        self.dead: DeadLetterWriter | None = None
+        self.pool: ProcessPoolExecutor | None = None
+        self.heartbeat: Heartbeat | None = None
+
+    # ----------------------------------------------------------------- lifecycle
+
+    def request_stop(self) -> None:
+        """Ask the main loop to stop (thread- and signal-safe)."""
+        self.stopping.set()
+
+    def run(self) -> None:
+        """Open, consume until ``request_stop``, then drain and close in order."""
+        try:
+            self._open()
+            self.ready.set()
+            while not self.stopping.is_set():
+                self._step()
+            self._drain()
+        finally:
+            self._close()
+
+    def _open(self) -> None:
+        """1. database  2. Kafka (fails fast)  3. worker processes  4. heartbeat, subscribe."""
+        cfg = self.cfg
+        # 1.
+        self.db = storage.open_pool(self.dsn, max_size=2,
+                                    timeout_s=cfg.database.connect_timeout_ms / 1000.0)
+        with self.db.connection() as conn:
+            storage.init_schema(conn)
+        # 2.
+        self.consumer = JobConsumer(
+            client_settings(cfg.kafka, "consumer", bootstrap=self.bootstrap),
+            cfg.kafka.topic_pattern, on_assign=self._assigned, on_revoke=self._revoked)
+        self.consumer.open(cfg.kafka.startup_timeout_ms / 1000.0)
+        self.publisher = Publisher(client_settings(cfg.kafka, "producer",
+                                                   bootstrap=self.bootstrap))
+        self.dead = DeadLetterWriter(self.publisher, cfg.kafka.dlq_topic, cfg.kafka.group_id)
+        # 3.
+        self._new_pool()
+        # 4.
+        self.heartbeat = Heartbeat(self.db, self.owner, cfg.executor.heartbeat_interval_ms / 1e3)
+        self.heartbeat.start()
+        log.info("daemon started", extra={"fields": {
+            "instance": self.owner, "workers": cfg.executor.max_pool_size,
+            "queueCapacity": self.capacity, "backpressure": cfg.executor.backpressure,
+            "bootstrapServers": self.bootstrap, "dlq": cfg.kafka.dlq_topic}})
+
+    def _new_pool(self) -> None:
+        ex = self.cfg.executor
+        settings = worker.WorkerSettings(
+            dsn=self.dsn, pool_size=self.cfg.imports.max_parallel_futures + 1,
+            connect_timeout_s=self.cfg.database.connect_timeout_ms / 1000.0,
+            log_level=self.log_level)
+        self.generation += 1
+        self.pool = ProcessPoolExecutor(max_workers=ex.max_pool_size, mp_context=self._mp,
+                                        initializer=worker.init_worker,
+                                        initargs=(settings, self._stop_jobs))
+        # Start the core workers now so the first job does not wait for a spawn.
+        warm = [self.pool.submit(worker.warm_up)
+                for _ in range(min(ex.core_pool_size, ex.max_pool_size))]
+        for f in warm:
+            f.result(timeout=60)
+
+    def _step(self) -> None:
+        assert self.consumer is not None
+        self._reap()
+        self._retry_waiting()
+        if not self.reject_mode:
+            full = len(self.slots) >= self.capacity
+            if full and not self.consumer.paused:
+                self.consumer.pause()
+                log.info("window full: partitions paused", extra={"fields": {
+                    "inFlight": len(self.slots)}})
+            elif not full and self.consumer.paused:
+                self.consumer.resume()
+                log.info("partitions resumed", extra={"fields": {"inFlight": len(self.slots)}})
+        delivery = self.consumer.poll(POLL_S)
+        if delivery is not None:
+            self._take(delivery)
+        self._commit()
+
+    # --------------------------------------------------------------- taking messages
+
+    def _take(self, delivery: Delivery) -> None:
+        self.tracker.add(delivery.tp, delivery.offset)
+        slot = Slot(delivery)
+        try:
+            request = payload.parse(delivery.value,
+                                    max_reference_ids=self.cfg.imports.max_reference_ids)
+        except payload.MessageRejected as exc:
+            self._dead_letter(slot, Failure(exc.stage, str(exc), _qualname(exc)))
+            return
+        slot.job = ImportJob(
+            job_id=request.job_id or derived_job_id(delivery.topic, delivery.partition,
+                                                    delivery.offset),
+            group_id=request.group_id, domain_id=request.domain_id,
+            node_type=request.node_type or self.cfg.imports.default_node_type,
+            source=request.file, reference_ids=request.reference_ids, claimed_by=self.owner)
+        full = len(self.slots) >= self.capacity
+        self.slots.append(slot)
+        if full and self.reject_mode:
+            slot.state = REJECTING
+            self._reject(slot)
+        else:
+            self._start(slot)
+
+    def _start(self, slot: Slot) -> None:
+        """Create and claim the job, then submit it (or wait, or skip it)."""
+        job = slot.job
+        assert job is not None and self.db is not None
+        other = self.running.get(job.job_id)
+        if other is not None and other is not slot:  # a redelivery of a job running here
+            slot.not_before = time.monotonic() + 0.2
+            return
+        try:
+            with self.db.connection() as conn:
+                storage.create_job(conn, job_id=job.job_id, group_id=job.group_id,
+                                   domain_id=job.domain_id, node_type=job.node_type,
+                                   source=job.source_label)
+                claim = storage.claim_job(conn, job_id=job.job_id, owner=self.owner,
+                                          lease_ms=self.cfg.executor.lease_timeout_ms)
+        except (StorageError, OSError) as exc:
+            self._later(slot, "cannot start the job; retrying", exc)
+            return
+        if claim.outcome == storage.FINISHED:
+            log.info("job already finished; skipped", extra={"fields": {
+                **slot.ctx(), "status": claim.status, "ranBy": claim.holder}})
+            self._done(slot)
+        elif claim.outcome == storage.HELD:
+            if slot.waiting_for != claim.holder:
+                log.info("job leased by another daemon; waiting", extra={"fields": {
+                    **slot.ctx(), "holder": claim.holder,
+                    "heartbeatAgeS": round(claim.heartbeat_age_s or 0.0, 1)}})
+            slot.waiting_for = claim.holder
+            slot.not_before = time.monotonic() + self.cfg.executor.heartbeat_interval_ms / 1e3
+        else:
+            self._submit(slot)
+
+    def _submit(self, slot: Slot) -> None:
+        assert slot.job is not None and self.pool is not None and self.heartbeat is not None
+        try:
+            slot.future = self.pool.submit(worker.run_job, slot.job, self.cfg.imports)
+        except BrokenProcessPool:
+            self._replace_pool("the pool broke before a submission")
+            slot.future = self.pool.submit(worker.run_job, slot.job, self.cfg.imports)
+        slot.state, slot.generation = RUNNING, self.generation
+        self.running[slot.job.job_id] = slot
+        self.heartbeat.hold(slot.job.job_id)
+        log.info("job submitted", extra={"fields": {**slot.ctx(), "inFlight": len(self.slots),
+                                                     "attempt": slot.crashes + 1}})
+
+    def _reject(self, slot: Slot) -> None:
+        """Backpressure ``reject``: FAIL the job as overloaded and dead-letter it."""
+        job = slot.job
+        assert job is not None and self.db is not None
+        try:
+            with self.db.connection() as conn:
+                row = storage.create_job(conn, job_id=job.job_id, group_id=job.group_id,
+                                         domain_id=job.domain_id, node_type=job.node_type,
+                                         source=job.source_label)
+                if row["status"] in status.TERMINAL:
+                    self._done(slot)
+                    return
+                row = storage.finish_job(conn, job_id=job.job_id, status=status.FAILED,
+                                         error=OVERLOADED) or row
+        except (StorageError, OSError) as exc:
+            self._later(slot, "cannot record the rejected job; retrying", exc)
+            return
+        log.warning("job rejected: window full", extra={"fields": {
+            **slot.ctx(), "inFlight": len(self.slots), "capacity": self.capacity}})
+        self._dead_letter(slot, Failure(STAGE_BACKPRESSURE, OVERLOADED, _qualname(
+            OverloadedError()), job_id=job.job_id, counts=counts_of(row)))
+
+    def _later(self, slot: Slot, message: str, exc: BaseException) -> None:
+        slot.failures += 1
+        delay = min(RETRY_MAX_S, 0.25 * 2 ** min(slot.failures, 5))
+        slot.not_before = time.monotonic() + delay
+        log.warning(message, extra={"fields": {**slot.ctx(), "error": str(exc),
+                                               "retryInS": delay}})
+
+    def _retry_waiting(self) -> None:
+        now = time.monotonic()
+        for slot in [s for s in self.slots if s.state != RUNNING and s.not_before <= now]:
+            if slot.state == WAITING:
+                self._start(slot)
+            elif slot.state == REJECTING:
+                self._reject(slot)
+            elif slot.state == DEAD_LETTER and slot.failure is not None:
+                self._dead_letter(slot, slot.failure)
+
+    # --------------------------------------------------------------- finished jobs
+
+    def _reap(self) -> None:
+        for slot in [s for s in self.slots if s.state == RUNNING and s.future is not None
+                     and s.future.done()]:
+            assert slot.job is not None and slot.future is not None
+            self.running.pop(slot.job.job_id, None)
+            exc = slot.future.exception()
+            if isinstance(exc, BrokenProcessPool):
+                self._worker_died(slot)
+            elif exc is not None:  # cannot happen unless the job could not be sent
+                self._fail(slot, f"internal error: {type(exc).__name__}: {exc}", exc)
+            else:
+                self._finished(slot, slot.future.result())
+
+    def _finished(self, slot: Slot, outcome: JobOutcome) -> None:
+        assert slot.job is not None
+        if outcome.status == status.COMPLETED:
+            self._done(slot)
+        elif outcome.status == status.FAILED:
+            self._dead_letter(slot, Failure(
+                STAGE_IMPORT, outcome.error or "FAILED",
+                outcome.error_type or "nodes_import.errors.NodesImportError",
+                outcome.stack_trace, slot.job.job_id, counts_of(outcome.row)))
+        elif self.stopping.is_set():  # interrupted by the drain: resumes on the next start
+            self._drop(slot)
+        else:  # the database was away before the job started
+            slot.state = WAITING
+            self._later(slot, "job did not start; retrying", StorageError(outcome.error or ""))
+
+    def _worker_died(self, slot: Slot) -> None:
+        assert slot.job is not None
+        if slot.generation == self.generation and not self.stopping.is_set():
+            self._replace_pool("a worker process died (killed or out of memory)")
+        slot.crashes += 1
+        if self.stopping.is_set():
+            self._drop(slot)
+        elif slot.crashes >= self.cfg.executor.max_job_crashes:
+            self._fail(slot, f"the worker process died {slot.crashes} times while running "
+                             "this job (killed or out of memory)", WorkerDiedError())
+        else:
+            log.warning("job retried on a new worker", extra={"fields": {
+                **slot.ctx(), "crashes": slot.crashes}})
+            slot.state, slot.not_before = WAITING, 0.0
+
+    def _replace_pool(self, reason: str) -> None:
+        log.error("process pool broken; replacing it", extra={"fields": {"reason": reason}})
+        if self.pool is not None:
+            self.pool.shutdown(wait=False, cancel_futures=True)
+        self._new_pool()
+
+    def _fail(self, slot: Slot, error: str, exc: BaseException) -> None:
+        """FAIL a job the worker could not finish, then dead-letter it."""
+        job = slot.job
+        assert job is not None and self.db is not None
+        try:
+            with self.db.connection() as conn:
+                row = storage.finish_job(conn, job_id=job.job_id, status=status.FAILED,
+                                         error=error) or {}
+        except (StorageError, OSError) as db_exc:
+            slot.state = WAITING
+            self._later(slot, "cannot record the failure; retrying the job", db_exc)
+            return
+        trace = "".join(traceback.format_exception(exc)) if exc.__traceback__ else None
+        self._dead_letter(slot, Failure(STAGE_IMPORT, error, _qualname(exc), trace,
+                                        job.job_id, counts_of(row)))
+
+    def _dead_letter(self, slot: Slot, failure: Failure) -> None:
+        assert self.dead is not None
+        try:
+            self.dead.send(slot.delivery, failure)
+        except BrokerError as exc:  # not done until the dead letter is acknowledged
+            if slot not in self.slots:
+                self.slots.append(slot)
+            slot.state, slot.failure = DEAD_LETTER, failure
+            self._later(slot, "dead letter not acknowledged; retrying", exc)
+            return
+        self._done(slot)
+
+    def _done(self, slot: Slot) -> None:
+        """Terminal: release the slot and let the offset be committed."""
+        self._drop(slot)
+        self.tracker.done(slot.delivery.tp, slot.delivery.offset)
+
+    def _drop(self, slot: Slot) -> None:
+        """Out of the window without committing (the message comes back later)."""
+        if slot in self.slots:
+            self.slots.remove(slot)
+        if slot.job is not None and self.heartbeat is not None and \
+                self.running.get(slot.job.job_id) is None:
+            self.heartbeat.drop(slot.job.job_id)
+
+    # ------------------------------------------------------------------ offsets
+
+    def _commit(self, *, force: bool = False, tps: list[TP] | None = None) -> None:
+        now = time.monotonic()
+        if not force and now - self._last_commit < COMMIT_EVERY_S:
+            return
+        positions = self.tracker.to_commit(tps)
+        if positions and self.consumer is not None and self.consumer.commit(positions):
+            self.tracker.committed(positions)
+        self._last_commit = now
+
+    def _assigned(self, tps: list[TP]) -> None:
+        pass  # new partitions start at their committed offsets: nothing to set up
+
+    def _revoked(self, tps: list[TP]) -> None:
+        """Commit what is done; drop waiting work of these partitions (running jobs go on)."""
+        self._commit(force=True, tps=tps)
+        gone = set(tps)
+        for slot in [s for s in self.slots if s.state != RUNNING and s.delivery.tp in gone]:
+            self._drop(slot)
+        self.tracker.forget(tps)
+
+    # ------------------------------------------------------------------ stopping
+
+    def _drain(self) -> None:
+        """1. stop polling  2. running jobs checkpoint (bounded)  3. commit."""
+        assert self.consumer is not None
+        started = time.monotonic()
+        deadline = started + self.cfg.executor.drain_timeout_ms / 1000.0
+        self.consumer.pause()  # 1. polling goes on only to keep the group informed
+        for slot in [s for s in self.slots if s.state != RUNNING]:
+            self._drop(slot)
+        self._stop_jobs.set()  # 2.
+        running = len(self.running)
+        log.info("stopping: draining in-flight jobs", extra={"fields": {
+            "running": running, "drainTimeoutMs": self.cfg.executor.drain_timeout_ms}})
+        while self.running and time.monotonic() < deadline:
+            self._reap()
+            self.consumer.poll(POLL_S)  # a message polled now is not taken: it comes back
+            self._commit()
+        self._commit(force=True)  # 3.
+        log.info("drained", extra={"fields": {
+            "jobsLeft": len(self.running), "durationS": round(time.monotonic() - started, 2)}})
+
+    def _close(self) -> None:
+        """4. shut the pool  5. release leases, close the consumer, the producer, the db."""
+        if self.pool is not None:
+            if self.running:  # past the drain timeout: their open batches roll back
+                for proc in list(getattr(self.pool, "_processes", {}).values()):
+                    proc.kill()  # no public API kills busy workers
+            self.pool.shutdown(wait=True, cancel_futures=True)
+        if self.heartbeat is not None:
+            self.heartbeat.stopped.set()
+        if self.db is not None:
+            try:
+                with self.db.connection() as conn:
+                    storage.release_leases(conn, owner=self.owner)
+            except (StorageError, OSError) as exc:
+                log.warning("cannot release leases", extra={"fields": {"error": str(exc)}})
+        if self.consumer is not None:
+            self.consumer.close()
+        if self.publisher is not None:
+            self.publisher.close()
+        if self.db is not None:
+            self.db.close()
+        log.info("daemon stopped", extra={"fields": {"instance": self.owner}})
+
+
+def _qualname(exc: BaseException) -> str:
+    return f"{type(exc).__module__}.{type(exc).__qualname__}"
+
+
+
+# ------------------------------------------------------------------ the foreground service
+
+
+def install_signal_handlers(daemon: Daemon) -> None:
+    """SIGTERM/SIGINT: stop in order. A second one: exit at once (jobs resume next start)."""
+
+    def handle(signum: int, _frame: Any) -> None:
+        if daemon.stopping.is_set():
+            log.warning("second signal: exiting now", extra={"fields": {"signal": signum}})
+            os._exit(128 + signum)  # workers die with us (PDEATHSIG); leases expire
+        log.info("signal received: stopping", extra={"fields": {"signal": signum}})
+        daemon.request_stop()
+
+    signal.signal(signal.SIGTERM, handle)
+    signal.signal(signal.SIGINT, handle)
+
+
+def serve(cfg: Config, *, log_level: str = "INFO") -> None:
+    """``nodes-import run``: the daemon in the foreground, on embedded services if none set."""
+    with local_services(cfg) as resolved:
+        daemon = Daemon(resolved, log_level=log_level)
+        install_signal_handlers(daemon)
+        daemon.run()

@@ -1,0 +1,119 @@
+"""The process pool's entry points (worker side): ``init_worker`` and ``run_job``. Only these.
+
+Each worker process builds its own psycopg pool once, in ``init_worker``; nothing that
+cannot cross a process boundary is ever passed in. Jobs come in as ``ImportJob`` and
+leave as ``JobOutcome`` (errors cross as data, never as live exceptions). Workers
+ignore SIGINT/SIGTERM: the daemon owns the stop order and tells running jobs to stop
+after their in-flight batches through ``stop_event``. This module must never import
+the Kafka client.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import logging
+import os
+import signal
+import threading
+import traceback
+from dataclasses import dataclass
+from typing import Any
+
+from psycopg_pool import ConnectionPool
+
+from nodes_import import engine, logs, status, storage
+from nodes_import.config import ImportConfig
+from nodes_import.errors import NodesImportError
+from nodes_import.jobs import ImportJob, JobOutcome
+
+log = logging.getLogger(__name__)
+
+# How often a running job checks whether the daemon asked it to stop.
+STOP_CHECK_S = 0.2
+
+
+@dataclass(frozen=True)
+class WorkerSettings:
+    """What a worker process needs to start. Primitives only (it is pickled)."""
+
+    dsn: str
+    pool_size: int
+    connect_timeout_s: float
+    log_level: str = "INFO"
+
+
+# The worker process's own state, set once by init_worker.
+_pool: ConnectionPool | None = None
+_stop: Any = None  # a multiprocessing Event shared with the daemon
+
+
+def _die_with_parent() -> None:
+    """Get SIGKILL when the daemon dies (Linux), so no orphan keeps writing a job."""
+    try:
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    except OSError:
+        pass
+
+
+def init_worker(settings: WorkerSettings, stop_event: Any) -> None:
+    """Executor initializer: ignore stop signals, log as JSON, open this process's pool."""
+    global _pool, _stop
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    _die_with_parent()
+    logs.setup(settings.log_level)
+    _stop = stop_event
+    _pool = storage.open_pool(settings.dsn, max_size=settings.pool_size,
+                              timeout_s=settings.connect_timeout_s, name="nodes-import-worker")
+
+
+def warm_up() -> int:
+    """A no-op the daemon submits to start its core workers up front; returns the pid."""
+    return os.getpid()
+
+
+def _watch_stop(cancel: threading.Event, finished: threading.Event) -> None:
+    while not finished.wait(STOP_CHECK_S):
+        if _stop is not None and _stop.is_set():
+            cancel.set()
+            return
+
+
+def run_job(job: ImportJob, cfg: ImportConfig) -> JobOutcome:
+    """Run one job with the engine; every error comes back inside the outcome."""
+    if _pool is None:
+        raise RuntimeError("init_worker did not run in this process")
+    cancel, finished = threading.Event(), threading.Event()
+    watcher = threading.Thread(target=_watch_stop, args=(cancel, finished),
+                               name=f"stop-watch-{job.job_id[:8]}", daemon=True)
+    watcher.start()
+    try:
+        return engine.run_import(job, cfg, _pool, cancel=cancel)
+    except NodesImportError as exc:
+        # The database stayed away before the job started: not terminal, retried later.
+        return JobOutcome(job.job_id, status.PENDING, str(exc), {},
+                          error_type=type(exc).__name__, stack_trace=traceback.format_exc())
+    except Exception as exc:  # a bug: FAIL the job rather than lose it silently
+        log.exception("job crashed", extra={"fields": {"jobId": job.job_id}})
+        return _fail(job, exc)
+    finally:
+        finished.set()
+
+
+def _fail(job: ImportJob, exc: Exception) -> JobOutcome:
+    error = f"internal error: {type(exc).__name__}: {exc}"
+    trace = traceback.format_exc()
+    row: dict[str, Any] = {}
+    try:
+        assert _pool is not None
+        with _pool.connection() as conn:
+            row = storage.finish_job(conn, job_id=job.job_id, status=status.FAILED,
+                                     error=error) or {}
+    except Exception:  # the database is gone too: the daemon retries the job later
+        log.exception("cannot record the crash", extra={"fields": {"jobId": job.job_id}})
+        return JobOutcome(job.job_id, status.PENDING, error, {},
+                          error_type=f"{type(exc).__module__}.{type(exc).__name__}",
+                          stack_trace=trace)
+    return JobOutcome(job.job_id, str(row.get("status", status.FAILED)), error, row,
+                      error_type=f"{type(exc).__module__}.{type(exc).__name__}",
+                      stack_trace=trace)
