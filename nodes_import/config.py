@@ -64,7 +64,7 @@ KEYS: dict[str, tuple[Any, Any]] = {
     "node.import.lease-timeout.ms": (int, 30_000),
     "node.import.heartbeat-interval.ms": (int, 5_000),
     "node.import.batch.size": (int, 50_000),
-    "node.import.block-size-bytes": (int, 4 << 20),
+    "node.import.block-size-bytes": (int, 1 << 20),
     "node.import.retry.max-attempts": (int, 3),
     "node.import.retry.initial-interval": (int, 1000),
     "node.import.retry.multiplier": (float, 2.0),
@@ -99,7 +99,7 @@ class ImportConfig:
     """How one job is read and written. Crosses the process boundary: primitives only."""
 
     batch_size: int = 50_000
-    block_size_bytes: int = 4 << 20
+    block_size_bytes: int = 1 << 20
     max_parallel_futures: int = 2
     batch_timeout_ms: int = 120_000
     global_timeout_ms: int = 3_600_000
