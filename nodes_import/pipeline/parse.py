@@ -102,7 +102,11 @@ def _invalid_handler(sink: list[InvalidRow]) -> Callable[[Any], str]:
     def handle(row: Any) -> str:
         number = row.number - 1 if row.number is not None and row.number > 0 else -1
         reason = f"expected {row.expected_columns} fields, got {row.actual_columns}"
-        sink.append(InvalidRow(number, (row.text or "")[:MAX_LINE_CHARS], reason))
+        try:
+            text = row.text or ""
+        except UnicodeDecodeError:  # pyarrow decodes the line for us, and may fail
+            text = "<line is not valid UTF-8>"
+        sink.append(InvalidRow(number, text[:MAX_LINE_CHARS], reason))
         return "skip"
 
     return handle
@@ -165,6 +169,8 @@ class CsvReader:
         stream = self._source.open()
         try:
             names = list(self._open(stream, [], None).schema.names)
+        except UnicodeDecodeError as exc:
+            raise SourceError("cannot read the CSV: the header is not valid UTF-8") from exc
         finally:
             stream.close()
         if REFERENCE_ID not in names:

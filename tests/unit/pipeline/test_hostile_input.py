@@ -1,0 +1,108 @@
+"""Hostile files: every input ends in clean rows or a clean SourceError, never a crash."""
+
+from __future__ import annotations
+
+import csv
+import gzip
+import io
+from pathlib import Path
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from nodes_import.errors import SourceError
+from nodes_import.pipeline import encode
+from nodes_import.pipeline.parse import CsvReader
+from nodes_import.pipeline.source import Source
+
+FUZZ = settings(max_examples=150, deadline=None,
+                suppress_health_check=[HealthCheck.function_scoped_fixture])
+cells = st.text(st.characters(blacklist_categories=("Cs",), blacklist_characters="\x00"),
+                max_size=30)
+
+
+def _read_all(path: Path, block_size: int = 1 << 16) -> list[dict]:
+    source = Source(str(path), allowed_roots=(str(path.parent),), max_file_bytes=1 << 30,
+                    max_decompressed_bytes=1 << 26)
+    reader = CsvReader(source, block_size=block_size, batch_size=7)
+    rows = []
+    for batch in reader.batches():
+        for part in encode.encode_batch(batch, reader.header, 2):
+            assert part.rows >= 0
+        rows += batch.table.to_pylist()
+    return rows
+
+
+@FUZZ
+@given(data=st.binary(max_size=2000), zipped=st.booleans())
+def test_random_bytes_are_read_or_refused_cleanly(tmp_path: Path, data: bytes,
+                                                  zipped: bool) -> None:
+    path = tmp_path / "random.bin"
+    path.write_bytes(gzip.compress(data) if zipped else data)
+    try:
+        _read_all(path)
+    except SourceError as exc:
+        assert str(exc)
+
+
+@FUZZ
+@given(header_extra=st.lists(cells.filter(lambda c: c not in ("", "reference_id")),
+                             max_size=3, unique=True),
+       rows=st.lists(st.lists(cells, min_size=4, max_size=4), min_size=1, max_size=25),
+       terminator=st.sampled_from(["\n", "\r\n"]), bom=st.booleans())
+def test_any_well_formed_csv_reads_back_exactly(tmp_path: Path, header_extra: list[str],
+                                                rows: list[list[str]], terminator: str,
+                                                bom: bool) -> None:
+    header = ["reference_id", *header_extra]
+    out = io.StringIO()
+    # QUOTE_ALL: Python quotes a bare CR only when it is part of the line terminator.
+    writer = csv.writer(out, lineterminator=terminator, quoting=csv.QUOTE_ALL)
+    writer.writerow(header)
+    for row in rows:
+        writer.writerow(row[: len(header)])
+    data = ("\ufeff" if bom else "") + out.getvalue()
+    path = tmp_path / "wellformed.csv.gz"
+    path.write_bytes(gzip.compress(data.encode()))
+    try:
+        got = _read_all(path)
+    except SourceError as exc:
+        # a header cell that is itself a duplicate after BOM handling, etc.
+        pytest.fail(f"well-formed CSV refused: {exc}")
+    expected = [dict(zip(header, [c or None for c in row[: len(header)]])) for row in rows]
+    assert got == expected
+
+
+def test_concatenated_gzip_members_are_read_as_one_file(tmp_path: Path) -> None:
+    path = tmp_path / "members.csv.gz"
+    path.write_bytes(gzip.compress(b"reference_id,a\nr1,1\n") + gzip.compress(b"r2,2\n"))
+    assert _read_all(path) == [{"reference_id": "r1", "a": "1"}, {"reference_id": "r2", "a": "2"}]
+
+
+@pytest.mark.parametrize("cut", [10, 100, 1000])
+def test_truncated_gzip_is_refused(tmp_path: Path, cut: int) -> None:
+    whole = gzip.compress(("reference_id,a\n" + "".join(f"r{n},{n}\n" for n in range(500)))
+                          .encode())
+    path = tmp_path / "cut.csv.gz"
+    path.write_bytes(whole[:cut])
+    with pytest.raises(SourceError):
+        _read_all(path)
+
+
+def test_invalid_utf8_is_refused_with_that_reason(tmp_path: Path) -> None:
+    path = tmp_path / "latin1.csv"
+    path.write_bytes("reference_id,name\nr1,Müller\n".encode("latin-1"))
+    with pytest.raises(SourceError, match="UTF-8"):
+        _read_all(path)
+
+
+def test_bare_cr_line_ends_are_accepted(tmp_path: Path) -> None:
+    path = tmp_path / "mac.csv"
+    path.write_bytes(b"reference_id,a\rr1,1\rr2,2\r")
+    assert _read_all(path) == [{"reference_id": "r1", "a": "1"}, {"reference_id": "r2", "a": "2"}]
+
+
+def test_a_header_only_file_imports_nothing(tmp_path: Path) -> None:
+    path = tmp_path / "header.csv"
+    path.write_bytes(b"reference_id,a\n")
+    assert _read_all(path) == []
