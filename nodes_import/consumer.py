@@ -234,10 +234,22 @@ class JobConsumer:
         self.paused = True
 
     def resume(self) -> None:
-        """Fetch again; librdkafka restarts each partition after its last delivered offset."""
+        """Fetch again, from each partition's next undelivered offset.
+
+        After a resume librdkafka waits ~1 s before fetching again (measured on Tansu,
+        whatever the fetch settings); a seek to the current position fetches at once.
+        """
         assignment = self.consumer.assignment()
         if assignment:
+            positions = self.consumer.position(assignment)
             self.consumer.resume(assignment)
+            for tp in positions:
+                if tp.offset >= 0:  # a partition not read yet starts at its committed offset
+                    try:
+                        self.consumer.seek(tp)
+                    except KafkaException as exc:
+                        log.debug("seek after resume failed", extra={"fields": {
+                            "error": str(exc.args[0])}})
         self.paused = False
 
     def commit(self, positions: Mapping[TP, int]) -> bool:

@@ -222,11 +222,11 @@ class Daemon:
             full = len(self.slots) >= self.capacity
             if full and not self.consumer.paused:
                 self.consumer.pause()
-                log.info("window full: partitions paused", extra={"fields": {
+                log.debug("window full: partitions paused", extra={"fields": {
                     "inFlight": len(self.slots)}})
             elif not full and self.consumer.paused:
                 self.consumer.resume()
-                log.info("partitions resumed", extra={"fields": {"inFlight": len(self.slots)}})
+                log.debug("partitions resumed", extra={"fields": {"inFlight": len(self.slots)}})
         delivery = self.consumer.poll(POLL_S)
         if delivery is not None:
             self._take(delivery)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import signal
 import uuid
 from pathlib import Path
@@ -235,3 +236,138 @@ def test_reference_id_files_submitted_through_the_cli_are_imported(
     job = result.stdout.strip()
     row = wait_status(db, job)
     assert (row["total"], row["inserted"]) == (300, 300)
+
+
+def _burst(kafka: KafkaTest, jobs: int, partitions: int) -> list[str]:
+    ids = []
+    for n in range(jobs):
+        job = str(uuid.uuid4())
+        ids.append(job)
+        kafka.send(job_message(f"b{n}", ids=[f"r{k}" for k in range(5)], job_id=job),
+                   partition=n % partitions, flush=False)
+    kafka.flush()
+    return ids
+
+
+def test_pause_mode_with_a_tiny_queue_imports_every_job_of_a_burst_and_fails_none(
+        daemons: Daemons, kafka: KafkaTest, db: Database) -> None:
+    kafka.create_topic(partitions=4)
+    daemon = daemons.start(node={"import": {"backpressure": "pause",
+                                            "executor": {"queue-capacity": 2}}},
+                           log_level="DEBUG")
+    jobs = _burst(kafka, 200, 4)
+    wait_until(lambda: db.scalar("SELECT count(*) FROM job_status WHERE status IN"
+                                 " ('COMPLETED', 'FAILED')") == 200, 90, "200 jobs finished")
+    assert db.query("SELECT status, count(*), sum(total_nodes), sum(inserted_count)"
+                    " FROM job_status GROUP BY status") == [("COMPLETED", 200, 1000, 1000)]
+    assert db.scalar("SELECT count(*) FROM nodes") == 1000
+    assert {r[0] for r in db.query("SELECT id::text FROM job_status")} == set(jobs)
+    assert daemon.events("window full: partitions paused")  # logged at DEBUG
+    wait_until(lambda: sum(kafka.committed(partitions=4).values()) == 200, 10,
+               "every offset committed")
+
+
+def test_reject_mode_fails_the_overflow_as_overloaded_and_dead_letters_it(
+        daemons: Daemons, kafka: KafkaTest, db: Database) -> None:
+    kafka.create_topic(partitions=4)
+    daemons.start(node={"import": {"backpressure": "reject",
+                                   "executor": {"queue-capacity": 2}}})
+    _burst(kafka, 200, 4)
+    wait_until(lambda: db.scalar("SELECT count(*) FROM job_status WHERE status IN"
+                                 " ('COMPLETED', 'FAILED')") == 200, 90, "200 jobs finished")
+    completed = db.scalar("SELECT count(*) FROM job_status WHERE status = 'COMPLETED'")
+    failed = db.scalar("SELECT count(*) FROM job_status WHERE status = 'FAILED'"
+                       " AND error = 'System overloaded' AND total_nodes = 0")
+    assert completed + failed == 200 and failed > 0 and completed >= 2
+    assert db.scalar("SELECT count(*) FROM nodes") == 5 * completed
+    letters = kafka.read(kafka.dlq, failed)
+    stages = {dl.header_map(d.headers)[dl.H_STAGE] for d in letters}
+    assert stages == {"backpressure"} and len(letters) == failed
+    assert {dl.header_map(d.headers)[dl.H_JOB_ID] for d in letters} == {
+        r[0] for r in db.query("SELECT id::text FROM job_status WHERE status = 'FAILED'")}
+    wait_until(lambda: sum(kafka.committed(partitions=4).values()) == 200, 10,
+               "every offset committed")
+
+
+def test_two_daemons_split_the_partitions_and_one_finishes_the_work_of_the_other_when_killed(
+        daemons: Daemons, kafka: KafkaTest, db: Database, tmp_path: Path) -> None:
+    kafka.create_topic(partitions=4)
+    first = daemons.start()
+    second = daemons.start()
+    wait_until(lambda: len(first.events("partitions assigned")) >= 2
+               and second.events("partitions assigned"), 20, "the group rebalanced")
+    files = [write_users(tmp_path / f"u{n}.csv.gz", 20_000, start=n * 20_000) for n in range(8)]
+    jobs = []
+    for n, path in enumerate(files):
+        jobs.append(str(uuid.uuid4()))
+        kafka.send(job_message(file=str(path), job_id=jobs[-1]), partition=n % 4, flush=False)
+    kafka.flush()
+    owners = {f":{first.pid}", f":{second.pid}"}
+
+    def both_busy() -> bool:
+        holders = {str(r[0]).rsplit(":", 1)[-1] for r in db.query(
+            "SELECT claimed_by FROM job_status WHERE claimed_by IS NOT NULL")}
+        return {o[1:] for o in owners} <= holders
+
+    wait_until(both_busy, 30, "both daemons running jobs")
+    first.signal(signal.SIGKILL)
+    first.wait(10)
+    wait_until(lambda: db.scalar("SELECT count(*) FROM job_status WHERE status = 'COMPLETED'")
+               == 8, 90, "all 8 jobs completed")
+    assert db.scalar("SELECT sum(total_nodes) FROM job_status") == 160_000
+    assert db.scalar("SELECT count(*) FROM nodes") == 160_000
+    assert db.scalar("SELECT count(*) FROM job_status WHERE status = 'FAILED'") == 0
+    assert second.proc.poll() is None
+
+
+def test_dlq_replay_with_a_new_job_id_reruns_a_job_once_its_problem_is_fixed(
+        daemons: Daemons, kafka: KafkaTest, db: Database, tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    kafka.create_topic()
+    daemons.start()
+    source = tmp_path / "later.csv.gz"
+    job = str(uuid.uuid4())
+    kafka.send(job_message(file=str(source), job_id=job))
+    wait_status(db, job, "FAILED")
+    write_users(source, 700)  # the fix: the file is there now
+    result = subprocess.run(
+        [sys.executable, "-m", "nodes_import", "--config", str(tmp_path / "daemon0.yaml"),
+         "dlq", "replay", "--job-id", job, "--new-job-id"],
+        capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert "1 of 1 dead letters replayed" in result.stdout
+    fresh = result.stdout.split(" as job ")[1].split()[0]
+    row = wait_status(db, fresh)
+    assert (row["total"], row["inserted"]) == (700, 700)
+    replayed = kafka.read(kafka.topic, 2)[1]
+    origin = dl.header_map(replayed.headers)[dl.REPLAYED_FROM]
+    assert origin.startswith(f"{kafka.dlq}/") and origin.endswith("/0")
+    assert not any(k.startswith(dl.PREFIX) for k, _ in replayed.headers)
+
+
+def test_run_fails_fast_with_a_clear_message_when_the_broker_or_database_is_unreachable(
+        tmp_path: Path, db: Database) -> None:
+    import subprocess
+    import sys
+    import time
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith("NODES_IMPORT_")}
+    env.update(NODES_IMPORT_KAFKA_STARTUP_TIMEOUT_MS="2000",
+               NODES_IMPORT_DATABASE_CONNECT_TIMEOUT_MS="2000")
+
+    def run(*args: str) -> tuple[subprocess.CompletedProcess[str], float]:
+        started = time.monotonic()
+        result = subprocess.run([sys.executable, "-m", "nodes_import", "run", *args],
+                                capture_output=True, text=True, timeout=60, cwd=tmp_path,
+                                env=env)
+        return result, time.monotonic() - started
+
+    result, took = run("--dsn", db.dsn, "--bootstrap-servers", "127.0.0.1:9")
+    assert result.returncode == 1 and took < 10, (took, result.stderr)
+    assert "cannot reach Kafka at 127.0.0.1:9" in result.stderr
+    result, took = run("--dsn", "postgresql://nobody:secret@127.0.0.1:9/x",
+                       "--bootstrap-servers", "127.0.0.1:9")
+    assert result.returncode == 1 and took < 10, (took, result.stderr)
+    assert "cannot connect to PostgreSQL" in result.stderr and "secret" not in result.stderr
