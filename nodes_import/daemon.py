@@ -28,9 +28,8 @@ import signal
 import threading
 import time
 import traceback
-from concurrent.futures import Future, ProcessPoolExecutor
+from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
-from dataclasses import dataclass, field
 from typing import Any
 
 from psycopg_pool import ConnectionPool
@@ -62,6 +61,7 @@ from nodes_import.errors import (
     WorkerDiedError,
 )
 from nodes_import.jobs import ImportJob, JobOutcome, derived_job_id
+from nodes_import.window import DEAD_LETTER, REJECTING, RUNNING, WAITING, Heartbeat, Slot
 
 log = logging.getLogger(__name__)
 
@@ -69,62 +69,6 @@ OVERLOADED = "System overloaded"  # the seed's reason for a rejected job
 POLL_S = 0.05  # poll timeout: also how quickly finished jobs are noticed
 COMMIT_EVERY_S = 0.2  # commits are batched at most this often (and forced on revoke/stop)
 RETRY_MAX_S = 5.0  # longest wait before trying a job again after a database error
-WAITING, RUNNING, DEAD_LETTER, REJECTING = "waiting", "running", "dead-letter", "rejecting"
-
-
-@dataclass
-class Slot:
-    """One message in the in-flight window, from taken to done."""
-
-    delivery: Delivery
-    job: ImportJob | None = None
-    state: str = WAITING
-    future: Future[JobOutcome] | None = None
-    generation: int = 0  # which process pool runs it
-    not_before: float = 0.0
-    crashes: int = 0  # worker deaths while this job ran
-    failures: int = 0  # database errors while starting it
-    failure: Failure | None = None  # the dead letter still to send
-    waiting_for: str | None = None  # the other daemon holding its lease
-    started: float = field(default_factory=time.monotonic)
-
-    def ctx(self) -> dict[str, Any]:
-        """Log fields of this job."""
-        d = self.delivery
-        fields: dict[str, Any] = {"topic": d.topic, "partition": d.partition, "offset": d.offset}
-        if self.job is not None:
-            fields.update(jobId=self.job.job_id, groupId=self.job.group_id,
-                          domainId=self.job.domain_id)
-        return fields
-
-
-class Heartbeat(threading.Thread):
-    """Renews the leases of the jobs this daemon holds, every heartbeat interval."""
-
-    def __init__(self, pool: ConnectionPool, owner: str, interval_s: float) -> None:
-        super().__init__(name="lease-heartbeat", daemon=True)
-        self.pool, self.owner, self.interval_s = pool, owner, interval_s
-        self.job_ids: set[str] = set()
-        self.lock = threading.Lock()
-        self.stopped = threading.Event()
-
-    def hold(self, job_id: str) -> None:
-        with self.lock:
-            self.job_ids.add(job_id)
-
-    def drop(self, job_id: str) -> None:
-        with self.lock:
-            self.job_ids.discard(job_id)
-
-    def run(self) -> None:
-        while not self.stopped.wait(self.interval_s):
-            with self.lock:
-                ids = sorted(self.job_ids)
-            try:
-                with self.pool.connection() as conn:
-                    storage.renew_leases(conn, job_ids=ids, owner=self.owner)
-            except (StorageError, OSError) as exc:  # the next beat tries again
-                log.warning("lease renewal failed", extra={"fields": {"error": str(exc)}})
 
 
 class Daemon:
