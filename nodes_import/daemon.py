@@ -205,8 +205,9 @@ class Daemon:
         """Create and claim the job, then submit it (or wait, or skip it)."""
         job = slot.job
         assert job is not None and self.db is not None
-        other = self.running.get(job.job_id)
-        if other is not None and other is not slot:  # a redelivery of a job running here
+        # A redelivery of a job already in this window waits for the first copy to leave.
+        first = next(s for s in self.slots if s.job is not None and s.job.job_id == job.job_id)
+        if first is not slot:
             slot.not_before = time.monotonic() + 0.2
             return
         try:
@@ -222,7 +223,10 @@ class Daemon:
         if claim.outcome == storage.FINISHED:
             log.info("job already finished; skipped", extra={"fields": {
                 **slot.ctx(), "status": claim.status, "ranBy": claim.holder}})
-            self._done(slot)
+            if claim.status == status.FAILED:
+                self._dead_letter_again(slot)
+            else:
+                self._done(slot)
         elif claim.outcome == storage.HELD:
             if slot.waiting_for != claim.holder:
                 log.info("job leased by another daemon; waiting", extra={"fields": {
@@ -364,6 +368,21 @@ class Daemon:
             return
         self._done(slot)
 
+    def _dead_letter_again(self, slot: Slot) -> None:
+        """A redelivered FAILED job: its dead letter may have been lost with a crashed
+        daemon, so it is written again (dead letters are at-least-once; dedupe by job id)."""
+        assert slot.job is not None and self.db is not None
+        try:
+            with self.db.connection() as conn:
+                row = storage.get_job(conn, slot.job.job_id) or {}
+        except (StorageError, OSError) as exc:
+            self._later(slot, "cannot read the failed job; retrying", exc)
+            return
+        error = str(row.get("error") or "FAILED")
+        stage = STAGE_BACKPRESSURE if error == OVERLOADED else STAGE_IMPORT
+        self._dead_letter(slot, Failure(stage, error, "nodes_import.errors.NodesImportError",
+                                        None, slot.job.job_id, counts_of(row)))
+
     def _done(self, slot: Slot) -> None:
         """Terminal: release the slot and let the offset be committed."""
         self._drop(slot)
@@ -408,6 +427,8 @@ class Daemon:
         deadline = started + self.cfg.executor.drain_timeout_ms / 1000.0
         self.consumer.pause()  # 1. polling goes on only to keep the group informed
         for slot in [s for s in self.slots if s.state != RUNNING]:
+            if slot.state == DEAD_LETTER and slot.failure is not None:
+                self._dead_letter(slot, slot.failure)  # one last try, or it comes back
             self._drop(slot)
         self._stop_jobs.set()  # 2.
         running = len(self.running)
