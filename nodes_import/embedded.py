@@ -112,6 +112,7 @@ class LocalBroker:
         self.log_path = log_path
         self._proc: Any = None
         self._log: Any = None
+        self._own_log = log_path is None  # a temp log of ours: deleted on a clean stop
 
     @property
     def bootstrap_servers(self) -> str:
@@ -147,11 +148,17 @@ class LocalBroker:
                     if BROKER_READY.encode() in reader.read() and self._proc.poll() is None:
                         return self.bootstrap_servers
                 time.sleep(0.01)
-            self.stop()
+            self._halt()  # the log stays for the error message
         raise BrokerError(f"the local Kafka broker did not start (log: {self.log_path})")
 
     def stop(self) -> None:
-        """SIGINT, then SIGKILL if it lingers. Idempotent."""
+        """SIGINT, then SIGKILL if it lingers; our temp log goes too. Idempotent."""
+        self._halt()
+        if self._own_log and self.log_path is not None:
+            Path(self.log_path).unlink(missing_ok=True)
+            self.log_path = None
+
+    def _halt(self) -> None:
         if self._proc is not None and self._proc.poll() is None:
             self._proc.send_signal(signal.SIGINT)
             try:

@@ -8,6 +8,7 @@ import uuid
 from pathlib import Path
 
 import orjson
+import pytest
 
 from nodes_import import deadletter as dl
 from nodes_import.jobs import derived_job_id
@@ -371,3 +372,25 @@ def test_run_fails_fast_with_a_clear_message_when_the_broker_or_database_is_unre
                        "--bootstrap-servers", "127.0.0.1:9")
     assert result.returncode == 1 and took < 10, (took, result.stderr)
     assert "cannot connect to PostgreSQL" in result.stderr and "secret" not in result.stderr
+
+
+@pytest.mark.slow
+def test_the_demo_runs_end_to_end_on_embedded_parts_and_leaves_no_process_behind(
+        tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    import psutil
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith("NODES_IMPORT_")}
+    env["XDG_DATA_HOME"] = str(tmp_path / "data")  # a fresh embedded cluster, as on a new clone
+    result = subprocess.run([sys.executable, "-m", "nodes_import", "demo"], capture_output=True,
+                            text=True, timeout=180, cwd=tmp_path, env=env, check=False)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert result.stdout.count(": COMPLETED") == 2
+    assert "25,000 (expected 25,000)" in result.stdout
+    broker = result.stderr.split("using a local Tansu broker on ")[1].split()[0]
+    leftovers = [p.info for p in psutil.process_iter(["pid", "cmdline"])
+                 if str(tmp_path) in " ".join(p.info["cmdline"] or [])
+                 or f"tcp://{broker}" in (p.info["cmdline"] or [])]
+    assert leftovers == []
