@@ -56,6 +56,7 @@ from nodes_import.embedded import local_services
 from nodes_import.errors import (
     BrokerError,
     ConfigError,
+    NodesImportError,
     OverloadedError,
     StorageError,
     WorkerDiedError,
@@ -155,8 +156,11 @@ class Daemon:
         # Start the core workers now so the first job does not wait for a spawn.
         warm = [self.pool.submit(worker.warm_up)
                 for _ in range(min(ex.core_pool_size, ex.max_pool_size))]
-        for f in warm:
-            f.result(timeout=60)
+        try:
+            for f in warm:
+                f.result(timeout=60)
+        except Exception as exc:  # BrokenProcessPool, a timeout: the workers cannot start
+            raise NodesImportError(f"worker processes cannot start: {exc!r}") from exc
 
     def _step(self) -> None:
         assert self.consumer is not None
@@ -239,14 +243,16 @@ class Daemon:
 
     def _submit(self, slot: Slot) -> None:
         assert slot.job is not None and self.pool is not None and self.heartbeat is not None
+        self.heartbeat.hold(slot.job.job_id)  # claimed: ours until done or dropped
         try:
             slot.future = self.pool.submit(worker.run_job, slot.job, self.cfg.imports)
-        except BrokenProcessPool:
+        except BrokenProcessPool as exc:
             self._replace_pool("the pool broke before a submission")
-            slot.future = self.pool.submit(worker.run_job, slot.job, self.cfg.imports)
+            slot.state = WAITING
+            self._later(slot, "cannot submit the job; retrying", exc)
+            return
         slot.state, slot.generation = RUNNING, self.generation
         self.running[slot.job.job_id] = slot
-        self.heartbeat.hold(slot.job.job_id)
         log.info("job submitted", extra={"fields": {**slot.ctx(), "inFlight": len(self.slots),
                                                      "attempt": slot.crashes + 1}})
 
@@ -296,6 +302,9 @@ class Daemon:
                      and s.future.done()]:
             assert slot.job is not None and slot.future is not None
             self.running.pop(slot.job.job_id, None)
+            if slot.future.cancelled():  # queued in a pool being replaced: never started
+                slot.state, slot.not_before = WAITING, 0.0
+                continue
             exc = slot.future.exception()
             if isinstance(exc, BrokenProcessPool):
                 self._worker_died(slot)
@@ -338,7 +347,11 @@ class Daemon:
         log.error("process pool broken; replacing it", extra={"fields": {"reason": reason}})
         if self.pool is not None:
             self.pool.shutdown(wait=False, cancel_futures=True)
-        self._new_pool()
+        try:
+            self._new_pool()
+        except NodesImportError as exc:  # its jobs fail as broken and come back here
+            log.error("new worker processes did not start", extra={"fields": {
+                "error": str(exc)}})
 
     def _fail(self, slot: Slot, error: str, exc: BaseException) -> None:
         """FAIL a job the worker could not finish, then dead-letter it."""

@@ -43,6 +43,7 @@ class WorkerSettings:
 
 
 # The worker process's own state, set once by init_worker.
+_settings: WorkerSettings | None = None
 _pool: ConnectionPool | None = None
 _stop: Any = None  # a multiprocessing Event shared with the daemon
 
@@ -57,14 +58,29 @@ def _die_with_parent() -> None:
 
 def init_worker(settings: WorkerSettings, stop_event: Any) -> None:
     """Executor initializer: ignore stop signals, log as JSON, open this process's pool."""
-    global _pool, _stop
+    global _settings, _stop
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     _die_with_parent()
     logs.setup(settings.log_level)
-    _stop = stop_event
-    _pool = storage.open_pool(settings.dsn, max_size=settings.pool_size,
-                              timeout_s=settings.connect_timeout_s, name="nodes-import-worker")
+    _settings, _stop = settings, stop_event
+    try:
+        _open_pool()
+    except NodesImportError as exc:  # the database is away: each job tries again
+        log.warning("worker cannot reach the database yet", extra={"fields": {"error": str(exc)}})
+
+
+def _open_pool() -> ConnectionPool:
+    """This process's pool, opened on first use. An initializer that raised would break
+    the whole executor, so a database outage must surface per job instead."""
+    global _pool
+    if _pool is None:
+        if _settings is None:
+            raise RuntimeError("init_worker did not run in this process")
+        _pool = storage.open_pool(_settings.dsn, max_size=_settings.pool_size,
+                                  timeout_s=_settings.connect_timeout_s,
+                                  name="nodes-import-worker")
+    return _pool
 
 
 def warm_up() -> int:
@@ -81,14 +97,12 @@ def _watch_stop(cancel: threading.Event, finished: threading.Event) -> None:
 
 def run_job(job: ImportJob, cfg: ImportConfig) -> JobOutcome:
     """Run one job with the engine; every error comes back inside the outcome."""
-    if _pool is None:
-        raise RuntimeError("init_worker did not run in this process")
     cancel, finished = threading.Event(), threading.Event()
     watcher = threading.Thread(target=_watch_stop, args=(cancel, finished),
                                name=f"stop-watch-{job.job_id[:8]}", daemon=True)
     watcher.start()
     try:
-        return engine.run_import(job, cfg, _pool, cancel=cancel)
+        return engine.run_import(job, cfg, _open_pool(), cancel=cancel)
     except NodesImportError as exc:
         # The database stayed away before the job started: not terminal, retried later.
         return JobOutcome(job.job_id, status.PENDING, str(exc), {},
@@ -105,8 +119,7 @@ def _fail(job: ImportJob, exc: Exception) -> JobOutcome:
     trace = traceback.format_exc()
     row: dict[str, Any] = {}
     try:
-        assert _pool is not None
-        with _pool.connection() as conn:
+        with _open_pool().connection() as conn:
             row = storage.finish_job(conn, job_id=job.job_id, status=status.FAILED,
                                      error=error) or {}
     except Exception:  # the database is gone too: the daemon retries the job later

@@ -201,8 +201,6 @@ def test_a_daemon_killed_mid_job_is_taken_over_after_its_lease_with_exact_counts
 
 def test_a_worker_killed_mid_job_is_replaced_and_the_job_resumes_with_exact_counts(
         daemons: Daemons, kafka: KafkaTest, db: Database, tmp_path: Path) -> None:
-    import psutil
-
     kafka.create_topic()
     daemon = daemons.start()
     users = write_users(tmp_path / "big.csv.gz", 60_000)
@@ -210,13 +208,42 @@ def test_a_worker_killed_mid_job_is_replaced_and_the_job_resumes_with_exact_coun
     kafka.send(job_message(file=str(users), job_id=job))
     wait_until(lambda: (job_row(db, job) or {}).get("rows_committed", 0) > 0, 30,
                "the first batches committed")
-    for child in psutil.Process(daemon.pid).children():
-        if "multiprocessing" in " ".join(child.cmdline()):
-            child.kill()
+    assert _kill_workers(daemon.pid) > 0
     row = wait_status(db, job)
     assert (row["total"], row["success"], row["inserted"]) == (60_000, 60_000, 60_000)
     assert db.scalar("SELECT count(*) FROM nodes") == 60_000
     assert daemon.events("process pool broken; replacing it")
+    assert daemon.proc.poll() is None
+
+
+def _kill_workers(pid: int) -> int:
+    import psutil
+
+    killed = 0
+    for child in psutil.Process(pid).children():
+        if "multiprocessing" in " ".join(child.cmdline()):
+            child.kill()
+            killed += 1
+    return killed
+
+
+def test_a_job_whose_worker_keeps_dying_is_failed_and_dead_lettered(
+        daemons: Daemons, kafka: KafkaTest, db: Database, tmp_path: Path) -> None:
+    kafka.create_topic()
+    daemon = daemons.start(node={"import": {"executor": {"max-job-crashes": 1}}})
+    users = write_users(tmp_path / "big.csv.gz", 60_000)
+    job = str(uuid.uuid4())
+    kafka.send(job_message(file=str(users), job_id=job))
+    wait_until(lambda: (job_row(db, job) or {}).get("rows_committed", 0) > 0, 30,
+               "the first batches committed")
+    assert _kill_workers(daemon.pid) > 0
+    row = wait_status(db, job, "FAILED")
+    assert "worker process died 1 times" in str(row["error"])
+    info = dl.header_map(kafka.read(kafka.dlq, 1)[0].headers)
+    assert info[dl.H_STAGE] == "import" and info[dl.H_JOB_ID] == job
+    assert info[dl.H_CLASS] == "nodes_import.errors.WorkerDiedError"
+    assert orjson.loads(info[dl.H_COUNTS])["rowsCommitted"] > 0
+    wait_until(lambda: kafka.committed() == {0: 1}, 10, "its offset committed")
     assert daemon.proc.poll() is None
 
 
@@ -232,7 +259,7 @@ def test_reference_id_files_submitted_through_the_cli_are_imported(
     result = subprocess.run(
         [sys.executable, "-m", "nodes_import", "--config", str(config), "submit",
          "--reference-ids", str(ids), "--group", "cli", "--domain", DOMAIN],
-        capture_output=True, text=True, timeout=60)
+        capture_output=True, text=True, timeout=60, check=False)
     assert result.returncode == 0, result.stderr
     job = result.stdout.strip()
     row = wait_status(db, job)
@@ -336,7 +363,7 @@ def test_dlq_replay_with_a_new_job_id_reruns_a_job_once_its_problem_is_fixed(
     result = subprocess.run(
         [sys.executable, "-m", "nodes_import", "--config", str(tmp_path / "daemon0.yaml"),
          "dlq", "replay", "--job-id", job, "--new-job-id"],
-        capture_output=True, text=True, timeout=60)
+        capture_output=True, text=True, timeout=60, check=False)
     assert result.returncode == 0, result.stderr
     assert "1 of 1 dead letters replayed" in result.stdout
     fresh = result.stdout.split(" as job ")[1].split()[0]
@@ -362,7 +389,7 @@ def test_run_fails_fast_with_a_clear_message_when_the_broker_or_database_is_unre
         started = time.monotonic()
         result = subprocess.run([sys.executable, "-m", "nodes_import", "run", *args],
                                 capture_output=True, text=True, timeout=60, cwd=tmp_path,
-                                env=env)
+                                env=env, check=False)
         return result, time.monotonic() - started
 
     result, took = run("--dsn", db.dsn, "--bootstrap-servers", "127.0.0.1:9")
