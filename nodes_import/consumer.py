@@ -53,7 +53,9 @@ def client_settings(kafka: KafkaConfig, kind: str, *, bootstrap: str | None = No
     """librdkafka settings for a ``consumer`` or ``producer`` from the configuration."""
     servers = bootstrap or kafka.bootstrap_servers
     if not servers:
-        raise BrokerError("no Kafka bootstrap servers configured")
+        raise BrokerError("no Kafka bootstrap servers configured: set kafka.bootstrap-servers "
+                          "or pass --bootstrap-servers (a daemon running on the local broker "
+                          "prints its address when it starts)")
     settings: dict[str, Any] = {"bootstrap.servers": servers,
                                 "logger": logging.getLogger("librdkafka")}
     if kind == "consumer":

@@ -175,6 +175,29 @@ def test_sigterm_drains_in_flight_batches_exits_0_and_the_job_resumes_on_the_nex
     assert db.scalar("SELECT count(*) FROM nodes") == 60_000
 
 
+def test_a_second_signal_exits_at_once_and_takes_the_workers_along(
+        daemons: Daemons, kafka: KafkaTest, db: Database, tmp_path: Path) -> None:
+    import psutil
+
+    kafka.create_topic()
+    daemon = daemons.start(node={"import": {"drain-timeout": {"ms": 60_000}}})
+    workers = psutil.Process(daemon.pid).children()
+    users = write_users(tmp_path / "big.csv.gz", 60_000)
+    job = str(uuid.uuid4())
+    kafka.send(job_message(file=str(users), job_id=job))
+    wait_until(lambda: (job_row(db, job) or {}).get("rows_committed", 0) > 0, 30,
+               "the first batches committed")
+    daemon.signal(signal.SIGTERM)
+    wait_until(lambda: daemon.events("signal received: stopping"), 10, "the first signal",
+               every=0.01)
+    daemon.signal(signal.SIGTERM)
+    assert daemon.wait(5) == 128 + signal.SIGTERM
+    wait_until(lambda: not any(w.is_running() and w.status() != psutil.STATUS_ZOMBIE
+                               for w in workers), 10, "the workers gone")
+    row = job_row(db, job)
+    assert row is not None and row["status"] in ("PROCESSING", "COMPLETED")
+
+
 def test_a_daemon_killed_mid_job_is_taken_over_after_its_lease_with_exact_counts(
         daemons: Daemons, kafka: KafkaTest, db: Database, tmp_path: Path) -> None:
     kafka.create_topic()
