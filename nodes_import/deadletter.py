@@ -122,7 +122,7 @@ class DeadLetterWriter:
 # ------------------------------------------------------------------------------ replay
 
 # A DLQ read ends after this long without a message once every partition was reached.
-REPLAY_IDLE_S = 2.0
+REPLAY_IDLE_S = 0.5
 
 
 def read_letters(settings: Mapping[str, Any], topic: str, *, timeout_s: float,
