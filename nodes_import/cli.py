@@ -241,6 +241,54 @@ def jobs_show(ctx: click.Context, job_id: Any, dsn: str | None, as_json: bool) -
         click.echo(f"  row {f['row_number']}: {f['reason']}: {f['line']!r}")
 
 
+class Duration(click.ParamType):
+    """``30d``, ``12h``, ``90m``, ``45s``, ``2w`` -> seconds."""
+
+    name = "duration"
+    UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86_400, "w": 604_800}
+
+    def convert(self, value: Any, param: click.Parameter | None,
+                ctx: click.Context | None) -> float:
+        text = str(value).strip().lower()
+        unit = text[-1:] if text[-1:] in self.UNITS else ""
+        number = text[:-1] if unit else text
+        try:
+            seconds = float(number) * self.UNITS[unit or "d"]
+        except ValueError:
+            self.fail(f"{value!r} is not a duration like 30d, 12h, 90m", param, ctx)
+        if seconds <= 0:
+            self.fail(f"{value!r} must be positive", param, ctx)
+        return seconds
+
+
+@jobs.command("purge")
+@click.option("--older-than", "older_than", type=Duration(), required=True,
+              help="Finished more than this long ago: 30d, 12h, 90m (a bare number is days).")
+@click.option("--status", "statuses", multiple=True,
+              type=click.Choice(storage.PURGEABLE, case_sensitive=False),
+              help="Only jobs of this status (repeatable; default COMPLETED and FAILED). "
+                   "PENDING and PROCESSING jobs are never purged.")
+@click.option("--batch-size", default=500, show_default=True, type=click.IntRange(1, 100_000),
+              help="Jobs deleted per transaction.")
+@click.option("--dry-run", is_flag=True, help="Count what would be deleted; delete nothing.")
+@click.option("--dsn")
+@click.pass_context
+def jobs_purge(ctx: click.Context, older_than: float, statuses: tuple[str, ...],
+               batch_size: int, dry_run: bool, dsn: str | None) -> None:
+    """Delete finished jobs and their rejected rows (job_failures), in batches."""
+    cfg = _load(ctx, **{"database.dsn": dsn})
+    wanted = tuple(s.upper() for s in statuses) or storage.PURGEABLE
+    try:
+        with database(cfg, max_size=1) as pool, pool.connection() as conn:
+            purged = storage.purge_jobs(conn, older_than_s=older_than, statuses=wanted,
+                                        batch_size=batch_size, dry_run=dry_run)
+    except NodesImportError as exc:
+        _fail(str(exc))
+    verb = "would purge" if dry_run else "purged"
+    click.echo(f"{verb} {purged.jobs:,} jobs ({', '.join(wanted)}) and "
+               f"{purged.failures:,} rejected rows")
+
+
 # --------------------------------------------------------------------------- the daemon
 
 
@@ -261,17 +309,21 @@ def _log_level(ctx: click.Context, default: str) -> str:
 @click.option("--bootstrap-servers", help="Kafka HOST:PORT list (default: a local broker).")
 @click.option("--topic-pattern", help="Regex of the job topics (default ^.*-users).")
 @click.option("--group-id", help="Kafka consumer group (default nodes-import-group).")
+@click.option("--admin-port", type=click.IntRange(1, 65535),
+              help="Port of the admin HTTP API: /metrics, /healthz, /readyz, /jobs "
+                   "(default admin.port, 9400).")
 @click.pass_context
 def run_cmd(ctx: click.Context, config_path: str | None, dsn: str | None,
             bootstrap_servers: str | None, topic_pattern: str | None,
-            group_id: str | None) -> None:
+            group_id: str | None, admin_port: int | None) -> None:
     """Run the import daemon in the foreground until SIGTERM/SIGINT (exit 0)."""
     from nodes_import import daemon
 
     if config_path:
         ctx.obj["config_path"] = config_path
     cfg = _load(ctx, **{"database.dsn": dsn, "kafka.bootstrap-servers": bootstrap_servers,
-                        "kafka.topic-pattern": topic_pattern, "kafka.group-id": group_id})
+                        "kafka.topic-pattern": topic_pattern, "kafka.group-id": group_id,
+                        "admin.port": admin_port})
     try:
         daemon.serve(cfg, log_level=_log_level(ctx, "INFO"))
     except NodesImportError as exc:

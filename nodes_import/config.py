@@ -76,6 +76,18 @@ KEYS: dict[str, tuple[Any, Any]] = {
     "node.import.max-reference-ids": (int, 10_000_000),
     "node.import.allowed-roots": (_STR_LIST, []),
     "node.import.default-node-type": (str, "USER"),
+    # -- operations (issue 4): housekeeping, the admin HTTP API, metrics
+    "node.import.retention.enabled": (bool, False),
+    "node.import.retention.days": (int, 30),
+    "node.import.retention.interval.ms": (int, 3_600_000),
+    "node.import.retention.batch-size": (int, 500),
+    "node.import.long-running-warning.ms": (int, 1_800_000),
+    "admin.enabled": (bool, True),
+    "admin.host": (str, "127.0.0.1"),
+    "admin.port": (int, 9400),
+    "metrics.labels.group": (bool, True),
+    "metrics.labels.domain": (bool, True),
+    "metrics.multiproc-dir": ("str?", None),
 }
 
 BACKPRESSURE_MODES = ("pause", "reject")
@@ -153,6 +165,23 @@ class ExecutorConfig:
 
 
 @dataclass(frozen=True)
+class OperationsConfig:
+    """The parent's operations side: admin HTTP API, metrics, housekeeping."""
+
+    admin_enabled: bool = True
+    admin_host: str = "127.0.0.1"
+    admin_port: int = 9400
+    group_label: bool = True  # node_import_success/failures carry the job's group
+    domain_label: bool = True  # ... and its domain
+    multiproc_dir: str | None = None  # None: a private temp dir per daemon run
+    retention_enabled: bool = False
+    retention_days: int = 30
+    retention_interval_ms: int = 3_600_000
+    retention_batch_size: int = 500
+    long_running_warning_ms: int = 1_800_000
+
+
+@dataclass(frozen=True)
 class Config:
     """The whole configuration, frozen once loaded."""
 
@@ -161,6 +190,7 @@ class Config:
     executor: ExecutorConfig
     imports: ImportConfig
     values: Mapping[str, Any]  # the flat, validated key -> value map (for `config show`)
+    operations: OperationsConfig = field(default_factory=OperationsConfig)
 
 
 def default_allowed_roots() -> tuple[str, ...]:
@@ -305,6 +335,8 @@ def _check(values: Mapping[str, Any]) -> None:
             f"node.import.executor.start-method: one of {', '.join(START_METHODS)}, "
             f"got {values['node.import.executor.start-method']!r}"
         )
+    if values["admin.port"] > 65535:
+        raise ConfigError(f"admin.port: must be at most 65535, got {values['admin.port']}")
     if values["node.import.heartbeat-interval.ms"] * 2 > values["node.import.lease-timeout.ms"]:
         raise ConfigError("node.import.heartbeat-interval.ms: must be at most half of "
                           "node.import.lease-timeout.ms, or live leases expire")
@@ -362,4 +394,17 @@ def build(values: Mapping[str, Any], environ: Mapping[str, str]) -> Config:
         lease_timeout_ms=v["node.import.lease-timeout.ms"],
         heartbeat_interval_ms=v["node.import.heartbeat-interval.ms"],
     )
-    return Config(database, kafka, executor, imports, dict(values))
+    operations = OperationsConfig(
+        admin_enabled=v["admin.enabled"],
+        admin_host=v["admin.host"],
+        admin_port=v["admin.port"],
+        group_label=v["metrics.labels.group"],
+        domain_label=v["metrics.labels.domain"],
+        multiproc_dir=v["metrics.multiproc-dir"] or None,
+        retention_enabled=v["node.import.retention.enabled"],
+        retention_days=v["node.import.retention.days"],
+        retention_interval_ms=v["node.import.retention.interval.ms"],
+        retention_batch_size=v["node.import.retention.batch-size"],
+        long_running_warning_ms=v["node.import.long-running-warning.ms"],
+    )
+    return Config(database, kafka, executor, imports, dict(values), operations)

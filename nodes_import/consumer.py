@@ -23,6 +23,7 @@ from typing import Any
 
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
 
+from nodes_import import metrics
 from nodes_import.config import KafkaConfig
 from nodes_import.errors import BrokerError
 
@@ -218,6 +219,8 @@ class JobConsumer:
             return None
         error = msg.error()
         if error is not None:
+            if error.code() not in (KafkaError._PARTITION_EOF, KafkaError.UNKNOWN_TOPIC_OR_PART):
+                metrics.consumer_error(error.name())
             if error.fatal():
                 raise BrokerError(f"fatal consumer error: {error.str()}")
             if error.code() == KafkaError.UNKNOWN_TOPIC_OR_PART:
@@ -264,8 +267,34 @@ class JobConsumer:
         except KafkaException as exc:
             log.warning("offset commit failed; retried later",
                         extra={"fields": {"error": str(exc.args[0])}})
+            metrics.consumer_error("COMMIT_FAILED")
             return False
         return True
+
+    def lag(self, timeout_s: float = 1.0) -> dict[TP, int]:
+        """Per assigned partition: high watermark minus the group's committed offset, i.e.
+        messages not done yet. One OffsetFetch round trip; watermarks come from the last
+        fetch when known. Partitions whose figures the broker does not give are left out."""
+        assignment = self.consumer.assignment()
+        if not assignment:
+            return {}
+        try:
+            committed = self.consumer.committed(assignment, timeout=timeout_s)
+        except KafkaException as exc:
+            log.debug("committed offsets unavailable", extra={"fields": {"error": str(exc)}})
+            return {}
+        lag: dict[TP, int] = {}
+        for tp in committed:
+            try:
+                low, high = self.consumer.get_watermark_offsets(tp, cached=True)
+                if high < 0:  # not fetched yet (paused, new): ask the broker
+                    low, high = self.consumer.get_watermark_offsets(tp, timeout=timeout_s)
+            except KafkaException:
+                continue
+            if high >= 0:
+                lag[(tp.topic, tp.partition)] = max(0, high - (tp.offset if tp.offset >= 0
+                                                               else low))
+        return lag
 
     def close(self) -> None:
         """Leave the group and close. Idempotent."""

@@ -34,7 +34,8 @@ from typing import Any
 
 from psycopg_pool import ConnectionPool
 
-from nodes_import import payload, status, storage, worker
+from nodes_import import metrics, payload, status, storage, worker
+from nodes_import.admin import Operations
 from nodes_import.config import Config
 from nodes_import.consumer import (
     TP,
@@ -70,6 +71,7 @@ OVERLOADED = "System overloaded"  # the seed's reason for a rejected job
 POLL_S = 0.05  # poll timeout: also how quickly finished jobs are noticed
 COMMIT_EVERY_S = 0.2  # commits are batched at most this often (and forced on revoke/stop)
 RETRY_MAX_S = 5.0  # longest wait before trying a job again after a database error
+LAG_EVERY_S = 10.0  # consumer lag is read this often (one OffsetFetch round trip)
 
 
 class Daemon:
@@ -99,6 +101,10 @@ class Daemon:
         self.dead: DeadLetterWriter | None = None
         self.pool: ProcessPoolExecutor | None = None
         self.heartbeat: Heartbeat | None = None
+        self.lag: dict[TP, int] = {}  # read by the admin thread at scrape time
+        self._last_lag = 0.0
+        self.ops = Operations(cfg.operations, owner=self.owner, readiness=self.readiness,
+                              scrape=self.scrape)
 
     # ----------------------------------------------------------------- lifecycle
 
@@ -118,8 +124,11 @@ class Daemon:
             self._close()
 
     def _open(self) -> None:
-        """1. database  2. Kafka (fails fast)  3. worker processes  4. heartbeat, subscribe."""
+        """0. admin API  1. database  2. Kafka (fails fast)  3. worker processes
+        4. heartbeat, subscribe, housekeeping."""
         cfg = self.cfg
+        # 0. first, so a taken port fails start-up at once and /healthz answers early
+        self.ops.start()
         # 1.
         self.db = storage.open_pool(self.dsn, max_size=2,
                                     timeout_s=cfg.database.connect_timeout_ms / 1000.0)
@@ -138,6 +147,7 @@ class Daemon:
         # 4.
         self.heartbeat = Heartbeat(self.db, self.owner, cfg.executor.heartbeat_interval_ms / 1e3)
         self.heartbeat.start()
+        self.ops.attach(self.dsn, cfg.database.connect_timeout_ms / 1000.0)
         log.info("daemon started", extra={"fields": {
             "instance": self.owner, "workers": cfg.executor.max_pool_size,
             "queueCapacity": self.capacity, "backpressure": cfg.executor.backpressure,
@@ -148,7 +158,8 @@ class Daemon:
         settings = worker.WorkerSettings(
             dsn=self.dsn, pool_size=self.cfg.imports.max_parallel_futures + 1,
             connect_timeout_s=self.cfg.database.connect_timeout_ms / 1000.0,
-            log_level=self.log_level)
+            log_level=self.log_level, group_label=self.cfg.operations.group_label,
+            domain_label=self.cfg.operations.domain_label)
         self.generation += 1
         self.pool = ProcessPoolExecutor(max_workers=ex.max_pool_size, mp_context=self._mp,
                                         initializer=worker.init_worker,
@@ -179,10 +190,14 @@ class Daemon:
         if delivery is not None:
             self._take(delivery)
         self._commit()
+        if time.monotonic() - self._last_lag >= LAG_EVERY_S:
+            self._last_lag = time.monotonic()
+            self.lag = self.consumer.lag()
 
     # --------------------------------------------------------------- taking messages
 
     def _take(self, delivery: Delivery) -> None:
+        metrics.message_received(delivery.topic)
         self.tracker.add(delivery.tp, delivery.offset)
         slot = Slot(delivery)
         try:
@@ -379,6 +394,7 @@ class Daemon:
             slot.state, slot.failure = DEAD_LETTER, failure
             self._later(slot, "dead letter not acknowledged; retrying", exc)
             return
+        metrics.dead_letter_produced(failure.stage)
         self._done(slot)
 
     def _dead_letter_again(self, slot: Slot) -> None:
@@ -400,6 +416,7 @@ class Daemon:
         """Terminal: release the slot and let the offset be committed."""
         self._drop(slot)
         self.tracker.done(slot.delivery.tp, slot.delivery.offset)
+        metrics.message_processed(slot.delivery.topic)
 
     def _drop(self, slot: Slot) -> None:
         """Out of the window without committing (the message comes back later)."""
@@ -430,6 +447,7 @@ class Daemon:
         for slot in [s for s in self.slots if s.state != RUNNING and s.delivery.tp in gone]:
             self._drop(slot)
         self.tracker.forget(tps)
+        self.lag = {tp: n for tp, n in self.lag.items() if tp not in gone}
 
     # ------------------------------------------------------------------ stopping
 
@@ -476,7 +494,39 @@ class Daemon:
             self.publisher.close()
         if self.db is not None:
             self.db.close()
+        self.ops.close()
         log.info("daemon stopped", extra={"fields": {"instance": self.owner}})
+
+
+    # ------------------------------------------------------------ operations hooks
+
+    def readiness(self) -> str | None:
+        """The admin API's readiness hook (admin thread): None when ready, else why not."""
+        if self.stopping.is_set():
+            return "stopping: draining in-flight jobs"
+        if not self.ready.is_set():
+            return "starting: not subscribed to Kafka yet"
+        return None
+
+    def scrape(self, snap: metrics.Scrape) -> None:
+        """Scrape-time gauges of the window, the pool and the consumer (admin thread).
+
+        Reads copies only: the main thread keeps changing these structures.
+        """
+        running = list(self.running.values())
+        # A future is "running" from when the pool queues it to a worker, which can be
+        # one more than the workers: capped at the pool size.
+        busy = min(sum(1 for s in running if s.future is not None and s.future.running()),
+                   self.cfg.executor.max_pool_size)
+        in_flight = len(self.slots)
+        snap.gauges.update({
+            "executor_active_threads": busy,
+            "executor_queue_size": max(0, in_flight - busy),
+            "executor_max_workers": self.cfg.executor.max_pool_size,
+            "node_import_jobs_in_flight": in_flight,
+            "kafka_consumer_paused": int(self.consumer is not None and self.consumer.paused),
+        })
+        snap.lag.update(dict(self.lag))
 
 
 def _qualname(exc: BaseException) -> str:
@@ -503,7 +553,12 @@ def install_signal_handlers(daemon: Daemon) -> None:
 
 def serve(cfg: Config, *, log_level: str = "INFO") -> None:
     """``nodes-import run``: the daemon in the foreground, on embedded services if none set."""
-    with local_services(cfg) as resolved:
-        daemon = Daemon(resolved, log_level=log_level)
-        install_signal_handlers(daemon)
-        daemon.run()
+    # Before any metric exists: the workers inherit the directory through the environment.
+    metrics_dir = metrics.setup_multiprocess(cfg.operations.multiproc_dir)
+    try:
+        with local_services(cfg) as resolved:
+            daemon = Daemon(resolved, log_level=log_level)
+            install_signal_handlers(daemon)
+            daemon.run()
+    finally:
+        metrics.cleanup_multiprocess(metrics_dir)

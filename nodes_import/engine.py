@@ -28,7 +28,7 @@ import pyarrow as pa
 import pyarrow.csv as pacsv
 from psycopg_pool import ConnectionPool
 
-from nodes_import import retry, status, storage
+from nodes_import import metrics, retry, status, storage
 from nodes_import.config import ImportConfig
 from nodes_import.errors import (JobRejectedError, JobTimeoutError, NodesImportError,
                                  PayloadError, StorageError, TransientStorageError)
@@ -127,6 +127,7 @@ def _write_one(state: _Job, part: encode.EncodedPart, bytes_read: int) -> None:
             bytes_read=bytes_read, timeout_ms=min(state.cfg.batch_timeout_ms, remaining),
             new_id=state.new_id))
 
+    failed_kind: str | None = None  # set when the part's rows are recorded as failed
     try:
         result = retry.call(state.cfg.retry, attempt, context=state.ctx)
     except TransientStorageError as exc:
@@ -134,18 +135,27 @@ def _write_one(state: _Job, part: encode.EncodedPart, bytes_read: int) -> None:
             state.fail(JobTimeoutError(TIMEOUT_MESSAGE) if state.remaining_ms() <= 0 else exc)
             return
         result = _fail_part(state, part, bytes_read, f"batch failed after retries: {exc}")
+        failed_kind = type(exc).__name__
     except JobTimeoutError as exc:
         state.fail(exc)
         return
     except StorageError as exc:
         result = _fail_part(state, part, bytes_read, f"batch rejected by the database: {exc}")
+        failed_kind = type(exc).__name__
     if result is None:
         return
     state.committed(result, bytes_read)
+    seconds = time.monotonic() - started
+    if failed_kind is None:
+        metrics.batch_written(job.group_id, job.domain_id, inserted=result.inserted,
+                              updated=result.updated, unchanged=result.unchanged,
+                              failed=result.failed, seconds=seconds)
+    else:
+        metrics.batch_failed(job.group_id, job.domain_id, rows=result.failed, kind=failed_kind)
     log.info("batch committed", extra={"fields": {
         **state.ctx, "partition": part.partition, "batchSize": part.rows + len(part.rejected),
         "inserted": result.inserted, "updated": result.updated, "unchanged": result.unchanged,
-        "failed": result.failed, "durationMs": round((time.monotonic() - started) * 1000, 1)}})
+        "failed": result.failed, "durationMs": round(seconds * 1000, 1)}})
 
 
 def _fail_part(state: _Job, part: encode.EncodedPart, bytes_read: int,
@@ -211,7 +221,9 @@ def _read_all(state: _Job, batches: Iterator[RawBatch], header: list[str],
         if state.remaining_ms() <= 0:
             state.fail(JobTimeoutError(TIMEOUT_MESSAGE))
             return
+        encode_started = time.monotonic()
         parts = encode.encode_batch(batch, header, partitions, skip)
+        metrics.batch_encoded(time.monotonic() - encode_started)
         if skip is not None and len(batch.row_numbers) and \
                 batch.row_numbers[-1].as_py() > max(skip):
             skip = None  # past every partition's checkpoint: stop filtering
@@ -240,7 +252,8 @@ def _read_all(state: _Job, batches: Iterator[RawBatch], header: list[str],
                             state.fail(JobTimeoutError(TIMEOUT_MESSAGE))
 
 
-def _finish(state: _Job, final: str, error: str | None) -> JobOutcome:
+def _finish(state: _Job, final: str, error: str | None,
+            error_kind: str | None = None) -> JobOutcome:
     job = state.job
     row = retry.call(state.cfg.retry, lambda: _with_conn(
         state, lambda conn: storage.finish_job(conn, job_id=job.job_id, status=final,
@@ -255,6 +268,7 @@ def _finish(state: _Job, final: str, error: str | None) -> JobOutcome:
         fields["error"] = error
     log.log(logging.ERROR if final == status.FAILED else logging.INFO, "job finished",
             extra={"fields": fields})
+    metrics.job_finished(str(row.get("status", final)), duration, error_kind)
     return JobOutcome(job.job_id, str(row.get("status", final)), error, row)
 
 
@@ -273,7 +287,7 @@ def run_import(job: ImportJob, cfg: ImportConfig, pool: ConnectionPool, *,
         retry.call(cfg.retry, lambda: _with_conn(state, lambda conn: storage.start_job(
             conn, job_id=job.job_id, partitions=1, source_bytes=None,
             claimed_by=job.claimed_by)), context=state.ctx)
-        return _finish(state, status.FAILED, str(exc))
+        return _finish(state, status.FAILED, str(exc), type(exc).__name__)
     state.progress.source_bytes = size
     state.columns = encode.staged_columns(header)
     # 2. PROCESSING, and where a previous attempt stopped
@@ -288,6 +302,7 @@ def run_import(job: ImportJob, cfg: ImportConfig, pool: ConnectionPool, *,
     log.info("job started", extra={"fields": {**state.ctx, "source": job.source_label,
                                               "partitions": len(checkpoint),
                                               "resumeFrom": checkpoint if any(checkpoint) else None}})
+    metrics.job_started()
     # 3./4. the reader here, one writer per key partition
     inboxes: list[queue.Queue[Any]] = [queue.Queue(QUEUE_DEPTH) for _ in checkpoint]
     writers = [threading.Thread(target=_writer, args=(state, box), daemon=True,
@@ -308,7 +323,7 @@ def run_import(job: ImportJob, cfg: ImportConfig, pool: ConnectionPool, *,
             thread.join()
     # 5. the end
     if state.fatal is not None:
-        return _finish(state, status.FAILED, str(state.fatal))
+        return _finish(state, status.FAILED, str(state.fatal), type(state.fatal).__name__)
     if state.cancel.is_set():
         log.info("job interrupted; it resumes from its checkpoint", extra={"fields": state.ctx})
         row = _with_conn(state, lambda conn: storage.get_job(conn, job.job_id)) or {}

@@ -9,6 +9,7 @@ from typing import TypeVar
 from tenacity import (RetryCallState, Retrying, retry_if_exception_type, stop_after_attempt,
                       wait_exponential)
 
+from nodes_import import metrics
 from nodes_import.config import RetryConfig
 from nodes_import.errors import TransientStorageError
 
@@ -26,6 +27,7 @@ def retrying(policy: RetryConfig, *, context: dict[str, object] | None = None,
         log.warning("retrying after transient error", extra={"fields": {
             **(context or {}), "attempt": state.attempt_number, "delayMs": int(delay * 1000),
             "error": str(exc)}})
+        metrics.retry_attempt()
         if on_retry is not None:
             on_retry(state.attempt_number)
 

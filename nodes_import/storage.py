@@ -441,3 +441,72 @@ def release_leases(conn: psycopg.Connection[Any], *, owner: str) -> int:
             "UPDATE job_status SET heartbeat_at = NULL WHERE claimed_by = %s"
             " AND status IN ('PENDING', 'PROCESSING')", (owner,))
         return cur.rowcount
+
+
+# ------------------------------------------------------- housekeeping and monitoring
+# Read by the daemon's admin side (scrape-time gauges, the long-running job check) and
+# by ``jobs purge``. Ages are the database's clock, like the leases.
+
+# Statuses a purge may delete: a PENDING or PROCESSING job may still be running.
+PURGEABLE = ("COMPLETED", "FAILED")
+
+
+def running_jobs(conn: psycopg.Connection[Any], *, limit: int = 1000) -> list[dict[str, Any]]:
+    """PROCESSING jobs, oldest first, with ``age_s`` since their first start."""
+    with wrapped(), conn.cursor(row_factory=dict_row) as cur:
+        rows = cur.execute(
+            "SELECT id::text AS id, group_id, domain_id, claimed_by, source_bytes, bytes_read,"
+            " rows_committed, status,"
+            " extract(epoch FROM now() - coalesce(started_at, created_at))::float8 AS age_s"
+            " FROM job_status WHERE status = 'PROCESSING'"
+            " ORDER BY coalesce(started_at, created_at) LIMIT %s", (limit,)).fetchall()
+    conn.rollback()
+    return rows
+
+
+@dataclass(frozen=True)
+class Purged:
+    """What a purge deleted (or, dry, would delete)."""
+
+    jobs: int
+    failures: int
+
+
+_PURGE_WHERE = (" WHERE status = ANY(%(statuses)s)"
+                " AND coalesce(finished_at, updated_at) < now() - %(age)s * interval '1 second'")
+
+
+def purge_jobs(conn: psycopg.Connection[Any], *, older_than_s: float,
+               statuses: Sequence[str] = PURGEABLE, batch_size: int = 500,
+               dry_run: bool = False) -> Purged:
+    """Delete finished jobs older than ``older_than_s`` and their job_failures rows.
+
+    One transaction per ``batch_size`` jobs, so a big purge never holds locks for long;
+    rows locked by someone else are skipped (the next purge gets them).
+    """
+    bad = sorted(set(statuses) - set(PURGEABLE))
+    if bad or not statuses:
+        raise ValueError(f"only finished jobs can be purged ({', '.join(PURGEABLE)}), "
+                         f"not {', '.join(bad) or 'none'}")
+    params = {"statuses": list(statuses), "age": older_than_s, "limit": batch_size}
+    if dry_run:
+        with wrapped():
+            row = conn.execute(
+                "SELECT count(*), coalesce(sum((SELECT count(*) FROM job_failures f"
+                " WHERE f.job_id = j.id)), 0) FROM job_status j" + _PURGE_WHERE,
+                params).fetchone()
+        conn.rollback()
+        assert row is not None
+        return Purged(int(row[0]), int(row[1]))
+    jobs = failures = 0
+    while True:
+        with wrapped(), conn.transaction():
+            ids = [r[0] for r in conn.execute(
+                "SELECT id FROM job_status" + _PURGE_WHERE + " ORDER BY finished_at"
+                " LIMIT %(limit)s FOR UPDATE SKIP LOCKED", params)]
+            if not ids:
+                break
+            failures += conn.execute("DELETE FROM job_failures WHERE job_id = ANY(%s)",
+                                     (ids,)).rowcount
+            jobs += conn.execute("DELETE FROM job_status WHERE id = ANY(%s)", (ids,)).rowcount
+    return Purged(jobs, failures)

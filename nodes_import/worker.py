@@ -21,7 +21,7 @@ from typing import Any
 
 from psycopg_pool import ConnectionPool
 
-from nodes_import import engine, logs, status, storage
+from nodes_import import engine, logs, metrics, status, storage
 from nodes_import.config import ImportConfig
 from nodes_import.errors import NodesImportError
 from nodes_import.jobs import ImportJob, JobOutcome
@@ -40,6 +40,8 @@ class WorkerSettings:
     pool_size: int
     connect_timeout_s: float
     log_level: str = "INFO"
+    group_label: bool = True  # metrics: label rows with the job's group
+    domain_label: bool = True  # ... and domain
 
 
 # The worker process's own state, set once by init_worker.
@@ -63,6 +65,7 @@ def init_worker(settings: WorkerSettings, stop_event: Any) -> None:
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     _die_with_parent()
     logs.setup(settings.log_level)
+    metrics.configure(group=settings.group_label, domain=settings.domain_label)
     _settings, _stop = settings, stop_event
     try:
         _open_pool()
