@@ -64,8 +64,9 @@ class AdminApp:
 
     def __init__(self, *, pool: ConnectionPool | None = None,
                  readiness: Readiness | None = None,
-                 collectors: Iterable[Any] = ()) -> None:
+                 collectors: Iterable[Any] = (), db_timeout_s: float = DB_TIMEOUT_S) -> None:
         self.pool = pool
+        self.db_timeout_s = db_timeout_s
         self.readiness = readiness
         self.registry = metrics.registry(collectors)
 
@@ -164,7 +165,7 @@ class AdminApp:
         """A pooled connection; psycopg errors come out as the StorageError tree."""
         if self.pool is None:
             raise HttpError(503, "database not connected yet")
-        with storage.wrapped(), self.pool.connection(timeout=DB_TIMEOUT_S) as conn:
+        with storage.wrapped(), self.pool.connection(timeout=self.db_timeout_s) as conn:
             yield conn
 
 

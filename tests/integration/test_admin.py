@@ -1,0 +1,153 @@
+"""The admin HTTP API on a real socket and a real database: every route and its errors."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+from psycopg_pool import ConnectionPool
+
+from nodes_import import engine
+from nodes_import.admin import AdminApp, AdminServer
+from nodes_import.config import ImportConfig, RetryConfig
+from nodes_import.jobs import ImportJob
+from tests.fixtures.http import request, samples
+from tests.fixtures.postgres import Database
+
+DOMAIN = "3f1c1a3e-2b9d-4c55-9a57-0d3c6a1f0b21"
+
+
+@pytest.fixture()
+def admin(db: Database) -> Iterator[tuple[AdminApp, int]]:
+    """The admin API on a free port, on the test's database."""
+    app = AdminApp(pool=db.pool)
+    server = AdminServer(app, "127.0.0.1", 0)
+    port = server.start()
+    try:
+        yield app, port
+    finally:
+        server.close()
+
+
+@pytest.fixture()
+def imported(db: Database, gz_csv: Callable[..., Path], tmp_path: Path) -> str:
+    """A COMPLETED job with 3 rejected rows (blank reference_id)."""
+    lines = ["reference_id,plan"] + [f"r{n},free" for n in range(30)] + [",x"] * 3
+    path = gz_csv("\n".join(lines) + "\n")
+    job = ImportJob(job_id=str(uuid.uuid4()), group_id="adm", domain_id=DOMAIN,
+                    source=str(path))
+    cfg = ImportConfig(batch_size=1000, allowed_roots=(str(tmp_path),),
+                       retry=RetryConfig(max_attempts=2, initial_interval_ms=10))
+    assert engine.run_import(job, cfg, db.pool).status == "COMPLETED"
+    return job.job_id
+
+
+def test_healthz_answers_200_and_head_has_no_body(admin: tuple[AdminApp, int]) -> None:
+    _, port = admin
+    answer = request(port, "/healthz")
+    assert (answer.status, answer.json()) == (200, {"status": "ok"})
+    head = request(port, "/healthz", method="HEAD")
+    assert (head.status, head.body) == (200, b"")
+
+
+def test_readyz_is_200_when_the_database_answers_and_the_hook_says_ready(
+        admin: tuple[AdminApp, int]) -> None:
+    app, port = admin
+    assert request(port, "/readyz").json() == {"status": "ready"}
+    app.readiness = lambda: "starting: not subscribed to Kafka yet"
+    answer = request(port, "/readyz")
+    assert answer.status == 503
+    assert answer.json()["reasons"] == ["starting: not subscribed to Kafka yet"]
+
+
+def test_readyz_is_503_without_a_database_and_never_shows_the_password() -> None:
+    dsn = "postgresql://ops:s3cret-pw@127.0.0.1:1/nodes?connect_timeout=1"
+    pool = ConnectionPool(dsn, min_size=1, open=False)
+    pool.open(wait=False)
+    app = AdminApp(pool=pool, db_timeout_s=0.3)
+    server = AdminServer(app, "127.0.0.1", 0)
+    port = server.start()
+    try:
+        answer = request(port, "/readyz")
+        assert answer.status == 503
+        assert answer.json()["reasons"][0].startswith("database: ")
+        jobs = request(port, "/jobs")
+        assert jobs.status == 503 and "database unavailable" in jobs.json()["error"]
+        assert b"s3cret" not in answer.body + jobs.body
+        app.pool = None
+        assert request(port, "/readyz").json()["reasons"] == [
+            "database: database not connected yet"]
+    finally:
+        server.close()
+        pool.close()
+
+
+def test_metrics_serves_the_prometheus_text_format(admin: tuple[AdminApp, int],
+                                                   imported: str) -> None:
+    _, port = admin
+    answer = request(port, "/metrics")
+    assert answer.status == 200
+    assert answer.headers["Content-Type"].startswith("text/plain; version=")
+    scrape = samples(answer.body.decode())
+    assert any(name == "node_import_success_total" for name, _ in scrape)
+
+
+def test_jobs_lists_recent_jobs_with_their_progress(admin: tuple[AdminApp, int],
+                                                    imported: str) -> None:
+    _, port = admin
+    listed = request(port, "/jobs").json()
+    assert [j["id"] for j in listed] == [imported]
+    assert listed[0]["progress_percentage"] == 100.0
+    assert request(port, "/jobs?status=FAILED").json() == []
+    assert len(request(port, "/jobs?status=completed&limit=1").json()) == 1
+
+
+def test_a_job_shows_its_counts_progress_and_first_rejected_rows(
+        admin: tuple[AdminApp, int], imported: str) -> None:
+    _, port = admin
+    job = request(port, f"/jobs/{imported}").json()
+    assert (job["status"], job["success_count"], job["failed_count"]) == ("COMPLETED", 30, 3)
+    assert job["progress_percentage"] == 100.0
+    assert [f["row_number"] for f in job["failures"]] == [31, 32, 33]
+    assert job["failures"][0]["reason"]
+
+
+@pytest.mark.parametrize("path, code, message", [
+    ("/jobs/not-a-uuid", 400, "not a job id"),
+    (f"/jobs/{uuid.UUID(int=7)}", 404, "no job"),
+    ("/jobs?status=RUNNING", 400, "status must be one of"),
+    ("/jobs?limit=abc", 400, "limit must be an integer"),
+    ("/jobs?limit=0", 400, "limit must be within 1..1000"),
+    ("/jobs?limit=5000", 400, "limit must be within"),
+    ("/jobs?limit=1&limit=2", 400, "limit given 2 times"),
+    ("/jobs?sort=id", 400, "unknown parameter(s): sort"),
+    (f"/jobs/{uuid.UUID(int=7)}?x=1", 400, "unknown parameter"),
+    ("/", 404, "no such path: /"),
+    ("/metrics/extra", 404, "no such path"),
+])
+def test_bad_ids_and_parameters_are_400_and_unknown_paths_404_in_json(
+        admin: tuple[AdminApp, int], path: str, code: int, message: str) -> None:
+    _, port = admin
+    answer = request(port, path)
+    assert answer.status == code
+    assert answer.headers["Content-Type"] == "application/json"
+    assert message in answer.json()["error"]
+
+
+@pytest.mark.parametrize("method", ["POST", "PUT", "DELETE", "PATCH"])
+def test_the_api_is_read_only(admin: tuple[AdminApp, int], method: str) -> None:
+    _, port = admin
+    answer = request(port, "/jobs", method=method)
+    assert answer.status == 405
+    assert answer.headers["Allow"] == "GET, HEAD"
+    assert "read-only" in answer.json()["error"]
+
+
+def test_a_taken_port_fails_start_up_with_a_clear_error(admin: tuple[AdminApp, int]) -> None:
+    app, port = admin
+    from nodes_import.errors import NodesImportError
+
+    with pytest.raises(NodesImportError, match=f"cannot listen on 127.0.0.1:{port}"):
+        AdminServer(app, "127.0.0.1", port).start()
