@@ -16,6 +16,7 @@ Shape of a job (``run_import``):
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import queue
 import threading
@@ -43,6 +44,11 @@ log = logging.getLogger(__name__)
 # to keep memory at a handful of batches whatever the file size.
 QUEUE_DEPTH = 2
 TIMEOUT_MESSAGE = "Timeout exceeded"
+# How long past its statement_timeout a batch may wait for the server's answer before the
+# connection is presumed stalled and dropped.
+WATCHDOG_GRACE_S = 5.0
+# The end of a job is retried this many times as long as a batch write.
+FINISH_PATIENCE = 3
 
 
 @dataclass
@@ -96,7 +102,9 @@ class _Job:
 
 
 def _with_conn(state: _Job, fn: Callable[[Any], Any]) -> Any:
-    timeout_s = max(1.0, min(30.0, state.remaining_ms() / 1000.0))
+    # Wait for a connection no longer than the pool's own timeout (the configured connect
+    # timeout): each retry attempt must fail fast while the database is away.
+    timeout_s = max(0.1, min(state.pool.timeout, state.remaining_ms() / 1000.0))
     with storage.wrapped(), state.pool.connection(timeout=timeout_s) as conn:
         return fn(conn)
 
@@ -121,11 +129,18 @@ def _write_one(state: _Job, part: encode.EncodedPart, bytes_read: int) -> None:
         remaining = state.remaining_ms()
         if remaining <= 0:
             raise JobTimeoutError(TIMEOUT_MESSAGE)
-        return _with_conn(state, lambda conn: storage.write_part(
-            conn, job_id=job.job_id, group_id=job.group_id, domain_id=job.domain_id,
-            default_type=job.node_type, columns=state.columns, part=part,
-            bytes_read=bytes_read, timeout_ms=min(state.cfg.batch_timeout_ms, remaining),
-            new_id=state.new_id))
+        timeout_ms = min(state.cfg.batch_timeout_ms, remaining)
+
+        def write(conn: Any) -> storage.PartResult:
+            # The server cancels a slow statement itself; the watchdog covers a link that
+            # stalls so badly that the cancellation could never arrive.
+            with storage.watchdog(conn, timeout_ms / 1000.0 + WATCHDOG_GRACE_S):
+                return storage.write_part(
+                    conn, job_id=job.job_id, group_id=job.group_id, domain_id=job.domain_id,
+                    default_type=job.node_type, columns=state.columns, part=part,
+                    bytes_read=bytes_read, timeout_ms=timeout_ms, new_id=state.new_id)
+
+        return _with_conn(state, write)
 
     failed_kind: str | None = None  # set when the part's rows are recorded as failed
     try:
@@ -255,7 +270,11 @@ def _read_all(state: _Job, batches: Iterator[RawBatch], header: list[str],
 def _finish(state: _Job, final: str, error: str | None,
             error_kind: str | None = None) -> JobOutcome:
     job = state.job
-    row = retry.call(state.cfg.retry, lambda: _with_conn(
+    # Recording how a job ended is worth waiting for longer than a batch is: a job left
+    # PROCESSING by a database outage is only found again when its lease runs out.
+    patient = dataclasses.replace(state.cfg.retry,
+                                  max_attempts=state.cfg.retry.max_attempts * FINISH_PATIENCE)
+    row = retry.call(patient, lambda: _with_conn(
         state, lambda conn: storage.finish_job(conn, job_id=job.job_id, status=final,
                                                error=error)), context=state.ctx)
     row = row or {}
@@ -286,14 +305,14 @@ def run_import(job: ImportJob, cfg: ImportConfig, pool: ConnectionPool, *,
     except PayloadError as exc:
         retry.call(cfg.retry, lambda: _with_conn(state, lambda conn: storage.start_job(
             conn, job_id=job.job_id, partitions=1, source_bytes=None,
-            claimed_by=job.claimed_by)), context=state.ctx)
+            claimed_by=job.claimed_by, resume_failed=job.resume_failed)), context=state.ctx)
         return _finish(state, status.FAILED, str(exc), type(exc).__name__)
     state.progress.source_bytes = size
     state.columns = encode.staged_columns(header)
     # 2. PROCESSING, and where a previous attempt stopped
     checkpoint = retry.call(cfg.retry, lambda: _with_conn(state, lambda conn: storage.start_job(
         conn, job_id=job.job_id, partitions=cfg.max_parallel_futures, source_bytes=size,
-        claimed_by=job.claimed_by)), context=state.ctx)
+        claimed_by=job.claimed_by, resume_failed=job.resume_failed)), context=state.ctx)
     if checkpoint is None:
         row = _with_conn(state, lambda conn: storage.get_job(conn, job.job_id)) or {}
         log.info("job already finished; skipped", extra={"fields": state.ctx})

@@ -29,6 +29,8 @@ class ImportJob:
     reference_ids: tuple[str, ...] | None = None
     reference_ids_file: str | None = None
     claimed_by: str | None = None
+    # Take a FAILED job up again from its checkpoint (an operator's explicit re-run).
+    resume_failed: bool = False
 
     @property
     def source_label(self) -> str:

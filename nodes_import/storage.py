@@ -9,6 +9,9 @@ therefore never disagree with the rows they count.
 from __future__ import annotations
 
 import logging
+import os
+import socket
+import threading
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -88,14 +91,26 @@ def _configure(conn: psycopg.Connection[Any]) -> None:
     conn.commit()
 
 
+# libpq TCP keepalives: a peer that vanished without a FIN (network partition, VM
+# gone) is noticed in about idle + interval * count seconds instead of hours.
+KEEPALIVES = {"keepalives": 1, "keepalives_idle": 30, "keepalives_interval": 10,
+              "keepalives_count": 3}
+
+
 def open_pool(dsn: str, *, max_size: int, timeout_s: float = 30.0,
               name: str = "nodes-import") -> ConnectionPool:
-    """A psycopg pool whose connections carry the staging table. Opens and waits."""
+    """A psycopg pool whose connections carry the staging table. Opens and waits.
+
+    ``timeout_s`` bounds both waiting for a pooled connection and each new connection's
+    handshake (libpq ``connect_timeout``), so a server that accepts but never answers
+    cannot hang start-up or a writer.
+    """
     pool = ConnectionPool(
         dsn,
         min_size=1,
         max_size=max_size,
-        kwargs={"autocommit": False, "application_name": name},
+        kwargs={"autocommit": False, "application_name": name,
+                "connect_timeout": max(1, round(timeout_s)), **KEEPALIVES},
         configure=_configure,
         timeout=timeout_s,
         name=name,
@@ -141,6 +156,40 @@ def new_id_function(conn: psycopg.Connection[Any]) -> str:
     """``uuidv7()`` where the server has it (PostgreSQL 18+), else ``gen_random_uuid()``."""
     version = conn.info.server_version
     return "uuidv7()" if version >= 180000 else "gen_random_uuid()"
+
+
+@contextmanager
+def watchdog(conn: psycopg.Connection[Any], seconds: float) -> Iterator[None]:
+    """Break ``conn``'s socket if the block inside runs past ``seconds``.
+
+    ``statement_timeout`` is enforced by the server, so it cannot help when the link
+    itself stalls (a dead proxy, a partition): the client would wait for an answer
+    forever. Shutting the socket down makes the blocked read fail at once, which
+    surfaces as a transient connection error, and the pool discards the connection.
+    """
+    fired = threading.Event()
+
+    def fire() -> None:
+        fired.set()
+        try:
+            fd = conn.pgconn.socket
+            with socket.socket(fileno=os.dup(fd)) as sock:
+                sock.shutdown(socket.SHUT_RDWR)
+        except (OSError, psycopg.Error):
+            pass  # already closed: nothing is blocked on it
+
+    timer = threading.Timer(seconds, fire)
+    timer.daemon = True
+    timer.start()
+    try:
+        yield
+    except StorageError as exc:
+        if fired.is_set():
+            raise TransientStorageError(
+                f"database connection stalled for {seconds:.0f}s; connection dropped") from exc
+        raise
+    finally:
+        timer.cancel()
 
 
 # ---------------------------------------------------------------------- the batch write
@@ -312,17 +361,23 @@ def create_job(conn: psycopg.Connection[Any], *, job_id: str, group_id: str, dom
 
 
 def start_job(conn: psycopg.Connection[Any], *, job_id: str, partitions: int,
-              source_bytes: int | None, claimed_by: str | None = None) -> list[int] | None:
-    """PENDING/PROCESSING -> PROCESSING; return the checkpoint (None: job is finished)."""
+              source_bytes: int | None, claimed_by: str | None = None,
+              resume_failed: bool = False) -> list[int] | None:
+    """PENDING/PROCESSING -> PROCESSING; return the checkpoint (None: job is finished).
+
+    With ``resume_failed`` a FAILED job is taken up again too (an explicit re-run); its
+    error and finish time are cleared, its counters and checkpoint kept.
+    """
+    statuses = ["PENDING", "PROCESSING"] + (["FAILED"] if resume_failed else [])
     with wrapped(), conn.transaction():
         row = conn.execute(
             "UPDATE job_status SET status = 'PROCESSING', attempts = attempts + 1,"
             " started_at = coalesce(started_at, now()), updated_at = now(),"
             " heartbeat_at = now(), claimed_by = coalesce(%s, claimed_by),"
-            " source_bytes = coalesce(%s, source_bytes),"
+            " source_bytes = coalesce(%s, source_bytes), error = NULL, finished_at = NULL,"
             " checkpoint = coalesce(checkpoint, array_fill(0::bigint, ARRAY[%s::int]))"
-            " WHERE id = %s AND status IN ('PENDING', 'PROCESSING') RETURNING checkpoint",
-            (claimed_by, source_bytes, partitions, job_id)).fetchone()
+            " WHERE id = %s AND status = ANY(%s) RETURNING checkpoint",
+            (claimed_by, source_bytes, partitions, job_id, statuses)).fetchone()
     return None if row is None else [int(x) for x in row[0]]
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-pytest_plugins = ["tests.fixtures.postgres", "tests.fixtures.files", "tests.fixtures.kafka",
+pytest_plugins = ["tests.fixtures.faultproxy", "tests.fixtures.postgres", "tests.fixtures.files", "tests.fixtures.kafka",
                   "tests.fixtures.daemon"]
 
 # fixture name -> marker it implies

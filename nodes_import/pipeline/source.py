@@ -150,8 +150,13 @@ class Source:
         self.info = SourceInfo(uri=uri, size=size, gzip=bytes(magic) == GZIP_MAGIC)
 
     def _open_raw(self) -> pa.NativeFile:
+        # A random-access file where the filesystem offers one: its tell() is how far
+        # the decompressor has read, the job's progress. Plain streams do not tell.
         try:
-            return self._fs.open_input_stream(self._path, compression=None)
+            try:
+                return self._fs.open_input_file(self._path)
+            except (NotImplementedError, pa.ArrowNotImplementedError):
+                return self._fs.open_input_stream(self._path, compression=None)
         except (OSError, pa.ArrowException) as exc:
             raise SourceError(f"cannot open {self._path}: {exc}") from exc
 

@@ -67,6 +67,7 @@ def test_a_gzip_csv_is_imported_with_exact_rows_metadata_and_counters(
     assert row["inserted_count"] == 5000
     _assert_counts_add_up(row)
     assert row["started_at"] and row["finished_at"] and row["attempts"] == 1
+    assert row["bytes_read"] == row["source_bytes"] == path.stat().st_size
     nodes = _nodes(db)
     assert sorted(nodes) == sorted(reference_id(n) for n in range(5000))
     _, node_type, meta = nodes[reference_id(17)]
