@@ -32,14 +32,16 @@ from typing import Any
 
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"  # prometheus_client's own switch
 
-# Bucket edges in seconds, from what we measured here: one batch partition of a 50k-row
-# batch commits in ~0.3-3 s (120 s is the statement timeout); a small job ends in
-# 50-500 ms, a big one in minutes (3600 s is the global timeout); encoding 50k rows of
-# metadata takes tens of ms.
-BATCH_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 3.0, 5.0, 10.0, 30.0, 60.0, 120.0)
+# Bucket edges in seconds, from what we measured here (2 cores, PostgreSQL on the same
+# machine): one partition of a 50k-row batch commits in ~0.5-3 s alone and 3-5 s with
+# two jobs competing (120 s is the statement timeout); a small job ends in 50-500 ms,
+# a big one in minutes (3600 s is the global timeout); encoding a 50k-row batch takes
+# ~0.3-0.5 s alone and up to ~2.5 s while the writers and the database hold both cores.
+BATCH_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 4.0, 5.0, 7.5,
+                 10.0, 15.0, 30.0, 60.0, 120.0)
 JOB_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0,
                1200.0, 1800.0, 3600.0)
-ENCODE_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
+ENCODE_BUCKETS = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 
 JOB_LABELS = ("group", "domain")  # the seed's tags; switchable off (``configure``)
 

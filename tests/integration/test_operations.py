@@ -6,7 +6,6 @@ import signal
 import uuid
 from pathlib import Path
 
-
 from nodes_import.sample import write_users
 from tests.fixtures.daemon import Daemons
 from tests.fixtures.http import free_port, request, scrape, total

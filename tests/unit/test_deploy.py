@@ -1,0 +1,161 @@
+"""The deploy files: they parse, and they only use metric names the service exports."""
+
+from __future__ import annotations
+
+import json
+import re
+import shlex
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from nodes_import import config, metrics
+
+ROOT = Path(__file__).resolve().parents[2]
+# PromQL words that look like metric names but are not.
+_KEYWORDS = {"by", "without", "on", "ignoring", "group_left", "group_right", "and", "or",
+             "unless", "bool", "offset", "inf", "nan", "le"}
+_BUILTIN = {"up"}  # Prometheus' own series
+
+
+def metric_names(expr: str) -> set[str]:
+    """The metric names a PromQL expression reads (good enough for our own files)."""
+    expr = re.sub(r'"(?:[^"\\]|\\.)*"', '""', expr)  # string literals
+    expr = re.sub(r"\{[^}]*\}", "", expr)  # label matchers
+    expr = re.sub(r"\[[^\]]*\]", "", expr)  # ranges and subqueries
+    expr = re.sub(r"\b(by|without|on|ignoring|group_left|group_right)\s*\([^)]*\)", "", expr)
+    expr = re.sub(r"\$\w+", "", expr)  # Grafana variables
+    expr = re.sub(r"label_values\(\s*([\w:]+)\s*,[^)]*\)", r"\1", expr)
+    names = set()
+    for match in re.finditer(r"(?<![\w.])([a-zA-Z_:][\w:]*)(\s*\()?", expr):
+        word, call = match.group(1), match.group(2)
+        if not call and word.lower() not in _KEYWORDS:
+            names.add(word)
+    return names
+
+
+def test_the_promql_name_extractor_finds_metrics_and_skips_functions_and_labels() -> None:
+    expr = ('histogram_quantile(0.95, sum by (le, instance) (rate(a_bucket{x="y"}[5m])))'
+            ' / clamp_min(b_total offset 1h, 1e-9) and on (instance) deriv((sum(c))[15m:1m])')
+    assert metric_names(expr) == {"a_bucket", "b_total", "c"}
+
+
+def _dashboard() -> dict[str, Any]:
+    return json.loads((ROOT / "deploy" / "grafana-dashboard.json").read_text())
+
+
+def _exprs(dashboard: dict[str, Any]) -> list[str]:
+    found = [t["expr"] for p in dashboard["panels"] for t in p.get("targets", [])]
+    for var in dashboard["templating"]["list"]:
+        if var["type"] == "query":
+            found.append(var["definition"])
+    return found
+
+
+def test_the_dashboard_is_importable_json_over_exported_metrics_only() -> None:
+    dashboard = _dashboard()
+    assert dashboard["uid"] and dashboard["title"] and dashboard["schemaVersion"] >= 30
+    assert "__inputs" not in dashboard  # imports as is: the datasource is a variable
+    panels = dashboard["panels"]
+    assert len({p["id"] for p in panels}) == len(panels)
+    used: set[str] = set()
+    for expr in _exprs(dashboard):
+        names = metric_names(expr)
+        assert names, expr
+        used |= names
+    assert used <= metrics.exported_names(), used - metrics.exported_names()
+    for p in panels:
+        if p["type"] != "row":
+            assert p["datasource"]["uid"] == "${datasource}", p["title"]
+
+
+def test_the_dashboard_shows_what_the_issue_asks_for() -> None:
+    used = set().union(*(metric_names(e) for e in _exprs(_dashboard())))
+    for wanted in ("node_import_rows_total",  # throughput
+                   "node_import_batch_duration_bucket",  # batch latency percentiles
+                   "node_import_failures_total", "executor_queue_size", "kafka_consumer_lag",
+                   "job_progress_percentage"):
+        assert wanted in used, wanted
+
+
+def test_the_alert_rules_parse_and_use_exported_metrics_only() -> None:
+    rules_file = yaml.safe_load((ROOT / "deploy" / "prometheus-alerts.yml").read_text())
+    rules = [r for g in rules_file["groups"] for r in g["rules"]]
+    recorded = {r["record"] for r in rules if "record" in r}
+    allowed = metrics.exported_names() | recorded | _BUILTIN
+    alerts = {r["alert"]: r for r in rules if "alert" in r}
+    for rule in rules:
+        names = metric_names(rule["expr"])
+        assert names and names <= allowed, (rule.get("alert") or rule["record"], names - allowed)
+    for name, rule in alerts.items():
+        assert rule["labels"]["severity"] in ("info", "warning", "critical"), name
+        assert rule["annotations"]["summary"], name
+    # the issue's five: failure rate, slow batches, growing lag, stuck jobs, DLQ traffic
+    for wanted in ("NodesImportHighRowFailureRate", "NodesImportSlowBatches",
+                   "NodesImportConsumerLagGrowing", "NodesImportStuckJob",
+                   "NodesImportDeadLetters"):
+        assert wanted in alerts
+
+
+def _dockerfile() -> list[tuple[str, str]]:
+    text = (ROOT / "Dockerfile").read_text().replace("\\\n", " ")
+    lines = [line.strip() for line in text.splitlines()]
+    return [(line.split(None, 1)[0].upper(), line.split(None, 1)[1] if " " in line else "")
+            for line in lines if line and not line.startswith("#")]
+
+
+def test_the_dockerfile_is_multi_stage_slim_non_root_with_the_run_entrypoint() -> None:
+    instructions = _dockerfile()
+    stages = [arg for op, arg in instructions if op == "FROM"]
+    assert len(stages) >= 2
+    assert all("slim" in s and re.search(r"\bAS\s+\w+", s, re.IGNORECASE) for s in stages), stages
+    final = instructions[max(i for i, (op, _) in enumerate(instructions) if op == "FROM"):]
+    ops = dict(final)  # the last of each instruction in the final stage
+    assert any(op == "COPY" and arg.startswith("--from=") for op, arg in final)
+    assert ops["USER"].split(":")[0] not in ("root", "0")
+    assert json.loads(ops["ENTRYPOINT"])[:2] == ["nodes-import", "run"]
+    assert "/healthz" in ops["HEALTHCHECK"] and ops["HEALTHCHECK"].count("CMD") == 1
+    env = " ".join(arg for op, arg in final if op == "ENV")
+    assert "NODES_IMPORT_CONFIG=/etc/nodes-import/config.yaml" in env
+    assert "NODES_IMPORT_ADMIN_HOST=0.0.0.0" in env  # reachable from outside the container
+    # every NODES_IMPORT_* variable it sets is a real configuration key
+    known = set(config.env_key_map()) | {"NODES_IMPORT_CONFIG"}
+    assert set(re.findall(r"NODES_IMPORT_\w+", env)) <= known
+
+
+def _unit() -> dict[str, dict[str, list[str]]]:
+    sections: dict[str, dict[str, list[str]]] = {}
+    current: dict[str, list[str]] = {}
+    for raw in (ROOT / "deploy" / "nodes-import.service").read_text().splitlines():
+        line = raw.strip()
+        if not line or line.startswith(("#", ";")):
+            continue
+        if line.startswith("["):
+            current = sections.setdefault(line.strip("[]"), {})
+        else:
+            key, _, value = line.partition("=")
+            current.setdefault(key.strip(), []).append(value.strip())
+    return sections
+
+
+def test_the_systemd_unit_restarts_on_failure_and_waits_for_the_drain() -> None:
+    service = _unit()["Service"]
+    assert service["Restart"] == ["on-failure"]
+    assert service["KillSignal"] == ["SIGTERM"]
+    assert service["RestartPreventExitStatus"] == ["2"]  # a config error stays down
+    assert service["EnvironmentFile"][0].startswith("/etc/")
+    command = shlex.split(service["ExecStart"][0])
+    assert (Path(command[0]).name, command[1]) == ("nodes-import", "run")
+    drain_s = config.KEYS["node.import.drain-timeout.ms"][1] / 1000
+    assert float(service["TimeoutStopSec"][0]) >= drain_s + 10
+    known = set(config.env_key_map()) | {"NODES_IMPORT_CONFIG", "PYTHONUNBUFFERED"}
+    for assignment in service.get("Environment", []):
+        assert assignment.split("=", 1)[0] in known, assignment
+    assert "multi-user.target" in _unit()["Install"]["WantedBy"]
+
+
+@pytest.mark.parametrize("name", [s.name for s in metrics.SPECS])
+def test_every_metric_is_documented_in_the_operations_section(name: str) -> None:
+    assert f"`{name}`" in (ROOT / "docs" / "operations.md").read_text()
