@@ -156,22 +156,26 @@ def _summary(row: dict[str, Any]) -> str:
 @click.option("--type", "node_type", default=None, help="Node type (default USER).")
 @click.option("--job-id", type=click.UUID, help="Job id (default: a new one). Re-running "
               "an unfinished job resumes it from its checkpoint.")
+@click.option("--retry-failed", is_flag=True, help="With --job-id: take a FAILED job up "
+              "again from its checkpoint (after fixing what failed it).")
 @click.option("--dsn", help="PostgreSQL connection string (default: embedded server).")
 @click.option("--json", "as_json", is_flag=True, help="Print the final job row as JSON.")
 @click.pass_context
 def import_cmd(ctx: click.Context, source: str | None, ids_file: str | None, group_id: str,
-               domain_id: Any, node_type: str | None, job_id: Any, dsn: str | None,
-               as_json: bool) -> None:
+               domain_id: Any, node_type: str | None, job_id: Any, retry_failed: bool,
+               dsn: str | None, as_json: bool) -> None:
     """Run one import job in the foreground: a CSV file (SOURCE) or --reference-ids FILE."""
     if (source is None) == (ids_file is None):
         raise click.UsageError("give exactly one of SOURCE or --reference-ids FILE")
     if not group_id.strip() or len(group_id) > 255:
         raise click.UsageError("--group must be 1..255 characters")
+    if retry_failed and job_id is None:
+        raise click.UsageError("--retry-failed needs the --job-id of the FAILED job")
     cfg = _load(ctx, **{"database.dsn": dsn})
     job = ImportJob(job_id=str(job_id or new_job_id()), group_id=group_id,
                     domain_id=str(domain_id),
                     node_type=node_type or cfg.imports.default_node_type,
-                    source=source, reference_ids_file=ids_file)
+                    source=source, reference_ids_file=ids_file, resume_failed=retry_failed)
     bar = _Bar() if sys.stderr.isatty() and not as_json else None
     pool_size = cfg.imports.max_parallel_futures + 1
     try:

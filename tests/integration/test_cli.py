@@ -85,3 +85,23 @@ def test_the_dsn_password_never_reaches_the_output(tmp_path: Path) -> None:
     assert result.returncode == 1
     assert "s3cr3t-pw" not in result.stdout + result.stderr
     assert "PostgreSQL" in result.stderr
+
+
+def test_a_failed_job_is_resumed_only_when_asked(db: Database, tmp_path: Path) -> None:
+    env = {"NODES_IMPORT_DSN": db.dsn}
+    job_id = "8a3c7e0e-5a43-4e0b-9d55-2f2b7d1c9e01"
+    failed = _cli("import", "users.csv.gz", "--group", "cli", "--domain", DOMAIN, "--job-id",
+                  job_id, "--json", cwd=tmp_path, env=env)
+    assert failed.returncode == 1 and orjson.loads(failed.stdout)["status"] == "FAILED"
+    write_users(tmp_path / "users.csv.gz", 500)  # the operator fixes the problem
+    again = _cli("import", "users.csv.gz", "--group", "cli", "--domain", DOMAIN, "--job-id",
+                 job_id, "--json", cwd=tmp_path, env=env)
+    assert again.returncode == 1 and orjson.loads(again.stdout)["total_nodes"] == 0
+    retried = _cli("import", "users.csv.gz", "--group", "cli", "--domain", DOMAIN, "--job-id",
+                   job_id, "--retry-failed", "--json", cwd=tmp_path, env=env)
+    assert retried.returncode == 0, retried.stderr
+    row = orjson.loads(retried.stdout)
+    assert (row["status"], row["total_nodes"], row["attempts"], row["error"]) == \
+        ("COMPLETED", 500, 2, None)
+    assert _cli("import", "users.csv.gz", "--group", "g", "--domain", DOMAIN, "--retry-failed",
+                cwd=tmp_path, env=env).returncode == 2
