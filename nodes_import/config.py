@@ -74,6 +74,9 @@ KEYS: dict[str, tuple[Any, Any]] = {
     "node.import.max-file-bytes": (int, 10 << 30),
     "node.import.max-decompressed-bytes": (int, 100 << 30),
     "node.import.max-reference-ids": (int, 10_000_000),
+    "node.import.max-rows": (int, 100_000_000),
+    "node.import.max-columns": (int, 1000),
+    "node.import.max-field-bytes": (int, 1 << 20),
     "node.import.allowed-roots": (_STR_LIST, []),
     "node.import.default-node-type": (str, "USER"),
     # -- operations (issue 4): housekeeping, the admin HTTP API, metrics
@@ -119,6 +122,9 @@ class ImportConfig:
     max_file_bytes: int = 10 << 30
     max_decompressed_bytes: int = 100 << 30
     max_reference_ids: int = 10_000_000
+    max_rows: int = 100_000_000
+    max_columns: int = 1000
+    max_field_bytes: int = 1 << 20
     allowed_roots: tuple[str, ...] = ()
     default_node_type: str = "USER"
     retry: RetryConfig = field(default_factory=RetryConfig)
@@ -357,6 +363,9 @@ def build(values: Mapping[str, Any], environ: Mapping[str, str]) -> Config:
         max_file_bytes=v["node.import.max-file-bytes"],
         max_decompressed_bytes=v["node.import.max-decompressed-bytes"],
         max_reference_ids=v["node.import.max-reference-ids"],
+        max_rows=v["node.import.max-rows"],
+        max_columns=v["node.import.max-columns"],
+        max_field_bytes=v["node.import.max-field-bytes"],
         allowed_roots=roots or default_allowed_roots(),
         default_node_type=v["node.import.default-node-type"],
         retry=RetryConfig(

@@ -219,7 +219,8 @@ def _open_batches(state: _Job) -> tuple[Iterator[RawBatch], list[str], int | Non
                     max_decompressed_bytes=cfg.max_decompressed_bytes)
     reader: CsvReader | IdFileReader
     if job.source is not None:
-        reader = CsvReader(source, block_size=cfg.block_size_bytes, batch_size=cfg.batch_size)
+        reader = CsvReader(source, block_size=cfg.block_size_bytes, batch_size=cfg.batch_size,
+                           max_columns=cfg.max_columns)
     else:
         reader = IdFileReader(source, block_size=cfg.block_size_bytes, batch_size=cfg.batch_size)
     return reader.batches(), reader.header, source.info.size
@@ -237,7 +238,8 @@ def _read_all(state: _Job, batches: Iterator[RawBatch], header: list[str],
             state.fail(JobTimeoutError(TIMEOUT_MESSAGE))
             return
         encode_started = time.monotonic()
-        parts = encode.encode_batch(batch, header, partitions, skip)
+        parts = encode.encode_batch(batch, header, partitions, skip,
+                                    max_field_bytes=state.cfg.max_field_bytes)
         metrics.batch_encoded(time.monotonic() - encode_started)
         if skip is not None and len(batch.row_numbers) and \
                 batch.row_numbers[-1].as_py() > max(skip):
@@ -250,6 +252,9 @@ def _read_all(state: _Job, batches: Iterator[RawBatch], header: list[str],
         if state.job.reference_ids_file is not None and rows_read > state.cfg.max_reference_ids:
             state.fail(PayloadError(f"more than node.import.max-reference-ids "
                                     f"({state.cfg.max_reference_ids}) reference IDs"))
+            return
+        if rows_read > state.cfg.max_rows:
+            state.fail(PayloadError(f"more than node.import.max-rows ({state.cfg.max_rows}) rows"))
             return
         if rows_read and rejected / rows_read > state.cfg.max_reject_ratio:
             state.fail(JobRejectedError(

@@ -96,7 +96,7 @@ def _partition_of(refs: pa.Array, partitions: int) -> pa.Array:
     return pc.modulo(hashed, partitions)
 
 
-def _reject_mask(table: pa.Table) -> pa.Array:
+def _reject_mask(table: pa.Table, max_field_bytes: int) -> pa.Array:
     refs = table.column(REFERENCE_ID)
     bad = pc.fill_null(pc.equal(pc.utf8_length(pc.utf8_trim_whitespace(refs)), 0), True)
     bad = pc.or_(bad, pc.fill_null(pc.greater(pc.utf8_length(refs), MAX_REFERENCE_ID_CHARS), False))
@@ -105,10 +105,12 @@ def _reject_mask(table: pa.Table) -> pa.Array:
         bad = pc.or_(bad, pc.fill_null(too_long, False))
     for column in table.columns:
         bad = pc.or_(bad, pc.fill_null(pc.match_substring(column, "\x00"), False))
+        too_big = pc.greater(pc.binary_length(column), max_field_bytes)
+        bad = pc.or_(bad, pc.fill_null(too_big, False))
     return bad.combine_chunks() if isinstance(bad, pa.ChunkedArray) else bad
 
 
-def _describe(row: dict[str, str | None]) -> str:
+def _describe(row: dict[str, str | None], max_field_bytes: int) -> str:
     ref = row.get(REFERENCE_ID)
     if ref is None or not ref.strip():
         return "blank reference_id"
@@ -120,6 +122,9 @@ def _describe(row: dict[str, str | None]) -> str:
     for name, value in row.items():
         if value is not None and "\x00" in value:
             return f"NUL byte in column {name!r}"
+    for name, value in row.items():
+        if value is not None and len(value.encode()) > max_field_bytes:
+            return f"value in column {name!r} longer than {max_field_bytes} bytes"
     return "rejected"
 
 
@@ -129,14 +134,15 @@ def _as_line(values: list[str | None]) -> str:
     return out.getvalue().replace("\x00", "\\0")[:MAX_LINE_CHARS]
 
 
-def _rejected_rows(table: pa.Table, numbers: pa.Array, mask: pa.Array) -> list[Rejected]:
+def _rejected_rows(table: pa.Table, numbers: pa.Array, mask: pa.Array,
+                   max_field_bytes: int) -> list[Rejected]:
     rows = table.filter(mask).to_pylist()
     nums = numbers.filter(mask).to_pylist()
     out = []
     for number, row in zip(nums, rows):
         ref = row.get(REFERENCE_ID)
         out.append(Rejected(number, None if ref is None else ref.replace("\x00", "\\0")[:255],
-                            _describe(row), _as_line(list(row.values()))))
+                            _describe(row, max_field_bytes), _as_line(list(row.values()))))
     return out
 
 
@@ -166,7 +172,8 @@ def metadata_keys(header: list[str]) -> list[str]:
 
 
 def encode_batch(batch: RawBatch, header: list[str], partitions: int,
-                 skip_through: list[int] | None = None) -> list[EncodedPart]:
+                 skip_through: list[int] | None = None,
+                 max_field_bytes: int = 1 << 20) -> list[EncodedPart]:
     """Validate, partition and encode one batch; one ``EncodedPart`` per partition.
 
     ``skip_through[p]`` drops rows of partition ``p`` numbered at or below it (a resumed
@@ -184,9 +191,9 @@ def encode_batch(batch: RawBatch, header: list[str], partitions: int,
         if keep is not None and isinstance(keep, pa.Array):
             table, numbers = table.filter(keep), numbers.filter(keep)
             part = part.filter(keep) if part is not None else None
-    mask = _reject_mask(table)
+    mask = _reject_mask(table, max_field_bytes)
     any_bad = pc.any(mask).as_py() or False
-    rejected = _rejected_rows(table, numbers, mask) if any_bad else []
+    rejected = _rejected_rows(table, numbers, mask, max_field_bytes) if any_bad else []
     rejected_parts = (part.filter(mask).to_pylist() if any_bad and part is not None
                       else [0] * len(rejected))
     invalid = _from_invalid(batch.invalid)

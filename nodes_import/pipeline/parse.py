@@ -135,10 +135,12 @@ def _rebatch(reader: Iterator[pa.RecordBatch], size: int) -> Iterator[pa.Table]:
 class CsvReader:
     """Streams a CSV source as ``RawBatch`` es; the header is read first, from its own open."""
 
-    def __init__(self, source: Source, *, block_size: int, batch_size: int) -> None:
+    def __init__(self, source: Source, *, block_size: int, batch_size: int,
+                 max_columns: int = 1000) -> None:
         self._source = source
         self._block_size = block_size
         self._batch_size = batch_size
+        self._max_columns = max_columns
         self.header = self._read_header()
 
     def _options(self, sink: list[InvalidRow], types: dict[str, Any] | None) -> dict[str, Any]:
@@ -173,6 +175,9 @@ class CsvReader:
             raise SourceError("cannot read the CSV: the header is not valid UTF-8") from exc
         finally:
             stream.close()
+        if len(names) > self._max_columns:
+            raise SourceError(f"the CSV has {len(names)} columns, over "
+                              f"node.import.max-columns ({self._max_columns})")
         if REFERENCE_ID not in names:
             raise SourceError(f"the CSV has no {REFERENCE_ID!r} column (header: {names[:20]})")
         if "" in names:

@@ -287,3 +287,19 @@ def test_any_metadata_value_survives_file_to_jsonb_exactly(
     assert {k: v[2] for k, v in nodes.items()} == {f"r{i}": {"value": v}
                                                    for i, v in enumerate(values)}
     assert orjson.loads(orjson.dumps(values)) == values
+
+
+def test_row_column_and_field_limits_are_enforced(db: Database, tmp_path: Path,
+                                                  gz_csv: Callable[..., Path]) -> None:
+    wide = gz_csv("reference_id," + ",".join(f"c{n}" for n in range(20)) + "\nr1" + "," * 20 + "\n")
+    row = _run(db, _job(wide), _cfg(tmp_path, max_columns=10))
+    assert row["status"] == "FAILED" and "max-columns" in row["error"]
+    big = gz_csv("reference_id,blob\nr1,small\nr2," + "x" * 2000 + "\nr3,ok\n")
+    row = _run(db, _job(big, group="g-big"), _cfg(tmp_path, max_field_bytes=1000))
+    assert (row["status"], row["success_count"], row["failed_count"]) == ("COMPLETED", 2, 1)
+    assert db.scalar("SELECT reason FROM job_failures WHERE job_id = %s", (row["id"],)) \
+        == "value in column 'blob' longer than 1000 bytes"
+    many = write_users(tmp_path / "many.csv.gz", 3000)
+    row = _run(db, _job(many, group="g-many"), _cfg(tmp_path, max_rows=2500, batch_size=500))
+    assert row["status"] == "FAILED" and "max-rows" in row["error"]
+    assert row["total_nodes"] <= 2500
