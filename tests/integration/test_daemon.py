@@ -406,7 +406,8 @@ def test_run_fails_fast_with_a_clear_message_when_the_broker_or_database_is_unre
 
     env = {k: v for k, v in os.environ.items() if not k.startswith("NODES_IMPORT_")}
     env.update(NODES_IMPORT_KAFKA_STARTUP_TIMEOUT_MS="2000",
-               NODES_IMPORT_DATABASE_CONNECT_TIMEOUT_MS="2000")
+               NODES_IMPORT_DATABASE_CONNECT_TIMEOUT_MS="2000",
+               NODES_IMPORT_ADMIN_ENABLED="false")  # its port may be taken by another daemon
 
     def run(*args: str) -> tuple[subprocess.CompletedProcess[str], float]:
         started = time.monotonic()
@@ -425,6 +426,7 @@ def test_run_fails_fast_with_a_clear_message_when_the_broker_or_database_is_unre
 
 
 @pytest.mark.slow
+@pytest.mark.kafka  # it starts its own broker; keeps it out of the PostgreSQL-only CI pass
 def test_the_demo_runs_end_to_end_on_embedded_parts_and_leaves_no_process_behind(
         tmp_path: Path) -> None:
     import subprocess
