@@ -32,13 +32,15 @@ log = logging.getLogger(__name__)
 TP = tuple[str, int]  # (topic, partition)
 Headers = list[tuple[str, bytes | None]]  # Kafka headers: ordered, repeatable, binary
 
-# Settings the daemon relies on; user properties may override anything else.
+# Defaults that user properties may override.
 CONSUMER_DEFAULTS: dict[str, Any] = {
-    "enable.auto.commit": False,  # offsets are committed only for finished jobs
-    "enable.auto.offset.store": False,
     "auto.offset.reset": "earliest",  # a new group starts at the oldest job (and Tansu's
                                       # ListOffsets(latest) is unreliable)
 }
+# What at-least-once rests on: offsets are committed only for finished jobs. Not
+# overridable: an auto-commit would commit messages whose jobs never ran.
+CONSUMER_FIXED: dict[str, Any] = {"enable.auto.commit": False,
+                                  "enable.auto.offset.store": False}
 PRODUCER_DEFAULTS: dict[str, Any] = {
     "enable.idempotence": True,
     "acks": "all",
@@ -63,6 +65,11 @@ def client_settings(kafka: KafkaConfig, kind: str, *, bootstrap: str | None = No
         settings.update(CONSUMER_DEFAULTS)
         settings["group.id"] = group_id or kafka.group_id
         settings.update(kafka.consumer_properties)
+        for key, value in CONSUMER_FIXED.items():
+            if key in kafka.consumer_properties and kafka.consumer_properties[key] != value:
+                log.warning("consumer property ignored: the daemon commits offsets itself",
+                            extra={"fields": {"property": key}})
+            settings[key] = value
     else:
         settings.update(PRODUCER_DEFAULTS)
         settings.update(kafka.producer_properties)

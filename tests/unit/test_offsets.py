@@ -65,3 +65,20 @@ def test_in_any_completion_order_the_position_is_the_first_offset_not_done(
         first_open = next(o for o in range(len(order) + 1) if o not in done)
         expected = {TP: first_open} if first_open > 0 else {}
         assert tracker.to_commit() == expected
+
+
+def test_user_properties_pass_through_but_cannot_turn_auto_commit_on() -> None:
+    from nodes_import.config import KafkaConfig
+    from nodes_import.consumer import client_settings
+
+    kafka = KafkaConfig(bootstrap_servers="b:9092", consumer_properties={
+        "security.protocol": "SASL_SSL", "sasl.password": "s3cret",
+        "enable.auto.commit": True, "auto.offset.reset": "latest"})
+    settings = client_settings(kafka, "consumer")
+    assert settings["security.protocol"] == "SASL_SSL" and settings["sasl.password"] == "s3cret"
+    assert settings["auto.offset.reset"] == "latest"
+    assert settings["enable.auto.commit"] is False
+    assert settings["enable.auto.offset.store"] is False
+    from nodes_import.consumer import redacted
+
+    assert redacted(settings)["sasl.password"] == "***" and "logger" not in redacted(settings)
