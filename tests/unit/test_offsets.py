@@ -5,7 +5,8 @@ from __future__ import annotations
 from hypothesis import given
 from hypothesis import strategies as st
 
-from nodes_import.consumer import OffsetTracker
+from nodes_import.config import KafkaConfig
+from nodes_import.consumer import OffsetTracker, client_settings, redacted
 
 TP = ("jobs-users", 0)
 
@@ -68,9 +69,6 @@ def test_in_any_completion_order_the_position_is_the_first_offset_not_done(
 
 
 def test_user_properties_pass_through_but_cannot_turn_auto_commit_on() -> None:
-    from nodes_import.config import KafkaConfig
-    from nodes_import.consumer import client_settings
-
     kafka = KafkaConfig(bootstrap_servers="b:9092", consumer_properties={
         "security.protocol": "SASL_SSL", "sasl.password": "s3cret",
         "enable.auto.commit": True, "auto.offset.reset": "latest"})
@@ -79,6 +77,4 @@ def test_user_properties_pass_through_but_cannot_turn_auto_commit_on() -> None:
     assert settings["auto.offset.reset"] == "latest"
     assert settings["enable.auto.commit"] is False
     assert settings["enable.auto.offset.store"] is False
-    from nodes_import.consumer import redacted
-
     assert redacted(settings)["sasl.password"] == "***" and "logger" not in redacted(settings)
