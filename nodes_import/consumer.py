@@ -293,12 +293,13 @@ class JobConsumer:
         lag: dict[TP, int] = {}
         for tp in committed:
             try:
-                low, high = self.consumer.get_watermark_offsets(tp, cached=True)
-                if high < 0:  # not fetched yet (paused, new): ask the broker
-                    low, high = self.consumer.get_watermark_offsets(tp, timeout=timeout_s)
+                marks = self.consumer.get_watermark_offsets(tp, cached=True)
+                if marks is None or marks[1] < 0:  # not fetched yet (paused, new): ask
+                    marks = self.consumer.get_watermark_offsets(tp, timeout=timeout_s)
             except KafkaException:
                 continue
-            if high >= 0:
+            if marks is not None and marks[1] >= 0:  # None: the broker did not answer
+                low, high = marks
                 lag[(tp.topic, tp.partition)] = max(0, high - (tp.offset if tp.offset >= 0
                                                                else low))
         return lag

@@ -14,6 +14,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -41,6 +42,8 @@ def run_demo(cfg: Config, echo: Callable[[str], None],
             local_services(cfg, quiet=False) as local:
         dsn, bootstrap = local.database.dsn or "", local.kafka.bootstrap_servers or ""
         # 1./2.
+        # No admin API: the demo must not fail because a real daemon holds its port.
+        local = replace(local, operations=replace(local.operations, admin_enabled=False))
         daemon = Daemon(local, log_level="WARNING")
         thread = threading.Thread(target=daemon.run, name="daemon", daemon=True)
         thread.start()
