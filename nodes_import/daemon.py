@@ -1,8 +1,7 @@
 """The daemon (parent side): signals, the process pool, the in-flight window, the stop order.
 
 One ``Daemon`` per process. Its main thread owns the Kafka consumer, the producer and
-a small database pool; jobs run in a ``ProcessPoolExecutor`` (spawn or forkserver:
-librdkafka runs threads here that a fork would copy half-way).
+a small database pool; jobs run on worker processes (``pool.WorkerPool``).
 
 One message's life:
 1. polled; a value that is not a valid NodeExchange is dead-lettered (stage parse or
@@ -22,19 +21,18 @@ FAILs the new job with "System overloaded" and dead-letters it (stage backpressu
 from __future__ import annotations
 
 import logging
-import multiprocessing
 import os
 import signal
 import threading
 import time
 import traceback
-from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from typing import Any
 
 from psycopg_pool import ConnectionPool
 
-from nodes_import import metrics, payload, status, storage, worker
+from nodes_import import deadletter as dl
+from nodes_import import errors, metrics, payload, status, storage, worker
 from nodes_import.admin import Operations
 from nodes_import.config import Config
 from nodes_import.consumer import (
@@ -45,24 +43,9 @@ from nodes_import.consumer import (
     Publisher,
     client_settings,
 )
-from nodes_import.deadletter import (
-    STAGE_BACKPRESSURE,
-    STAGE_IMPORT,
-    DeadLetterWriter,
-    Failure,
-    counts_of,
-    instance_name,
-)
 from nodes_import.embedded import local_services
-from nodes_import.errors import (
-    BrokerError,
-    ConfigError,
-    NodesImportError,
-    OverloadedError,
-    StorageError,
-    WorkerDiedError,
-)
 from nodes_import.jobs import ImportJob, JobOutcome, derived_job_id
+from nodes_import.pool import WorkerPool
 from nodes_import.window import DEAD_LETTER, REJECTING, RUNNING, WAITING, Heartbeat, Slot
 
 log = logging.getLogger(__name__)
@@ -79,11 +62,11 @@ class Daemon:
 
     def __init__(self, cfg: Config, *, log_level: str = "INFO") -> None:
         if not cfg.database.dsn or not cfg.kafka.bootstrap_servers:
-            raise ConfigError("the daemon needs a DSN and bootstrap servers "
+            raise errors.ConfigError("the daemon needs a DSN and bootstrap servers "
                               "(embedded.local_services provides local ones)")
         self.cfg, self.log_level = cfg, log_level
         self.dsn, self.bootstrap = cfg.database.dsn, cfg.kafka.bootstrap_servers
-        self.owner = instance_name()
+        self.owner = dl.instance_name()
         self.capacity = cfg.executor.queue_capacity
         self.reject_mode = cfg.executor.backpressure == "reject"
         self.slots: list[Slot] = []
@@ -91,15 +74,12 @@ class Daemon:
         self.tracker = OffsetTracker()
         self.stopping = threading.Event()
         self.ready = threading.Event()  # set once subscribed (tests and demo wait on it)
-        self.generation = 0
         self._last_commit = 0.0
-        self._mp = multiprocessing.get_context(cfg.executor.start_method)
-        self._stop_jobs = self._mp.Event()  # tells running jobs to checkpoint and return
         self.db: ConnectionPool | None = None
         self.consumer: JobConsumer | None = None
         self.publisher: Publisher | None = None
-        self.dead: DeadLetterWriter | None = None
-        self.pool: ProcessPoolExecutor | None = None
+        self.dead: dl.DeadLetterWriter | None = None
+        self.pool: WorkerPool | None = None
         self.heartbeat: Heartbeat | None = None
         self.lag: dict[TP, int] = {}  # read by the admin thread at scrape time
         self._last_lag = 0.0
@@ -141,9 +121,17 @@ class Daemon:
         self.consumer.open(cfg.kafka.startup_timeout_ms / 1000.0)
         self.publisher = Publisher(client_settings(cfg.kafka, "producer",
                                                    bootstrap=self.bootstrap))
-        self.dead = DeadLetterWriter(self.publisher, cfg.kafka.dlq_topic, cfg.kafka.group_id)
+        self.dead = dl.DeadLetterWriter(self.publisher, cfg.kafka.dlq_topic, cfg.kafka.group_id)
         # 3.
-        self._new_pool()
+        self.pool = WorkerPool(
+            worker.WorkerSettings(
+                dsn=self.dsn, pool_size=cfg.imports.max_parallel_futures + 1,
+                connect_timeout_s=cfg.database.connect_timeout_ms / 1000.0,
+                log_level=self.log_level, group_label=cfg.operations.group_label,
+                domain_label=cfg.operations.domain_label),
+            max_workers=cfg.executor.max_pool_size, core=cfg.executor.core_pool_size,
+            start_method=cfg.executor.start_method)
+        self.pool.start()
         # 4.
         self.heartbeat = Heartbeat(self.db, self.owner, cfg.executor.heartbeat_interval_ms / 1e3)
         self.heartbeat.start()
@@ -152,26 +140,6 @@ class Daemon:
             "instance": self.owner, "workers": cfg.executor.max_pool_size,
             "queueCapacity": self.capacity, "backpressure": cfg.executor.backpressure,
             "bootstrapServers": self.bootstrap, "dlq": cfg.kafka.dlq_topic}})
-
-    def _new_pool(self) -> None:
-        ex = self.cfg.executor
-        settings = worker.WorkerSettings(
-            dsn=self.dsn, pool_size=self.cfg.imports.max_parallel_futures + 1,
-            connect_timeout_s=self.cfg.database.connect_timeout_ms / 1000.0,
-            log_level=self.log_level, group_label=self.cfg.operations.group_label,
-            domain_label=self.cfg.operations.domain_label)
-        self.generation += 1
-        self.pool = ProcessPoolExecutor(max_workers=ex.max_pool_size, mp_context=self._mp,
-                                        initializer=worker.init_worker,
-                                        initargs=(settings, self._stop_jobs))
-        # Start the core workers now so the first job does not wait for a spawn.
-        warm = [self.pool.submit(worker.warm_up)
-                for _ in range(min(ex.core_pool_size, ex.max_pool_size))]
-        try:
-            for f in warm:
-                f.result(timeout=60)
-        except Exception as exc:  # BrokenProcessPool, a timeout: the workers cannot start
-            raise NodesImportError(f"worker processes cannot start: {exc!r}") from exc
 
     def _step(self) -> None:
         assert self.consumer is not None
@@ -204,7 +172,7 @@ class Daemon:
             request = payload.parse(delivery.value,
                                     max_reference_ids=self.cfg.imports.max_reference_ids)
         except payload.MessageRejected as exc:
-            self._dead_letter(slot, Failure(exc.stage, str(exc), _qualname(exc)))
+            self._dead_letter(slot, dl.Failure(exc.stage, str(exc), _qualname(exc)))
             return
         slot.job = ImportJob(
             job_id=request.job_id or derived_job_id(delivery.topic, delivery.partition,
@@ -236,7 +204,7 @@ class Daemon:
                                    source=job.source_label)
                 claim = storage.claim_job(conn, job_id=job.job_id, owner=self.owner,
                                           lease_ms=self.cfg.executor.lease_timeout_ms)
-        except (StorageError, OSError) as exc:
+        except (errors.StorageError, OSError) as exc:
             self._later(slot, "cannot start the job; retrying", exc)
             return
         if claim.outcome == storage.FINISHED:
@@ -260,13 +228,13 @@ class Daemon:
         assert slot.job is not None and self.pool is not None and self.heartbeat is not None
         self.heartbeat.hold(slot.job.job_id)  # claimed: ours until done or dropped
         try:
-            slot.future = self.pool.submit(worker.run_job, slot.job, self.cfg.imports)
+            slot.future = self.pool.submit(slot.job, self.cfg.imports)
         except BrokenProcessPool as exc:
-            self._replace_pool("the pool broke before a submission")
+            self.pool.replace("the pool broke before a submission")
             slot.state = WAITING
             self._later(slot, "cannot submit the job; retrying", exc)
             return
-        slot.state, slot.generation = RUNNING, self.generation
+        slot.state, slot.generation = RUNNING, self.pool.generation
         self.running[slot.job.job_id] = slot
         log.info("job submitted", extra={"fields": {**slot.ctx(), "inFlight": len(self.slots),
                                                      "attempt": slot.crashes + 1}})
@@ -285,13 +253,13 @@ class Daemon:
                     return
                 row = storage.finish_job(conn, job_id=job.job_id, status=status.FAILED,
                                          error=OVERLOADED) or row
-        except (StorageError, OSError) as exc:
+        except (errors.StorageError, OSError) as exc:
             self._later(slot, "cannot record the rejected job; retrying", exc)
             return
         log.warning("job rejected: window full", extra={"fields": {
             **slot.ctx(), "inFlight": len(self.slots), "capacity": self.capacity}})
-        self._dead_letter(slot, Failure(STAGE_BACKPRESSURE, OVERLOADED, _qualname(
-            OverloadedError()), job_id=job.job_id, counts=counts_of(row)))
+        self._dead_letter(slot, dl.Failure(dl.STAGE_BACKPRESSURE, OVERLOADED, _qualname(
+            errors.OverloadedError()), job_id=job.job_id, counts=dl.counts_of(row)))
 
     def _later(self, slot: Slot, message: str, exc: BaseException) -> None:
         slot.failures += 1
@@ -333,40 +301,32 @@ class Daemon:
         if outcome.status == status.COMPLETED:
             self._done(slot)
         elif outcome.status == status.FAILED:
-            self._dead_letter(slot, Failure(
-                STAGE_IMPORT, outcome.error or "FAILED",
+            self._dead_letter(slot, dl.Failure(
+                dl.STAGE_IMPORT, outcome.error or "FAILED",
                 outcome.error_type or "nodes_import.errors.NodesImportError",
-                outcome.stack_trace, slot.job.job_id, counts_of(outcome.row)))
+                outcome.stack_trace, slot.job.job_id, dl.counts_of(outcome.row)))
         elif self.stopping.is_set():  # interrupted by the drain: resumes on the next start
             self._drop(slot)
         else:  # the database was away before the job started
             slot.state = WAITING
-            self._later(slot, "job did not start; retrying", StorageError(outcome.error or ""))
+            self._later(slot, "job did not start; retrying",
+                        errors.StorageError(outcome.error or ""))
 
     def _worker_died(self, slot: Slot) -> None:
         assert slot.job is not None
-        if slot.generation == self.generation and not self.stopping.is_set():
-            self._replace_pool("a worker process died (killed or out of memory)")
+        if self.pool is not None and slot.generation == self.pool.generation \
+                and not self.stopping.is_set():
+            self.pool.replace("a worker process died (killed or out of memory)")
         slot.crashes += 1
         if self.stopping.is_set():
             self._drop(slot)
         elif slot.crashes >= self.cfg.executor.max_job_crashes:
             self._fail(slot, f"the worker process died {slot.crashes} times while running "
-                             "this job (killed or out of memory)", WorkerDiedError())
+                             "this job (killed or out of memory)", errors.WorkerDiedError())
         else:
             log.warning("job retried on a new worker", extra={"fields": {
                 **slot.ctx(), "crashes": slot.crashes}})
             slot.state, slot.not_before = WAITING, 0.0
-
-    def _replace_pool(self, reason: str) -> None:
-        log.error("process pool broken; replacing it", extra={"fields": {"reason": reason}})
-        if self.pool is not None:
-            self.pool.shutdown(wait=False, cancel_futures=True)
-        try:
-            self._new_pool()
-        except NodesImportError as exc:  # its jobs fail as broken and come back here
-            log.error("new worker processes did not start", extra={"fields": {
-                "error": str(exc)}})
 
     def _fail(self, slot: Slot, error: str, exc: BaseException) -> None:
         """FAIL a job the worker could not finish, then dead-letter it."""
@@ -376,19 +336,19 @@ class Daemon:
             with self.db.connection() as conn:
                 row = storage.finish_job(conn, job_id=job.job_id, status=status.FAILED,
                                          error=error) or {}
-        except (StorageError, OSError) as db_exc:
+        except (errors.StorageError, OSError) as db_exc:
             slot.state = WAITING
             self._later(slot, "cannot record the failure; retrying the job", db_exc)
             return
         trace = "".join(traceback.format_exception(exc)) if exc.__traceback__ else None
-        self._dead_letter(slot, Failure(STAGE_IMPORT, error, _qualname(exc), trace,
-                                        job.job_id, counts_of(row)))
+        self._dead_letter(slot, dl.Failure(dl.STAGE_IMPORT, error, _qualname(exc), trace,
+                                        job.job_id, dl.counts_of(row)))
 
-    def _dead_letter(self, slot: Slot, failure: Failure) -> None:
+    def _dead_letter(self, slot: Slot, failure: dl.Failure) -> None:
         assert self.dead is not None
         try:
             self.dead.send(slot.delivery, failure)
-        except BrokerError as exc:  # not done until the dead letter is acknowledged
+        except errors.BrokerError as exc:  # not done until the dead letter is acknowledged
             if slot not in self.slots:
                 self.slots.append(slot)
             slot.state, slot.failure = DEAD_LETTER, failure
@@ -404,13 +364,13 @@ class Daemon:
         try:
             with self.db.connection() as conn:
                 row = storage.get_job(conn, slot.job.job_id) or {}
-        except (StorageError, OSError) as exc:
+        except (errors.StorageError, OSError) as exc:
             self._later(slot, "cannot read the failed job; retrying", exc)
             return
         error = str(row.get("error") or "FAILED")
-        stage = STAGE_BACKPRESSURE if error == OVERLOADED else STAGE_IMPORT
-        self._dead_letter(slot, Failure(stage, error, "nodes_import.errors.NodesImportError",
-                                        None, slot.job.job_id, counts_of(row)))
+        stage = dl.STAGE_BACKPRESSURE if error == OVERLOADED else dl.STAGE_IMPORT
+        self._dead_letter(slot, dl.Failure(stage, error, "nodes_import.errors.NodesImportError",
+                                        None, slot.job.job_id, dl.counts_of(row)))
 
     def _done(self, slot: Slot) -> None:
         """Terminal: release the slot and let the offset be committed."""
@@ -461,7 +421,8 @@ class Daemon:
             if slot.state == DEAD_LETTER and slot.failure is not None:
                 self._dead_letter(slot, slot.failure)  # one last try, or it comes back
             self._drop(slot)
-        self._stop_jobs.set()  # 2.
+        if self.pool is not None:
+            self.pool.stop_jobs()  # 2.
         running = len(self.running)
         log.info("stopping: draining in-flight jobs", extra={"fields": {
             "running": running, "drainTimeoutMs": self.cfg.executor.drain_timeout_ms}})
@@ -475,18 +436,15 @@ class Daemon:
 
     def _close(self) -> None:
         """4. shut the pool  5. release leases, close the consumer, the producer, the db."""
-        if self.pool is not None:
-            if self.running:  # past the drain timeout: their open batches roll back
-                for proc in list(getattr(self.pool, "_processes", {}).values()):
-                    proc.kill()  # no public API kills busy workers
-            self.pool.shutdown(wait=True, cancel_futures=True)
+        if self.pool is not None:  # jobs still running are past the drain timeout
+            self.pool.shutdown(kill=bool(self.running))
         if self.heartbeat is not None:
             self.heartbeat.stopped.set()
         if self.db is not None:
             try:
                 with self.db.connection() as conn:
                     storage.release_leases(conn, owner=self.owner)
-            except (StorageError, OSError) as exc:
+            except (errors.StorageError, OSError) as exc:
                 log.warning("cannot release leases", extra={"fields": {"error": str(exc)}})
         if self.consumer is not None:
             self.consumer.close()

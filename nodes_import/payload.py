@@ -82,7 +82,8 @@ def _describe(value: Any) -> str:
     return "object"
 
 
-def _text(body: dict[str, Any], name: str, *, required: bool, limit: int | None = None) -> str | None:
+def _text(body: dict[str, Any], name: str, *, required: bool,
+          limit: int | None = None) -> str | None:
     value = body.get(name)
     if value is None:
         if required:

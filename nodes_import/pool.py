@@ -1,0 +1,84 @@
+"""The daemon's process pool (parent side): started warm, replaced when broken, killed last.
+
+A ``ProcessPoolExecutor`` with an explicit start method (spawn or forkserver: librdkafka
+runs threads in the daemon that a fork would copy half-way). Each worker process runs
+``worker.init_worker`` once. A worker that dies breaks the whole executor; ``replace``
+starts a new one and bumps ``generation``, so the daemon replaces it once however many
+of its futures report the breakage. ``stop_jobs`` tells running jobs, through a
+multiprocessing event, to stop after their in-flight batches.
+"""
+
+from __future__ import annotations
+
+import logging
+import multiprocessing
+from concurrent.futures import Future, ProcessPoolExecutor
+
+from nodes_import import worker
+from nodes_import.config import ImportConfig
+from nodes_import.errors import NodesImportError
+from nodes_import.jobs import ImportJob, JobOutcome
+
+log = logging.getLogger(__name__)
+
+# How long the core workers may take to start (spawn + imports: ~1 s measured).
+WARM_UP_TIMEOUT_S = 60.0
+
+
+class WorkerPool:
+    """``max_workers`` worker processes for jobs; ``core`` of them started up front."""
+
+    def __init__(self, settings: worker.WorkerSettings, *, max_workers: int, core: int,
+                 start_method: str) -> None:
+        self.settings, self.max_workers, self.core = settings, max_workers, core
+        self._mp = multiprocessing.get_context(start_method)
+        self._stop_jobs = self._mp.Event()
+        self._executor: ProcessPoolExecutor | None = None
+        self.generation = 0
+
+    def start(self) -> None:
+        """A new executor, its core workers started; ``NodesImportError`` if they cannot."""
+        self.generation += 1
+        self._executor = ProcessPoolExecutor(
+            max_workers=self.max_workers, mp_context=self._mp,
+            initializer=worker.init_worker, initargs=(self.settings, self._stop_jobs))
+        # Started now, so the first job does not wait for a spawn.
+        warm = [self._executor.submit(worker.warm_up)
+                for _ in range(min(self.core, self.max_workers))]
+        try:
+            for future in warm:
+                future.result(timeout=WARM_UP_TIMEOUT_S)
+        except Exception as exc:  # BrokenProcessPool, a timeout: the workers cannot start
+            raise NodesImportError(f"worker processes cannot start: {exc!r}") from exc
+
+    def submit(self, job: ImportJob, cfg: ImportConfig) -> Future[JobOutcome]:
+        """Queue a job (raises ``BrokenProcessPool`` when the pool is broken)."""
+        if self._executor is None:
+            raise NodesImportError("the worker pool is not started")
+        return self._executor.submit(worker.run_job, job, cfg)
+
+    def replace(self, reason: str) -> None:
+        """Drop a broken executor and start another; a failed start is logged, not raised
+        (the jobs then fail as broken again and come back here)."""
+        log.error("process pool broken; replacing it", extra={"fields": {"reason": reason}})
+        if self._executor is not None:
+            self._executor.shutdown(wait=False, cancel_futures=True)
+        try:
+            self.start()
+        except NodesImportError as exc:
+            log.error("new worker processes did not start", extra={"fields": {
+                "error": str(exc)}})
+
+    def stop_jobs(self) -> None:
+        """Running jobs stop after their in-flight batches (they resume later)."""
+        self._stop_jobs.set()
+
+    def shutdown(self, *, kill: bool) -> None:
+        """Stop the workers; ``kill`` ends busy ones too (their open batch rolls back)."""
+        if self._executor is None:
+            return
+        if kill:
+            for proc in list(getattr(self._executor, "_processes", {}).values()):
+                proc.kill()  # no public API ends busy workers
+        self._executor.shutdown(wait=True, cancel_futures=True)
+        self._executor = None
