@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Any
 
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"  # prometheus_client's own switch
+DIR_PREFIX = "nodes-import-metrics-"  # private directories: DIR_PREFIX + "<pid>-<random>"
 
 # Bucket edges in seconds, from what we measured here (2 cores, PostgreSQL on the same
 # machine): one partition of a 50k-row batch commits in ~0.5-3 s alone and 3-5 s with
@@ -158,7 +159,9 @@ def setup_multiprocess(directory: str | None = None) -> str:
     """Give this process and its future children a fresh metrics directory; return it.
 
     Must run before any metric is recorded. ``directory`` is emptied of old ``.db``
-    files (a previous run's pids would be counted again); ``None`` makes a private one.
+    files (a previous run's pids would be counted again), so two daemons must never
+    share one; ``None`` makes a private one in the temp dir, after removing those of
+    daemons that died without cleaning up (SIGKILL, a crash).
     """
     global _owned_dir, _instruments
     if directory:
@@ -167,7 +170,8 @@ def setup_multiprocess(directory: str | None = None) -> str:
         for old in path.glob("*.db"):
             old.unlink()
     else:
-        path = Path(tempfile.mkdtemp(prefix="nodes-import-metrics-"))
+        _sweep_dead(Path(tempfile.gettempdir()))
+        path = Path(tempfile.mkdtemp(prefix=f"{DIR_PREFIX}{os.getpid()}-"))
         _owned_dir = str(path)
     # Written (not read) here: prometheus_client and the spawned workers read it.
     os.environ[MULTIPROC_ENV] = str(path)
@@ -177,6 +181,24 @@ def setup_multiprocess(directory: str | None = None) -> str:
     with _lock:
         _instruments = None
     return str(path)
+
+
+def _sweep_dead(parent: Path) -> None:
+    """Remove private metrics directories whose daemon process is gone."""
+    for old in parent.glob(DIR_PREFIX + "*"):
+        pid = old.name.removeprefix(DIR_PREFIX).split("-", 1)[0]
+        if pid.isdigit() and not _alive(int(pid)):
+            shutil.rmtree(old, ignore_errors=True)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process
+        return True
+    return True
 
 
 def cleanup_multiprocess(directory: str) -> None:

@@ -114,3 +114,17 @@ def test_progress_is_bytes_read_over_file_size_and_100_once_finished() -> None:
                                         "bytes_read": 50}) == 25.0
     assert metrics.progress_percentage({"status": "PROCESSING", "source_bytes": None}) is None
     assert metrics.progress_percentage({"status": "FAILED", "source_bytes": None}) == 100.0
+
+
+def test_private_directories_of_dead_daemons_are_swept_and_live_ones_kept(
+        tmp_path: Path) -> None:
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                          capture_output=True, text=True, check=True).stdout.strip()
+    gone = tmp_path / f"{metrics.DIR_PREFIX}{dead}-abc123"
+    mine = tmp_path / f"{metrics.DIR_PREFIX}{os.getpid()}-def456"
+    other = tmp_path / "unrelated"
+    for folder in (gone, mine, other):
+        folder.mkdir()
+        (folder / "counter_1.db").write_bytes(b"")
+    metrics._sweep_dead(tmp_path)
+    assert not gone.exists() and mine.exists() and other.exists()
