@@ -56,7 +56,7 @@ class HttpError(Exception):
 
 
 _REASONS = {200: "OK", 400: "Bad Request", 404: "Not Found", 405: "Method Not Allowed",
-            503: "Service Unavailable"}
+            500: "Internal Server Error", 503: "Service Unavailable"}
 
 
 class AdminApp:
@@ -81,6 +81,10 @@ class AdminApp:
         except NodesImportError as exc:  # the database went away mid-request
             code, content_type = 503, JSON
             body = _json({"error": f"database unavailable: {redact_dsn(str(exc))}"})
+        except Exception:  # a bug: a JSON 500 and one log line, never a stack trace page
+            log.exception("admin request failed", extra={"fields": {
+                "path": environ.get("PATH_INFO")}})
+            code, content_type, body = 500, JSON, _json({"error": "internal error"})
         headers = [("Content-Type", content_type), ("Content-Length", str(len(body))),
                    ("Cache-Control", "no-store")]
         if code == 405:
@@ -117,8 +121,7 @@ class AdminApp:
         reasons = []
         try:
             with self._conn() as conn:
-                conn.execute("SELECT 1")
-                conn.rollback()
+                storage.ping(conn)
         except (HttpError, NodesImportError, OSError) as exc:
             text = exc.message if isinstance(exc, HttpError) else str(exc)
             reasons.append(f"database: {redact_dsn(text) or type(exc).__name__}")

@@ -565,3 +565,10 @@ def purge_jobs(conn: psycopg.Connection[Any], *, older_than_s: float,
                                      (ids,)).rowcount
             jobs += conn.execute("DELETE FROM job_status WHERE id = ANY(%s)", (ids,)).rowcount
     return Purged(jobs, failures)
+
+
+def ping(conn: psycopg.Connection[Any]) -> None:
+    """One round trip: the database answers (readiness)."""
+    with wrapped():
+        conn.execute("SELECT 1")
+        conn.rollback()

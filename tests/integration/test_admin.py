@@ -151,3 +151,14 @@ def test_a_taken_port_fails_start_up_with_a_clear_error(admin: tuple[AdminApp, i
 
     with pytest.raises(NodesImportError, match=f"cannot listen on 127.0.0.1:{port}"):
         AdminServer(app, "127.0.0.1", port).start()
+
+
+def test_a_bug_behind_a_route_is_a_json_500(admin: tuple[AdminApp, int]) -> None:
+    app, port = admin
+
+    def broken() -> str | None:
+        raise RuntimeError("boom")
+
+    app.readiness = broken
+    answer = request(port, "/readyz")
+    assert (answer.status, answer.json()) == (500, {"error": "internal error"})
