@@ -128,3 +128,22 @@ def test_private_directories_of_dead_daemons_are_swept_and_live_ones_kept(
         (folder / "counter_1.db").write_bytes(b"")
     metrics._sweep_dead(tmp_path)
     assert not gone.exists() and mine.exists() and other.exists()
+
+
+def test_each_retry_of_a_transient_error_is_counted() -> None:
+    from nodes_import import retry
+    from nodes_import.config import RetryConfig
+    from nodes_import.errors import TransientStorageError
+
+    calls = []
+
+    def flaky() -> str:
+        calls.append(1)
+        if len(calls) < 3:
+            raise TransientStorageError("connection lost")
+        return "ok"
+
+    before = total(_scrape(), "node_import_retries_total")
+    policy = RetryConfig(max_attempts=3, initial_interval_ms=1, multiplier=1.0, max_interval_ms=1)
+    assert retry.call(policy, flaky) == "ok"
+    assert total(_scrape(), "node_import_retries_total") == before + 2
