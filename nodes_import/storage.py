@@ -299,6 +299,9 @@ def write_part(
                 sql.Identifier(STAGE_TABLE), sql.SQL(", ").join(map(sql.Identifier, columns)))
             with cur.copy(copy_sql) as copy:
                 copy.write(part.payload)
+            # Temp tables get no statistics on their own; without them the planner guesses
+            # ~200 staged rows and may join two 25k-row CTEs by nested loop (minutes).
+            cur.execute(sql.SQL("ANALYZE {}").format(sql.Identifier(STAGE_TABLE)))
             upsert = sql.SQL(_UPSERT).format(
                 stage=sql.Identifier(STAGE_TABLE), group=sql.Literal(group_id),
                 domain=sql.Literal(domain_id), default_type=sql.Literal(default_type),
