@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import os
+import socket
+import subprocess
+import sys
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -12,6 +16,7 @@ from psycopg_pool import ConnectionPool
 from nodes_import import engine
 from nodes_import.admin import AdminApp, AdminServer
 from nodes_import.config import ImportConfig, RetryConfig
+from nodes_import.errors import NodesImportError
 from nodes_import.jobs import ImportJob
 from tests.fixtures.http import request, samples
 from tests.fixtures.postgres import Database
@@ -147,8 +152,6 @@ def test_the_api_is_read_only(admin: tuple[AdminApp, int], method: str) -> None:
 
 def test_a_taken_port_fails_start_up_with_a_clear_error(admin: tuple[AdminApp, int]) -> None:
     app, port = admin
-    from nodes_import.errors import NodesImportError
-
     with pytest.raises(NodesImportError, match=f"cannot listen on 127.0.0.1:{port}"):
         AdminServer(app, "127.0.0.1", port).start()
 
@@ -162,3 +165,19 @@ def test_a_bug_behind_a_route_is_a_json_500(admin: tuple[AdminApp, int]) -> None
     app.readiness = broken
     answer = request(port, "/readyz")
     assert (answer.status, answer.json()) == (500, {"error": "internal error"})
+
+
+def test_run_with_a_taken_admin_port_exits_1_before_touching_anything(tmp_path: Path) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        env = {k: v for k, v in os.environ.items() if not k.startswith("NODES_IMPORT_")}
+        result = subprocess.run(
+            [sys.executable, "-m", "nodes_import", "run", "--dsn",
+             "postgresql://ops:s3cret@127.0.0.1:1/x", "--bootstrap-servers", "127.0.0.1:1",
+             "--admin-port", str(port)], cwd=tmp_path, env=env, capture_output=True, text=True,
+            timeout=60, check=False)
+    assert result.returncode == 1
+    assert f"admin API cannot listen on 127.0.0.1:{port}" in result.stderr
+    assert "s3cret" not in result.stderr
