@@ -3,11 +3,17 @@
 from __future__ import annotations
 
 import os
+import shutil
 import signal
+import subprocess
+import sys
+import tempfile
+import time
 import uuid
 from pathlib import Path
 
 import orjson
+import psutil
 import pytest
 
 from nodes_import import deadletter as dl
@@ -177,8 +183,6 @@ def test_sigterm_drains_in_flight_batches_exits_0_and_the_job_resumes_on_the_nex
 
 def test_a_second_signal_exits_at_once_and_takes_the_workers_along(
         daemons: Daemons, kafka: KafkaTest, db: Database, tmp_path: Path) -> None:
-    import psutil
-
     kafka.create_topic()
     daemon = daemons.start(node={"import": {"drain-timeout": {"ms": 60_000}}})
     workers = psutil.Process(daemon.pid).children()
@@ -240,7 +244,6 @@ def test_a_worker_killed_mid_job_is_replaced_and_the_job_resumes_with_exact_coun
 
 
 def _kill_workers(pid: int) -> int:
-    import psutil
 
     killed = 0
     for child in psutil.Process(pid).children():
@@ -272,8 +275,6 @@ def test_a_job_whose_worker_keeps_dying_is_failed_and_dead_lettered(
 
 def test_reference_id_files_submitted_through_the_cli_are_imported(
         daemons: Daemons, kafka: KafkaTest, db: Database, tmp_path: Path) -> None:
-    import subprocess
-    import sys
 
     kafka.create_topic()
     daemons.start()
@@ -395,8 +396,6 @@ def test_after_a_rebalance_the_new_owner_waits_for_a_live_lease_and_never_runs_a
 
 def test_dlq_replay_with_a_new_job_id_reruns_a_job_once_its_problem_is_fixed(
         daemons: Daemons, kafka: KafkaTest, db: Database, tmp_path: Path) -> None:
-    import subprocess
-    import sys
 
     kafka.create_topic()
     daemons.start()
@@ -422,9 +421,6 @@ def test_dlq_replay_with_a_new_job_id_reruns_a_job_once_its_problem_is_fixed(
 
 def test_run_fails_fast_with_a_clear_message_when_the_broker_or_database_is_unreachable(
         tmp_path: Path, db: Database) -> None:
-    import subprocess
-    import sys
-    import time
 
     env = {k: v for k, v in os.environ.items() if not k.startswith("NODES_IMPORT_")}
     env.update(NODES_IMPORT_KAFKA_STARTUP_TIMEOUT_MS="2000",
@@ -451,20 +447,26 @@ def test_run_fails_fast_with_a_clear_message_when_the_broker_or_database_is_unre
 @pytest.mark.kafka  # it starts its own broker; keeps it out of the PostgreSQL-only CI pass
 def test_the_demo_runs_end_to_end_on_embedded_parts_and_leaves_no_process_behind(
         tmp_path: Path) -> None:
-    import subprocess
-    import sys
 
-    import psutil
+
 
     env = {k: v for k, v in os.environ.items() if not k.startswith("NODES_IMPORT_")}
-    env["XDG_DATA_HOME"] = str(tmp_path / "data")  # a fresh embedded cluster, as on a new clone
-    result = subprocess.run([sys.executable, "-m", "nodes_import", "demo"], capture_output=True,
-                            text=True, timeout=180, cwd=tmp_path, env=env, check=False)
+    # A fresh embedded cluster, as on a new clone; outside pytest's 0700 temp tree, which
+    # the cluster's system user (when run as root) cannot always enter.
+    data = tempfile.mkdtemp(prefix="nodes-import-demo-test-")
+    env["XDG_DATA_HOME"] = data
+    try:
+        result = subprocess.run([sys.executable, "-m", "nodes_import", "demo"],
+                                capture_output=True, text=True, timeout=180, cwd=tmp_path,
+                                env=env, check=False)
+    finally:
+        leftovers_in_data = [p.info for p in psutil.process_iter(["pid", "cmdline"])
+                             if data in " ".join(p.info["cmdline"] or [])]
+        shutil.rmtree(data, ignore_errors=True)
     assert result.returncode == 0, result.stdout + result.stderr
     assert result.stdout.count(": COMPLETED") == 2
     assert "25,000 (expected 25,000)" in result.stdout
     broker = result.stderr.split("using a local Tansu broker on ")[1].split()[0]
     leftovers = [p.info for p in psutil.process_iter(["pid", "cmdline"])
-                 if str(tmp_path) in " ".join(p.info["cmdline"] or [])
-                 or f"tcp://{broker}" in (p.info["cmdline"] or [])]
-    assert leftovers == []
+                 if f"tcp://{broker}" in (p.info["cmdline"] or [])]
+    assert leftovers == [] and leftovers_in_data == []
