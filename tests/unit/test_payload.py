@@ -8,7 +8,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from nodes_import.errors import PayloadError
-from nodes_import.payload import NodeExchange, MessageRejected, parse, with_job_id
+from nodes_import.payload import MessageRejected, NodeExchange, parse, with_job_id
 
 DOMAIN = "3f1c1a3e-2b9d-4c55-9a57-0d3c6a1f0b21"
 JOB = "6f1c1a3e-2b9d-4c55-9a57-0d3c6a1f0b21"
