@@ -177,15 +177,18 @@ def test_a_batch_timeout_shorter_than_the_link_allows_fails_those_rows_with_the_
 
 
 def test_a_stalled_link_is_dropped_by_the_watchdog_and_no_connection_leaks(
-        db: Database, pg_proxy: FaultProxy, proxied: ConnectionPool, tmp_path: Path) -> None:
+        db: Database, pg_proxy: FaultProxy, proxied: ConnectionPool, tmp_path: Path,
+        caplog: pytest.LogCaptureFixture) -> None:
     path = write_users(tmp_path / "u.csv.gz", 8_000)
     job = _job(path)
-    cfg = _cfg(tmp_path, batch_size=1000, batch_timeout_ms=300)
+    # The watchdog fires 2.5 s into a write, long enough for a healthy batch on a loaded
+    # machine; the stall lasts 4 s, so at least one write must be dropped and retried.
+    cfg = _cfg(tmp_path, batch_size=1000, batch_timeout_ms=2000)
     engine.WATCHDOG_GRACE_S, grace = 0.5, engine.WATCHDOG_GRACE_S
     try:
         def stall_then_heal() -> None:
             pg_proxy.stall(True)
-            threading.Timer(1.5, pg_proxy.stall, args=(False,)).start()
+            threading.Timer(4.0, pg_proxy.stall, args=(False,)).start()
 
         started = time.monotonic()
         engine.run_import(job, cfg, proxied, on_progress=_after_commits(2, stall_then_heal))
@@ -193,6 +196,8 @@ def test_a_stalled_link_is_dropped_by_the_watchdog_and_no_connection_leaks(
     finally:
         engine.WATCHDOG_GRACE_S = grace
     _assert_exact(db, job.job_id, 8_000)
+    dropped = [r for r in caplog.records if "stalled" in str(getattr(r, "fields", {}))]
+    assert dropped, "the watchdog never dropped the stalled connection"
     stats = proxied.get_stats()
     assert stats["pool_size"] - stats["pool_available"] == 0  # every connection returned
     assert not [t for t in threading.enumerate() if t.name.startswith("writer-")]
