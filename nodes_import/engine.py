@@ -21,6 +21,7 @@ import logging
 import queue
 import threading
 import time
+import traceback
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -31,8 +32,9 @@ from psycopg_pool import ConnectionPool
 
 from nodes_import import metrics, retry, status, storage
 from nodes_import.config import ImportConfig
-from nodes_import.errors import (JobRejectedError, JobTimeoutError, NodesImportError,
-                                 PayloadError, StorageError, TransientStorageError)
+from nodes_import.errors import (JobRejectedError, JobTimeoutError, LeaseLostError,
+                                 NodesImportError, PayloadError, StorageError,
+                                 TransientStorageError)
 from nodes_import.jobs import ImportJob, JobOutcome
 from nodes_import.pipeline import encode
 from nodes_import.pipeline.parse import CsvReader, IdFileReader, RawBatch, id_list_batches
@@ -138,7 +140,8 @@ def _write_one(state: _Job, part: encode.EncodedPart, bytes_read: int) -> None:
                 return storage.write_part(
                     conn, job_id=job.job_id, group_id=job.group_id, domain_id=job.domain_id,
                     default_type=job.node_type, columns=state.columns, part=part,
-                    bytes_read=bytes_read, timeout_ms=timeout_ms, new_id=state.new_id)
+                    bytes_read=bytes_read, timeout_ms=timeout_ms, new_id=state.new_id,
+                    owner=job.claimed_by)
 
         return _with_conn(state, write)
 
@@ -151,7 +154,7 @@ def _write_one(state: _Job, part: encode.EncodedPart, bytes_read: int) -> None:
             return
         result = _fail_part(state, part, bytes_read, f"batch failed after retries: {exc}")
         failed_kind = type(exc).__name__
-    except JobTimeoutError as exc:
+    except (JobTimeoutError, LeaseLostError) as exc:  # fenced: another runner owns the job
         state.fail(exc)
         return
     except StorageError as exc:
@@ -179,7 +182,8 @@ def _fail_part(state: _Job, part: encode.EncodedPart, bytes_read: int,
     rows = part.rejected + _payload_rows(part, reason[:1000])
     try:
         retry.call(state.cfg.retry, lambda: _with_conn(state, lambda conn: storage.fail_rows(
-            conn, job_id=state.job.job_id, part=part, rejected=rows, bytes_read=bytes_read)),
+            conn, job_id=state.job.job_id, part=part, rejected=rows, bytes_read=bytes_read,
+            owner=state.job.claimed_by)),
             context=state.ctx)
     except NodesImportError as exc:
         state.fail(exc)
@@ -273,7 +277,7 @@ def _read_all(state: _Job, batches: Iterator[RawBatch], header: list[str],
 
 
 def _finish(state: _Job, final: str, error: str | None,
-            error_kind: str | None = None) -> JobOutcome:
+            error_kind: str | None = None, exc: BaseException | None = None) -> JobOutcome:
     job = state.job
     # Recording how a job ended is worth waiting for longer than a batch is: a job left
     # PROCESSING by a database outage is only found again when its lease runs out.
@@ -293,7 +297,11 @@ def _finish(state: _Job, final: str, error: str | None,
     log.log(logging.ERROR if final == status.FAILED else logging.INFO, "job finished",
             extra={"fields": fields})
     metrics.job_finished(str(row.get("status", final)), duration, error_kind)
-    return JobOutcome(job.job_id, str(row.get("status", final)), error, row)
+    # The exception that failed the job: the dead letter's class and stack trace headers.
+    error_type = None if exc is None else f"{type(exc).__module__}.{type(exc).__qualname__}"
+    trace = "".join(traceback.format_exception(exc)) if exc is not None else None
+    return JobOutcome(job.job_id, str(row.get("status", final)), error, row,
+                      error_type=error_type, stack_trace=trace)
 
 
 def run_import(job: ImportJob, cfg: ImportConfig, pool: ConnectionPool, *,
@@ -311,7 +319,7 @@ def run_import(job: ImportJob, cfg: ImportConfig, pool: ConnectionPool, *,
         retry.call(cfg.retry, lambda: _with_conn(state, lambda conn: storage.start_job(
             conn, job_id=job.job_id, partitions=1, source_bytes=None,
             claimed_by=job.claimed_by, resume_failed=job.resume_failed)), context=state.ctx)
-        return _finish(state, status.FAILED, str(exc), type(exc).__name__)
+        return _finish(state, status.FAILED, str(exc), type(exc).__name__, exc)
     state.progress.source_bytes = size
     state.columns = encode.staged_columns(header)
     # 2. PROCESSING, and where a previous attempt stopped
@@ -346,8 +354,13 @@ def run_import(job: ImportJob, cfg: ImportConfig, pool: ConnectionPool, *,
         for thread in writers:
             thread.join()
     # 5. the end
+    if isinstance(state.fatal, LeaseLostError):  # the new owner ends the job, not us
+        log.warning("job taken over by another runner; stopped", extra={"fields": {
+            **state.ctx, "error": str(state.fatal)}})
+        return JobOutcome(job.job_id, status.PROCESSING, str(state.fatal), {})
     if state.fatal is not None:
-        return _finish(state, status.FAILED, str(state.fatal), type(state.fatal).__name__)
+        return _finish(state, status.FAILED, str(state.fatal), type(state.fatal).__name__,
+                       state.fatal)
     if state.cancel.is_set():
         log.info("job interrupted; it resumes from its checkpoint", extra={"fields": state.ctx})
         row = _with_conn(state, lambda conn: storage.get_job(conn, job.job_id)) or {}

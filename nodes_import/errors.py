@@ -37,6 +37,11 @@ class TransientStorageError(StorageError):
     """A database failure that may succeed when tried again (connection, deadlock...)."""
 
 
+class LeaseLostError(StorageError):
+    """Another daemon took the job over (``claimed_by`` changed): this runner's batch was
+    rolled back and it must stop without ending the job. Never retried."""
+
+
 class JobTimeoutError(NodesImportError):
     """The job ran past ``node.import.global.timeout.ms``."""
 

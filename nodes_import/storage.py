@@ -24,7 +24,7 @@ from psycopg import sql
 from psycopg.rows import dict_row
 from psycopg_pool import ConnectionPool, PoolTimeout
 
-from nodes_import.errors import StorageError, TransientStorageError
+from nodes_import.errors import LeaseLostError, StorageError, TransientStorageError
 from nodes_import.pipeline.encode import EncodedPart, Rejected
 
 log = logging.getLogger(__name__)
@@ -267,6 +267,7 @@ UPDATE job_status SET
     bytes_read = greatest(bytes_read, %(bytes_read)s),
     updated_at = now(), heartbeat_at = now()
 WHERE id = %(job_id)s AND status = 'PROCESSING'
+  AND (%(owner)s::text IS NULL OR claimed_by = %(owner)s)
 """
 
 
@@ -275,6 +276,16 @@ def _copy_failures(cur: psycopg.Cursor[Any], job_id: str, rejected: Sequence[Rej
                   " FROM STDIN") as copy:
         for row in rejected:  # rejected rows only: rare by definition
             copy.write_row((job_id, row.row_number, row.reference_id, row.reason, row.line))
+
+
+def _refused(cur: psycopg.Cursor[Any], job_id: str, owner: str | None) -> StorageError:
+    """Why the counters UPDATE matched no row: the lease went to another runner (fenced),
+    or the job is no longer PROCESSING. Raised inside the transaction, so it rolls back."""
+    row = cur.execute("SELECT status, claimed_by FROM job_status WHERE id = %s",
+                      (job_id,)).fetchone()
+    if row is not None and owner is not None and row[1] != owner:
+        return LeaseLostError(f"job {job_id} was taken over by {row[1]}; batch rolled back")
+    return StorageError(f"job {job_id} is no longer PROCESSING; batch rolled back")
 
 
 def write_part(
@@ -289,8 +300,13 @@ def write_part(
     bytes_read: int,
     timeout_ms: int,
     new_id: str,
+    owner: str | None = None,
 ) -> PartResult:
-    """Write one partition of a batch and its job counters in ONE transaction."""
+    """Write one partition of a batch and its job counters in ONE transaction.
+
+    With ``owner`` the write is fenced: it commits only while ``claimed_by`` is still
+    ``owner``, else it rolls back with ``LeaseLostError``.
+    """
     inserted = updated = unchanged = 0
     with wrapped(), conn.transaction(), conn.cursor() as cur:
         cur.execute(sql.SQL("SET LOCAL statement_timeout = {}").format(sql.Literal(timeout_ms)))
@@ -319,23 +335,27 @@ def write_part(
             "job_id": job_id, "total": result.success + result.failed,
             "success": result.success, "failed": result.failed, "inserted": inserted,
             "updated": updated, "unchanged": unchanged, "slot": part.partition + 1,
-            "last_row": part.last_row, "bytes_read": bytes_read,
+            "last_row": part.last_row, "bytes_read": bytes_read, "owner": owner,
         })
         if cur.rowcount != 1:
-            raise StorageError(f"job {job_id} is no longer PROCESSING; batch rolled back")
+            raise _refused(cur, job_id, owner)
     return result
 
 
 def fail_rows(conn: psycopg.Connection[Any], *, job_id: str, part: EncodedPart,
-              rejected: Sequence[Rejected], bytes_read: int) -> None:
-    """Record a whole partition's rows as failed (its write kept failing) and move on."""
+              rejected: Sequence[Rejected], bytes_read: int, owner: str | None = None) -> None:
+    """Record a whole partition's rows as failed (its write kept failing) and move on.
+
+    Fenced on ``owner`` like ``write_part``."""
     with wrapped(), conn.transaction(), conn.cursor() as cur:
         _copy_failures(cur, job_id, rejected)
         cur.execute(_COUNTERS, {
             "job_id": job_id, "total": len(rejected), "success": 0, "failed": len(rejected),
             "inserted": 0, "updated": 0, "unchanged": 0, "slot": part.partition + 1,
-            "last_row": part.last_row, "bytes_read": bytes_read,
+            "last_row": part.last_row, "bytes_read": bytes_read, "owner": owner,
         })
+        if cur.rowcount != 1:
+            raise _refused(cur, job_id, owner)
 
 
 # ------------------------------------------------------------------------- job rows
