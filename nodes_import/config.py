@@ -51,6 +51,7 @@ KEYS: dict[str, tuple[Any, Any]] = {
     "kafka.producer.properties": (_MAPPING, {}),
     "kafka.startup-timeout.ms": (int, 15_000),
     "kafka.submit-topic": (str, "nodes-import-users"),
+    "kafka.max-message-bytes": (int, 1 << 20),
     # -- the import engine (seed section 8, and this service's additions)
     "node.import.timeout.ms": (int, 120_000),
     "node.import.global.timeout.ms": (int, 3_600_000),
@@ -63,6 +64,9 @@ KEYS: dict[str, tuple[Any, Any]] = {
     "node.import.executor.max-job-crashes": (int, 3),
     "node.import.lease-timeout.ms": (int, 30_000),
     "node.import.heartbeat-interval.ms": (int, 5_000),
+    "node.import.breaker.failure-threshold": (int, 3),
+    "node.import.breaker.probe-initial.ms": (int, 1_000),
+    "node.import.breaker.probe-max.ms": (int, 30_000),
     "node.import.batch.size": (int, 50_000),
     "node.import.block-size-bytes": (int, 1 << 20),
     "node.import.retry.max-attempts": (int, 3),
@@ -153,6 +157,7 @@ class KafkaConfig:
     producer_properties: Mapping[str, Any] = field(default_factory=dict)
     startup_timeout_ms: int = 15_000
     submit_topic: str = "nodes-import-users"
+    max_message_bytes: int = 1 << 20  # a larger job message is dead-lettered unread
 
 
 @dataclass(frozen=True)
@@ -168,6 +173,11 @@ class ExecutorConfig:
     max_job_crashes: int = 3
     lease_timeout_ms: int = 30_000
     heartbeat_interval_ms: int = 5_000
+    # The database circuit breaker (breaker.py): consecutive failures that open it, and the
+    # probe backoff while it is open.
+    breaker_failure_threshold: int = 3
+    breaker_probe_initial_ms: int = 1_000
+    breaker_probe_max_ms: int = 30_000
 
 
 @dataclass(frozen=True)
@@ -346,6 +356,9 @@ def _check(values: Mapping[str, Any]) -> None:
     if values["node.import.heartbeat-interval.ms"] * 2 > values["node.import.lease-timeout.ms"]:
         raise ConfigError("node.import.heartbeat-interval.ms: must be at most half of "
                           "node.import.lease-timeout.ms, or live leases expire")
+    if values["node.import.breaker.probe-max.ms"] < values["node.import.breaker.probe-initial.ms"]:
+        raise ConfigError("node.import.breaker.probe-max.ms: must be at least "
+                          "node.import.breaker.probe-initial.ms")
 
 
 def build(values: Mapping[str, Any], environ: Mapping[str, str]) -> Config:
@@ -391,6 +404,7 @@ def build(values: Mapping[str, Any], environ: Mapping[str, str]) -> Config:
         producer_properties=dict(v["kafka.producer.properties"]),
         startup_timeout_ms=v["kafka.startup-timeout.ms"],
         submit_topic=v["kafka.submit-topic"],
+        max_message_bytes=v["kafka.max-message-bytes"],
     )
     executor = ExecutorConfig(
         core_pool_size=v["node.import.executor.core-pool-size"],
@@ -402,6 +416,9 @@ def build(values: Mapping[str, Any], environ: Mapping[str, str]) -> Config:
         max_job_crashes=v["node.import.executor.max-job-crashes"],
         lease_timeout_ms=v["node.import.lease-timeout.ms"],
         heartbeat_interval_ms=v["node.import.heartbeat-interval.ms"],
+        breaker_failure_threshold=v["node.import.breaker.failure-threshold"],
+        breaker_probe_initial_ms=v["node.import.breaker.probe-initial.ms"],
+        breaker_probe_max_ms=v["node.import.breaker.probe-max.ms"],
     )
     operations = OperationsConfig(
         admin_enabled=v["admin.enabled"],

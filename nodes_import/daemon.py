@@ -26,7 +26,9 @@ import signal
 import threading
 import time
 import traceback
+from collections.abc import Iterator
 from concurrent.futures.process import BrokenProcessPool
+from contextlib import contextmanager
 from typing import Any
 
 from psycopg_pool import ConnectionPool
@@ -34,6 +36,7 @@ from psycopg_pool import ConnectionPool
 from nodes_import import deadletter as dl
 from nodes_import import errors, metrics, payload, status, storage, worker
 from nodes_import.admin import Operations
+from nodes_import.admission import Admission, is_outage
 from nodes_import.config import Config
 from nodes_import.consumer import (
     TP,
@@ -55,6 +58,12 @@ POLL_S = 0.05  # poll timeout: also how quickly finished jobs are noticed
 COMMIT_EVERY_S = 0.2  # commits are batched at most this often (and forced on revoke/stop)
 RETRY_MAX_S = 5.0  # longest wait before trying a job again after a database error
 LAG_EVERY_S = 10.0  # consumer lag is read this often (one OffsetFetch round trip)
+# How long the main loop waits for a pooled connection: it must go on polling (and
+# reaping) while the database is away, and the breaker needs the failure quickly.
+DB_WAIT_S = 2.0
+# A job interrupted because the database went away is resumed from its checkpoint (once
+# the breaker lets jobs start again) this many times at most, then FAILED.
+MAX_OUTAGE_RESUMES = 10
 
 
 class Daemon:
@@ -69,6 +78,8 @@ class Daemon:
         self.owner = dl.instance_name()
         self.capacity = cfg.executor.queue_capacity
         self.reject_mode = cfg.executor.backpressure == "reject"
+        self.admission = Admission(cfg.executor, dsn=self.dsn,
+                                   probe_timeout_s=cfg.database.connect_timeout_ms / 1000.0)
         self.slots: list[Slot] = []
         self.running: dict[str, Slot] = {}
         self.tracker = OffsetTracker()
@@ -144,16 +155,10 @@ class Daemon:
     def _step(self) -> None:
         assert self.consumer is not None
         self._reap()
+        if self.admission.check_database():
+            self._reopen_db()
         self._retry_waiting()
-        if not self.reject_mode:
-            full = len(self.slots) >= self.capacity
-            if full and not self.consumer.paused:
-                self.consumer.pause()
-                log.debug("window full: partitions paused", extra={"fields": {
-                    "inFlight": len(self.slots)}})
-            elif not full and self.consumer.paused:
-                self.consumer.resume()
-                log.debug("partitions resumed", extra={"fields": {"inFlight": len(self.slots)}})
+        self.admission.steer(self.consumer, len(self.slots))
         delivery = self.consumer.poll(POLL_S)
         if delivery is not None:
             self._take(delivery)
@@ -179,9 +184,12 @@ class Daemon:
                                                     delivery.offset),
             group_id=request.group_id, domain_id=request.domain_id,
             node_type=request.node_type or self.cfg.imports.default_node_type,
-            source=request.file, reference_ids=request.reference_ids, claimed_by=self.owner)
+            source=request.file, reference_ids=request.reference_ids, claimed_by=self.owner,
+            fail_on_outage=False)  # an outage leaves it PROCESSING: resumed after the breaker
         full = len(self.slots) >= self.capacity
         self.slots.append(slot)
+        if not self.admission.allows_jobs:
+            return  # waits in the window until the database answers again
         if full and self.reject_mode:
             slot.state = REJECTING
             self._reject(slot)
@@ -198,7 +206,7 @@ class Daemon:
             slot.not_before = time.monotonic() + 0.2
             return
         try:
-            with self.db.connection() as conn:
+            with self._conn() as conn:
                 storage.create_job(conn, job_id=job.job_id, group_id=job.group_id,
                                    domain_id=job.domain_id, node_type=job.node_type,
                                    source=job.source_label)
@@ -207,6 +215,7 @@ class Daemon:
         except (errors.StorageError, OSError) as exc:
             self._later(slot, "cannot start the job; retrying", exc)
             return
+        self.admission.database_ok()
         if claim.outcome == storage.FINISHED:
             log.info("job already finished; skipped", extra={"fields": {
                 **slot.ctx(), "status": claim.status, "ranBy": claim.holder}})
@@ -244,7 +253,7 @@ class Daemon:
         job = slot.job
         assert job is not None and self.db is not None
         try:
-            with self.db.connection() as conn:
+            with self._conn() as conn:
                 row = storage.create_job(conn, job_id=job.job_id, group_id=job.group_id,
                                          domain_id=job.domain_id, node_type=job.node_type,
                                          source=job.source_label)
@@ -262,6 +271,7 @@ class Daemon:
             errors.OverloadedError()), job_id=job.job_id, counts=dl.counts_of(row)))
 
     def _later(self, slot: Slot, message: str, exc: BaseException) -> None:
+        self.admission.database_failed(exc)  # only outages count towards the breaker
         slot.failures += 1
         delay = min(RETRY_MAX_S, 0.25 * 2 ** min(slot.failures, 5))
         slot.not_before = time.monotonic() + delay
@@ -271,6 +281,8 @@ class Daemon:
     def _retry_waiting(self) -> None:
         now = time.monotonic()
         for slot in [s for s in self.slots if s.state != RUNNING and s.not_before <= now]:
+            if not self.admission.allows_jobs and slot.state != DEAD_LETTER:
+                continue  # the breaker is open: only Kafka work goes on
             if slot.state == WAITING:
                 self._start(slot)
             elif slot.state == REJECTING:
@@ -299,6 +311,7 @@ class Daemon:
     def _finished(self, slot: Slot, outcome: JobOutcome) -> None:
         assert slot.job is not None
         if outcome.status == status.COMPLETED:
+            self.admission.database_ok()
             self._done(slot)
         elif outcome.status == status.FAILED:
             self._dead_letter(slot, dl.Failure(
@@ -307,10 +320,21 @@ class Daemon:
                 outcome.stack_trace, slot.job.job_id, dl.counts_of(outcome.row)))
         elif self.stopping.is_set():  # interrupted by the drain: resumes on the next start
             self._drop(slot)
-        else:  # the database was away before the job started
-            slot.state = WAITING
-            self._later(slot, "job did not start; retrying",
-                        errors.StorageError(outcome.error or ""))
+        else:  # the database went away (before or during the job), or a new owner took it
+            self._interrupted(slot, outcome)
+
+    def _interrupted(self, slot: Slot, outcome: JobOutcome) -> None:
+        """Not finished: retried (from its checkpoint) once the breaker lets jobs start; a
+        job the database failed ``MAX_OUTAGE_RESUMES`` times is FAILED after all."""
+        exc = errors.TransientStorageError(outcome.error or "the job did not finish")
+        if is_outage(exc):
+            slot.outage_resumes += 1
+            if slot.outage_resumes > MAX_OUTAGE_RESUMES:
+                self._fail(slot, str(exc), exc)
+                return
+        slot.state = WAITING
+        self._later(slot, "job not finished (the database went away?); it resumes from its "
+                          "checkpoint", exc)
 
     def _worker_died(self, slot: Slot) -> None:
         assert slot.job is not None
@@ -333,7 +357,7 @@ class Daemon:
         job = slot.job
         assert job is not None and self.db is not None
         try:
-            with self.db.connection() as conn:
+            with self._conn() as conn:
                 row = storage.finish_job(conn, job_id=job.job_id, status=status.FAILED,
                                          error=error) or {}
         except (errors.StorageError, OSError) as db_exc:
@@ -362,7 +386,7 @@ class Daemon:
         daemon, so it is written again (dead letters are at-least-once; dedupe by job id)."""
         assert slot.job is not None and self.db is not None
         try:
-            with self.db.connection() as conn:
+            with self._conn() as conn:
                 row = storage.get_job(conn, slot.job.job_id) or {}
         except (errors.StorageError, OSError) as exc:
             self._later(slot, "cannot read the failed job; retrying", exc)
@@ -387,6 +411,29 @@ class Daemon:
             self.heartbeat.drop(slot.job.job_id)
 
     # ------------------------------------------------------------------ offsets
+
+    def _reopen_db(self) -> None:
+        """After an outage, a fresh pool: the old one may wait out psycopg_pool's reconnect
+        backoff (seconds, doubling while the database was away) before it connects."""
+        try:
+            fresh = storage.open_pool(self.dsn, max_size=2,
+                                      timeout_s=self.cfg.database.connect_timeout_ms / 1e3)
+        except errors.StorageError as exc:  # gone again: the old pool goes on trying
+            self.admission.database_failed(exc)
+            return
+        old, self.db = self.db, fresh
+        if self.heartbeat is not None:
+            self.heartbeat.pool = fresh
+        if old is not None:
+            old.close(timeout=1.0)
+
+    @contextmanager
+    def _conn(self) -> Iterator[Any]:
+        """A pooled connection for the main loop, waited for at most ``DB_WAIT_S``; a pool
+        timeout becomes a ``TransientStorageError`` like any other outage."""
+        assert self.db is not None
+        with storage.wrapped(), self.db.connection(timeout=DB_WAIT_S) as conn:
+            yield conn
 
     def _commit(self, *, force: bool = False, tps: list[TP] | None = None) -> None:
         now = time.monotonic()
@@ -464,7 +511,7 @@ class Daemon:
             return "stopping: draining in-flight jobs"
         if not self.ready.is_set():
             return "starting: not subscribed to Kafka yet"
-        return None
+        return self.admission.readiness()
 
     def scrape(self, snap: metrics.Scrape) -> None:
         """Scrape-time gauges of the window, the pool and the consumer (admin thread).
@@ -483,6 +530,7 @@ class Daemon:
             "executor_max_workers": self.cfg.executor.max_pool_size,
             "node_import_jobs_in_flight": in_flight,
             "kafka_consumer_paused": int(self.consumer is not None and self.consumer.paused),
+            "node_import_db_circuit_state": self.admission.gauge(),
         })
         snap.lag.update(dict(self.lag))
 

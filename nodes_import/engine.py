@@ -358,6 +358,12 @@ def run_import(job: ImportJob, cfg: ImportConfig, pool: ConnectionPool, *,
         log.warning("job taken over by another runner; stopped", extra={"fields": {
             **state.ctx, "error": str(state.fatal)}})
         return JobOutcome(job.job_id, status.PROCESSING, str(state.fatal), {})
+    if state.fatal is not None and not job.fail_on_outage \
+            and storage.is_connection_failure(state.fatal):  # the daemon resumes it later
+        log.warning("job interrupted: the database went away", extra={"fields": {
+            **state.ctx, "error": str(state.fatal)}})
+        return JobOutcome(job.job_id, status.PROCESSING, str(state.fatal), {},
+                          error_type=f"{type(state.fatal).__module__}.{type(state.fatal).__name__}")
     if state.fatal is not None:
         return _finish(state, status.FAILED, str(state.fatal), type(state.fatal).__name__,
                        state.fatal)

@@ -31,6 +31,9 @@ class ImportJob:
     claimed_by: str | None = None
     # Take a FAILED job up again from its checkpoint (an operator's explicit re-run).
     resume_failed: bool = False
+    # False (the daemon): a job whose database went away is left PROCESSING, not FAILED;
+    # the daemon's circuit breaker resumes it from its checkpoint once the database answers.
+    fail_on_outage: bool = True
 
     @property
     def source_label(self) -> str:

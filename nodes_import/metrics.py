@@ -77,6 +77,10 @@ SPECS: tuple[Spec, ...] = (
          "offset.", ("topic", "partition"), side="scrape"),
     Spec("kafka_consumer_paused", "gauge",
          "1 while the consumer is paused because the in-flight window is full.", side="scrape"),
+    Spec("node_import_db_circuit_state", "gauge",
+         "The daemon's database circuit breaker: 0 closed (jobs start), 1 open (the "
+         "database keeps failing: no job starts, consumption paused), 2 half-open "
+         "(probing).", side="scrape"),
     # -- jobs and batches (worker)
     Spec("node_import_jobs_started", "counter", "Jobs that started (or resumed) importing."),
     Spec("node_import_jobs_completed", "counter", "Jobs that ended COMPLETED."),

@@ -590,6 +590,14 @@ def purge_jobs(conn: psycopg.Connection[Any], *, older_than_s: float,
     return Purged(jobs, failures)
 
 
+def probe(dsn: str, *, timeout_s: float) -> None:
+    """A fresh connection and ``SELECT 1`` (the circuit breaker's probe): proves the server
+    takes new connections, whatever state a pool's old ones are in."""
+    with wrapped(), psycopg.connect(dsn, connect_timeout=max(2, round(timeout_s)),
+                                    autocommit=True, **KEEPALIVES) as conn:
+        conn.execute("SELECT 1")
+
+
 def ping(conn: psycopg.Connection[Any]) -> None:
     """One round trip: the database answers (readiness)."""
     with wrapped():

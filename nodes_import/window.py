@@ -41,6 +41,7 @@ class Slot:
     not_before: float = 0.0
     crashes: int = 0  # worker deaths while this job ran
     failures: int = 0  # database errors while starting it
+    outage_resumes: int = 0  # times it FAILED because the database went away, and resumed
     failure: Failure | None = None  # the dead letter still to send
     waiting_for: str | None = None  # the other daemon holding its lease
     started: float = field(default_factory=time.monotonic)
@@ -79,8 +80,8 @@ class Heartbeat(threading.Thread):
         while not self.stopped.wait(self.interval_s):
             with self.lock:
                 ids = sorted(self.job_ids)
-            try:
-                with self.pool.connection() as conn:
+            try:  # wrapped: a pool timeout while the database is away must not end the thread
+                with storage.wrapped(), self.pool.connection() as conn:
                     storage.renew_leases(conn, job_ids=ids, owner=self.owner)
             except (StorageError, OSError) as exc:  # the next beat tries again
                 log.warning("lease renewal failed", extra={"fields": {"error": str(exc)}})
