@@ -175,7 +175,8 @@ class Daemon:
         slot = Slot(delivery)
         try:
             request = payload.parse(delivery.value,
-                                    max_reference_ids=self.cfg.imports.max_reference_ids)
+                                    max_reference_ids=self.cfg.imports.max_reference_ids,
+                                    max_message_bytes=self.cfg.kafka.max_message_bytes)
         except payload.MessageRejected as exc:
             self._dead_letter(slot, dl.Failure(exc.stage, str(exc), _qualname(exc)))
             return

@@ -95,6 +95,8 @@ def _text(body: dict[str, Any], name: str, *, required: bool,
         raise MessageRejected(f"{name} is blank", STAGE_VALIDATE)
     if limit is not None and len(value) > limit:
         raise MessageRejected(f"{name}: longer than {limit} characters", STAGE_VALIDATE)
+    if "\x00" in value:  # PostgreSQL text cannot hold NUL: the job row could never be written
+        raise MessageRejected(f"{name}: contains a NUL character", STAGE_VALIDATE)
     return value
 
 
@@ -124,6 +126,9 @@ def _reference_ids(body: dict[str, Any], max_ids: int) -> tuple[str, ...] | None
         if not isinstance(item, str):
             raise MessageRejected(f"referenceIds[{index}]: expected a string, got "
                                   f"{_describe(item)}", STAGE_VALIDATE)
+        if "\x00" in item:
+            raise MessageRejected(f"referenceIds[{index}]: contains a NUL character",
+                                  STAGE_VALIDATE)
     return tuple(value)
 
 
@@ -144,8 +149,16 @@ def decode(value: bytes | None) -> dict[str, Any]:
     return body
 
 
-def parse(value: bytes | None, *, max_reference_ids: int = 10_000_000) -> NodeExchange:
-    """Validate one message value. Raises ``MessageRejected`` (a ``PayloadError``)."""
+def parse(value: bytes | None, *, max_reference_ids: int = 10_000_000,
+          max_message_bytes: int | None = None) -> NodeExchange:
+    """Validate one message value. Raises ``MessageRejected`` (a ``PayloadError``).
+
+    A value over ``max_message_bytes`` is rejected unread (stage parse): the limit bounds
+    what one message can cost the daemon to decode and hold.
+    """
+    if max_message_bytes is not None and value is not None and len(value) > max_message_bytes:
+        raise MessageRejected(f"message of {len(value)} bytes, over kafka.max-message-bytes "
+                              f"({max_message_bytes})", STAGE_PARSE)
     body = decode(value)
     group_id = _text(body, "groupId", required=True, limit=MAX_GROUP_ID)
     domain_id = _uuid(body, "domainId", required=True)
