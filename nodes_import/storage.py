@@ -223,8 +223,13 @@ WITH src AS (
            (n.id IS NOT NULL AND n.type = s.node_type AND n.domain_id = {domain}
             AND (s.metadata IS NULL OR m.metadata IS NOT DISTINCT FROM s.metadata)) AS same
     FROM src s
-    LEFT JOIN nodes n ON n.reference_id = s.reference_id AND n.group_id = {group}
-    LEFT JOIN node_metadata m ON m.node_id = n.id
+    -- LATERAL ... LIMIT 1: one probe of the unique index per staged key, whatever the
+    -- planner believes about the sizes (a plain join may scan the whole group per batch).
+    LEFT JOIN LATERAL (
+        SELECT n.id, n.type, n.domain_id FROM nodes n
+        WHERE n.reference_id = s.reference_id AND n.group_id = {group} LIMIT 1) n ON true
+    LEFT JOIN LATERAL (
+        SELECT m.metadata FROM node_metadata m WHERE m.node_id = n.id LIMIT 1) m ON true
 ), ins AS (
     INSERT INTO nodes AS n (id, reference_id, group_id, type, domain_id)
     SELECT {new_id}, reference_id, {group}, node_type, {domain}
