@@ -437,6 +437,7 @@ def test_run_fails_fast_with_a_clear_message_when_the_broker_or_database_is_unre
     result, took = run("--dsn", db.dsn, "--bootstrap-servers", "127.0.0.1:9")
     assert result.returncode == 1 and took < 10, (took, result.stderr)
     assert "cannot reach Kafka at 127.0.0.1:9" in result.stderr
+    assert "Traceback" not in result.stderr  # one clear line, no traceback wall
     result, took = run("--dsn", "postgresql://nobody:secret@127.0.0.1:9/x",
                        "--bootstrap-servers", "127.0.0.1:9")
     assert result.returncode == 1 and took < 10, (took, result.stderr)
