@@ -5,7 +5,9 @@ runs threads in the daemon that a fork would copy half-way). Each worker process
 ``worker.init_worker`` once. A worker that dies breaks the whole executor; ``replace``
 starts a new one and bumps ``generation``, so the daemon replaces it once however many
 of its futures report the breakage. ``stop_jobs`` tells running jobs, through a
-multiprocessing event, to stop after their in-flight batches.
+multiprocessing event, to stop after their in-flight batches. Workers log through the
+daemon: each executor gets a fresh log queue and a ``logs.WorkerLogs`` thread writing its
+lines (fresh, because a worker killed while writing can leave a queue unusable).
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ import logging
 import multiprocessing
 from concurrent.futures import Future, ProcessPoolExecutor
 
-from nodes_import import worker
+from nodes_import import logs, worker
 from nodes_import.config import ImportConfig
 from nodes_import.errors import NodesImportError
 from nodes_import.jobs import ImportJob, JobOutcome
@@ -34,14 +36,18 @@ class WorkerPool:
         self._mp = multiprocessing.get_context(start_method)
         self._stop_jobs = self._mp.Event()
         self._executor: ProcessPoolExecutor | None = None
+        self._logs: logs.WorkerLogs | None = None
         self.generation = 0
 
     def start(self) -> None:
         """A new executor, its core workers started; ``NodesImportError`` if they cannot."""
         self.generation += 1
+        self._logs = logs.WorkerLogs(self._mp.Queue())
+        self._logs.start()
         self._executor = ProcessPoolExecutor(
             max_workers=self.max_workers, mp_context=self._mp,
-            initializer=worker.init_worker, initargs=(self.settings, self._stop_jobs))
+            initializer=worker.init_worker,
+            initargs=(self.settings, self._stop_jobs, self._logs.queue))
         # Started now, so the first job does not wait for a spawn.
         warm = [self._executor.submit(worker.warm_up)
                 for _ in range(min(self.core, self.max_workers))]
@@ -63,6 +69,8 @@ class WorkerPool:
         log.error("process pool broken; replacing it", extra={"fields": {"reason": reason}})
         if self._executor is not None:
             self._executor.shutdown(wait=False, cancel_futures=True)
+        if self._logs is not None:  # the old workers' last lines, if the queue still works
+            self._logs.stop(timeout_s=0.5)
         try:
             self.start()
         except NodesImportError as exc:
@@ -82,3 +90,6 @@ class WorkerPool:
                 proc.kill()  # no public API ends busy workers
         self._executor.shutdown(wait=True, cancel_futures=True)
         self._executor = None
+        if self._logs is not None:
+            self._logs.stop()
+            self._logs = None

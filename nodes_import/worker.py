@@ -58,13 +58,17 @@ def _die_with_parent() -> None:
         pass
 
 
-def init_worker(settings: WorkerSettings, stop_event: Any) -> None:
-    """Executor initializer: ignore stop signals, log as JSON, open this process's pool."""
+def init_worker(settings: WorkerSettings, stop_event: Any, log_queue: Any = None) -> None:
+    """Executor initializer: ignore stop signals, log as JSON through the parent (its
+    ``log_queue``; stderr without one), open this process's pool."""
     global _settings, _stop
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     _die_with_parent()
-    logs.setup(settings.log_level)
+    if log_queue is not None:
+        logs.setup_worker(log_queue, settings.log_level)
+    else:
+        logs.setup(settings.log_level)
     metrics.configure(group=settings.group_label, domain=settings.domain_label)
     _settings, _stop = settings, stop_event
     try:
