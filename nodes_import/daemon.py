@@ -25,7 +25,6 @@ import os
 import signal
 import threading
 import time
-import traceback
 from collections.abc import Iterator
 from concurrent.futures.process import BrokenProcessPool
 from contextlib import contextmanager
@@ -36,7 +35,7 @@ from psycopg_pool import ConnectionPool
 from nodes_import import deadletter as dl
 from nodes_import import errors, metrics, payload, status, storage, worker
 from nodes_import.admin import Operations
-from nodes_import.admission import Admission, is_outage
+from nodes_import.admission import Admission
 from nodes_import.config import Config
 from nodes_import.consumer import (
     TP,
@@ -47,27 +46,27 @@ from nodes_import.consumer import (
     client_settings,
 )
 from nodes_import.embedded import local_services
-from nodes_import.jobs import ImportJob, JobOutcome, derived_job_id
+from nodes_import.endings import OVERLOADED, JobEndings, qualname
+from nodes_import.jobs import ImportJob, derived_job_id
 from nodes_import.pool import WorkerPool
+from nodes_import.stoporder import POLL_S, OffsetsAndStop
 from nodes_import.window import DEAD_LETTER, REJECTING, RUNNING, WAITING, Heartbeat, Slot
 
 log = logging.getLogger(__name__)
 
-OVERLOADED = "System overloaded"  # the seed's reason for a rejected job
-POLL_S = 0.05  # poll timeout: also how quickly finished jobs are noticed
-COMMIT_EVERY_S = 0.2  # commits are batched at most this often (and forced on revoke/stop)
 RETRY_MAX_S = 5.0  # longest wait before trying a job again after a database error
 LAG_EVERY_S = 10.0  # consumer lag is read this often (one OffsetFetch round trip)
 # How long the main loop waits for a pooled connection: it must go on polling (and
 # reaping) while the database is away, and the breaker needs the failure quickly.
 DB_WAIT_S = 2.0
-# A job interrupted because the database went away is resumed from its checkpoint (once
-# the breaker lets jobs start again) this many times at most, then FAILED.
-MAX_OUTAGE_RESUMES = 10
 
 
-class Daemon:
-    """Consumes job messages and runs them on worker processes until asked to stop."""
+class Daemon(JobEndings, OffsetsAndStop):
+    """Consumes job messages and runs them on worker processes until asked to stop.
+
+    Taking messages and starting jobs are here; ending jobs is ``endings.JobEndings``;
+    commits, rebalances and the stop order are ``stoporder.OffsetsAndStop``.
+    """
 
     def __init__(self, cfg: Config, *, log_level: str = "INFO") -> None:
         if not cfg.database.dsn or not cfg.kafka.bootstrap_servers:
@@ -178,7 +177,7 @@ class Daemon:
                                     max_reference_ids=self.cfg.imports.max_reference_ids,
                                     max_message_bytes=self.cfg.kafka.max_message_bytes)
         except payload.MessageRejected as exc:
-            self._dead_letter(slot, dl.Failure(exc.stage, str(exc), _qualname(exc)))
+            self._dead_letter(slot, dl.Failure(exc.stage, str(exc), qualname(exc)))
             return
         slot.job = ImportJob(
             job_id=request.job_id or derived_job_id(delivery.topic, delivery.partition,
@@ -268,7 +267,7 @@ class Daemon:
             return
         log.warning("job rejected: window full", extra={"fields": {
             **slot.ctx(), "inFlight": len(self.slots), "capacity": self.capacity}})
-        self._dead_letter(slot, dl.Failure(dl.STAGE_BACKPRESSURE, OVERLOADED, _qualname(
+        self._dead_letter(slot, dl.Failure(dl.STAGE_BACKPRESSURE, OVERLOADED, qualname(
             errors.OverloadedError()), job_id=job.job_id, counts=dl.counts_of(row)))
 
     def _later(self, slot: Slot, message: str, exc: BaseException) -> None:
@@ -291,127 +290,7 @@ class Daemon:
             elif slot.state == DEAD_LETTER and slot.failure is not None:
                 self._dead_letter(slot, slot.failure)
 
-    # --------------------------------------------------------------- finished jobs
-
-    def _reap(self) -> None:
-        for slot in [s for s in self.slots if s.state == RUNNING and s.future is not None
-                     and s.future.done()]:
-            assert slot.job is not None and slot.future is not None
-            self.running.pop(slot.job.job_id, None)
-            if slot.future.cancelled():  # queued in a pool being replaced: never started
-                slot.state, slot.not_before = WAITING, 0.0
-                continue
-            exc = slot.future.exception()
-            if isinstance(exc, BrokenProcessPool):
-                self._worker_died(slot)
-            elif exc is not None:  # cannot happen unless the job could not be sent
-                self._fail(slot, f"internal error: {type(exc).__name__}: {exc}", exc)
-            else:
-                self._finished(slot, slot.future.result())
-
-    def _finished(self, slot: Slot, outcome: JobOutcome) -> None:
-        assert slot.job is not None
-        if outcome.status == status.COMPLETED:
-            self.admission.database_ok()
-            self._done(slot)
-        elif outcome.status == status.FAILED:
-            self._dead_letter(slot, dl.Failure(
-                dl.STAGE_IMPORT, outcome.error or "FAILED",
-                outcome.error_type or "nodes_import.errors.NodesImportError",
-                outcome.stack_trace, slot.job.job_id, dl.counts_of(outcome.row)))
-        elif self.stopping.is_set():  # interrupted by the drain: resumes on the next start
-            self._drop(slot)
-        else:  # the database went away (before or during the job), or a new owner took it
-            self._interrupted(slot, outcome)
-
-    def _interrupted(self, slot: Slot, outcome: JobOutcome) -> None:
-        """Not finished: retried (from its checkpoint) once the breaker lets jobs start; a
-        job the database failed ``MAX_OUTAGE_RESUMES`` times is FAILED after all."""
-        exc = errors.TransientStorageError(outcome.error or "the job did not finish")
-        if is_outage(exc):
-            slot.outage_resumes += 1
-            if slot.outage_resumes > MAX_OUTAGE_RESUMES:
-                self._fail(slot, str(exc), exc)
-                return
-        slot.state = WAITING
-        self._later(slot, "job not finished (the database went away?); it resumes from its "
-                          "checkpoint", exc)
-
-    def _worker_died(self, slot: Slot) -> None:
-        assert slot.job is not None
-        if self.pool is not None and slot.generation == self.pool.generation \
-                and not self.stopping.is_set():
-            self.pool.replace("a worker process died (killed or out of memory)")
-        slot.crashes += 1
-        if self.stopping.is_set():
-            self._drop(slot)
-        elif slot.crashes >= self.cfg.executor.max_job_crashes:
-            self._fail(slot, f"the worker process died {slot.crashes} times while running "
-                             "this job (killed or out of memory)", errors.WorkerDiedError())
-        else:
-            log.warning("job retried on a new worker", extra={"fields": {
-                **slot.ctx(), "crashes": slot.crashes}})
-            slot.state, slot.not_before = WAITING, 0.0
-
-    def _fail(self, slot: Slot, error: str, exc: BaseException) -> None:
-        """FAIL a job the worker could not finish, then dead-letter it."""
-        job = slot.job
-        assert job is not None and self.db is not None
-        try:
-            with self._conn() as conn:
-                row = storage.finish_job(conn, job_id=job.job_id, status=status.FAILED,
-                                         error=error) or {}
-        except (errors.StorageError, OSError) as db_exc:
-            slot.state = WAITING
-            self._later(slot, "cannot record the failure; retrying the job", db_exc)
-            return
-        trace = "".join(traceback.format_exception(exc)) if exc.__traceback__ else None
-        self._dead_letter(slot, dl.Failure(dl.STAGE_IMPORT, error, _qualname(exc), trace,
-                                        job.job_id, dl.counts_of(row)))
-
-    def _dead_letter(self, slot: Slot, failure: dl.Failure) -> None:
-        assert self.dead is not None
-        try:
-            self.dead.send(slot.delivery, failure)
-        except errors.BrokerError as exc:  # not done until the dead letter is acknowledged
-            if slot not in self.slots:
-                self.slots.append(slot)
-            slot.state, slot.failure = DEAD_LETTER, failure
-            self._later(slot, "dead letter not acknowledged; retrying", exc)
-            return
-        metrics.dead_letter_produced(failure.stage)
-        self._done(slot)
-
-    def _dead_letter_again(self, slot: Slot) -> None:
-        """A redelivered FAILED job: its dead letter may have been lost with a crashed
-        daemon, so it is written again (dead letters are at-least-once; dedupe by job id)."""
-        assert slot.job is not None and self.db is not None
-        try:
-            with self._conn() as conn:
-                row = storage.get_job(conn, slot.job.job_id) or {}
-        except (errors.StorageError, OSError) as exc:
-            self._later(slot, "cannot read the failed job; retrying", exc)
-            return
-        error = str(row.get("error") or "FAILED")
-        stage = dl.STAGE_BACKPRESSURE if error == OVERLOADED else dl.STAGE_IMPORT
-        self._dead_letter(slot, dl.Failure(stage, error, "nodes_import.errors.NodesImportError",
-                                        None, slot.job.job_id, dl.counts_of(row)))
-
-    def _done(self, slot: Slot) -> None:
-        """Terminal: release the slot and let the offset be committed."""
-        self._drop(slot)
-        self.tracker.done(slot.delivery.tp, slot.delivery.offset)
-        metrics.message_processed(slot.delivery.topic)
-
-    def _drop(self, slot: Slot) -> None:
-        """Out of the window without committing (the message comes back later)."""
-        if slot in self.slots:
-            self.slots.remove(slot)
-        if slot.job is not None and self.heartbeat is not None and \
-                self.running.get(slot.job.job_id) is None:
-            self.heartbeat.drop(slot.job.job_id)
-
-    # ------------------------------------------------------------------ offsets
+    # ------------------------------------------------------------ the database
 
     def _reopen_db(self) -> None:
         """After an outage, a fresh pool: the old one may wait out psycopg_pool's reconnect
@@ -435,74 +314,6 @@ class Daemon:
         assert self.db is not None
         with storage.wrapped(), self.db.connection(timeout=DB_WAIT_S) as conn:
             yield conn
-
-    def _commit(self, *, force: bool = False, tps: list[TP] | None = None) -> None:
-        now = time.monotonic()
-        if not force and now - self._last_commit < COMMIT_EVERY_S:
-            return
-        positions = self.tracker.to_commit(tps)
-        if positions and self.consumer is not None and self.consumer.commit(positions):
-            self.tracker.committed(positions)
-        self._last_commit = now
-
-    def _assigned(self, tps: list[TP]) -> None:
-        pass  # new partitions start at their committed offsets: nothing to set up
-
-    def _revoked(self, tps: list[TP]) -> None:
-        """Commit what is done; drop waiting work of these partitions (running jobs go on)."""
-        self._commit(force=True, tps=tps)
-        gone = set(tps)
-        for slot in [s for s in self.slots if s.state != RUNNING and s.delivery.tp in gone]:
-            self._drop(slot)
-        self.tracker.forget(tps)
-        self.lag = {tp: n for tp, n in self.lag.items() if tp not in gone}
-
-    # ------------------------------------------------------------------ stopping
-
-    def _drain(self) -> None:
-        """1. stop polling  2. running jobs checkpoint (bounded)  3. commit."""
-        assert self.consumer is not None
-        started = time.monotonic()
-        deadline = started + self.cfg.executor.drain_timeout_ms / 1000.0
-        self.consumer.pause()  # 1. polling goes on only to keep the group informed
-        for slot in [s for s in self.slots if s.state != RUNNING]:
-            if slot.state == DEAD_LETTER and slot.failure is not None:
-                self._dead_letter(slot, slot.failure)  # one last try, or it comes back
-            self._drop(slot)
-        if self.pool is not None:
-            self.pool.stop_jobs()  # 2.
-        running = len(self.running)
-        log.info("stopping: draining in-flight jobs", extra={"fields": {
-            "running": running, "drainTimeoutMs": self.cfg.executor.drain_timeout_ms}})
-        while self.running and time.monotonic() < deadline:
-            self._reap()
-            self.consumer.poll(POLL_S)  # a message polled now is not taken: it comes back
-            self._commit()
-        self._commit(force=True)  # 3.
-        log.info("drained", extra={"fields": {
-            "jobsLeft": len(self.running), "durationS": round(time.monotonic() - started, 2)}})
-
-    def _close(self) -> None:
-        """4. shut the pool  5. release leases, close the consumer, the producer, the db."""
-        if self.pool is not None:  # jobs still running are past the drain timeout
-            self.pool.shutdown(kill=bool(self.running))
-        if self.heartbeat is not None:
-            self.heartbeat.stopped.set()
-        if self.db is not None:
-            try:
-                with self.db.connection() as conn:
-                    storage.release_leases(conn, owner=self.owner)
-            except (errors.StorageError, OSError) as exc:
-                log.warning("cannot release leases", extra={"fields": {"error": str(exc)}})
-        if self.consumer is not None:
-            self.consumer.close()
-        if self.publisher is not None:
-            self.publisher.close()
-        if self.db is not None:
-            self.db.close()
-        self.ops.close()
-        log.info("daemon stopped", extra={"fields": {"instance": self.owner}})
-
 
     # ------------------------------------------------------------ operations hooks
 
@@ -535,9 +346,6 @@ class Daemon:
         })
         snap.lag.update(dict(self.lag))
 
-
-def _qualname(exc: BaseException) -> str:
-    return f"{type(exc).__module__}.{type(exc).__qualname__}"
 
 
 
