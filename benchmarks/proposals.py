@@ -45,6 +45,8 @@ def lateral_upsert(upsert: str) -> str:
     """
     if "LEFT JOIN LATERAL" in upsert:
         return upsert
+    if "LEFT JOIN LATERAL" in upsert:
+        return upsert  # adopted by the engine (commit 0f61583): nothing to patch
     if _PLAIN_JOIN not in upsert:
         raise ValueError("storage._UPSERT no longer has the plain joins this patch replaces")
     return upsert.replace(_PLAIN_JOIN, _LATERAL_JOIN)

@@ -88,6 +88,10 @@ def _configure(conn: psycopg.Connection[Any]) -> None:
         " row_number BIGINT NOT NULL, reference_id TEXT NOT NULL,"
         " node_type TEXT, metadata JSONB) ON COMMIT DELETE ROWS"
     )
+    # The per-batch ANALYZE only has to tell the planner how many rows are staged (and
+    # that keys are distinct): a 300-row sample does, in ~1 ms instead of ~60 ms.
+    for column in ("row_number", "reference_id", "node_type", "metadata"):
+        conn.execute(f"ALTER TABLE {STAGE_TABLE} ALTER COLUMN {column} SET STATISTICS 1")
     conn.commit()
 
 
@@ -322,6 +326,7 @@ def write_part(
                 copy.write(part.payload)
             # Temp tables get no statistics on their own; without them the planner guesses
             # ~200 staged rows and may join two 25k-row CTEs by nested loop (minutes).
+            # Cheap: the staging columns carry statistics target 1 (see _configure).
             cur.execute(sql.SQL("ANALYZE {}").format(sql.Identifier(STAGE_TABLE)))
             upsert = sql.SQL(_UPSERT).format(
                 stage=sql.Identifier(STAGE_TABLE), group=sql.Literal(group_id),
