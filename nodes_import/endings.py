@@ -118,7 +118,7 @@ class JobEndings:
     def _fail(self, slot: Slot, error: str, exc: BaseException) -> None:
         """FAIL a job the worker could not finish, then dead-letter it."""
         job = slot.job
-        assert job is not None and self.db is not None
+        assert job is not None
         try:
             with self._conn() as conn:
                 row = storage.finish_job(conn, job_id=job.job_id, status=status.FAILED,
@@ -147,7 +147,7 @@ class JobEndings:
     def _dead_letter_again(self, slot: Slot) -> None:
         """A redelivered FAILED job: its dead letter may have been lost with a crashed
         daemon, so it is written again (dead letters are at-least-once; dedupe by job id)."""
-        assert slot.job is not None and self.db is not None
+        assert slot.job is not None
         try:
             with self._conn() as conn:
                 row = storage.get_job(conn, slot.job.job_id) or {}
