@@ -90,6 +90,18 @@ def _open_pool() -> ConnectionPool:
     return _pool
 
 
+def _reset_pool() -> None:
+    """After the database went away, the next job gets a fresh pool: the old one may be
+    waiting out psycopg_pool's reconnect backoff (seconds, doubling during the outage)."""
+    global _pool
+    old, _pool = _pool, None
+    if old is not None:
+        try:
+            old.close(timeout=1.0)
+        except Exception as exc:  # noqa: BLE001 - a pool that cannot close is dropped anyway
+            log.debug("old pool did not close cleanly", extra={"fields": {"error": str(exc)}})
+
+
 def warm_up() -> int:
     """A no-op the daemon submits to start its core workers up front; returns the pid."""
     return os.getpid()
@@ -109,9 +121,13 @@ def run_job(job: ImportJob, cfg: ImportConfig) -> JobOutcome:
                                name=f"stop-watch-{job.job_id[:8]}", daemon=True)
     watcher.start()
     try:
-        return engine.run_import(job, cfg, _open_pool(), cancel=cancel)
+        outcome = engine.run_import(job, cfg, _open_pool(), cancel=cancel)
+        if outcome.status == status.PROCESSING and outcome.error_type is not None:
+            _reset_pool()  # interrupted by a database outage
+        return outcome
     except NodesImportError as exc:
         # The database stayed away before the job started: not terminal, retried later.
+        _reset_pool()
         return JobOutcome(job.job_id, status.PENDING, str(exc), {},
                           error_type=type(exc).__name__, stack_trace=traceback.format_exc())
     except Exception as exc:  # a bug: FAIL the job rather than lose it silently
