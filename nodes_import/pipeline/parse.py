@@ -187,25 +187,34 @@ class CsvReader:
             raise SourceError(f"the CSV header repeats column name(s): {', '.join(duplicates)}")
         return names
 
-    def batches(self, progress: Callable[[int], None] | None = None) -> Iterator[RawBatch]:
+    def batches(self) -> Iterator[RawBatch]:
         """Yield every row once, in file order, in batches of at most ``batch_size``."""
         invalid: list[InvalidRow] = []
-        numbers = _RowNumbers(self._batch_size)
         stream = self._source.open()
         try:
             reader = self._open(stream, invalid, {name: pa.string() for name in self.header})
-            for table in _rebatch(_guarded(reader), self._batch_size):
-                numbers.pending.extend(invalid)
-                invalid.clear()
-                row_numbers, bad = numbers.take(table.num_rows)
-                yield RawBatch(table, row_numbers, bad, stream.compressed_bytes)
-            numbers.pending.extend(invalid)
-            rest = numbers.flush()
-            if rest:
-                empty = pa.table({name: pa.array([], pa.string()) for name in self.header})
-                yield RawBatch(empty, pa.array([], pa.int64()), rest, stream.compressed_bytes)
+            yield from _numbered(reader, invalid, self.header, self._batch_size, stream)
         finally:
             stream.close()
+
+
+def _numbered(reader: pacsv.CSVStreamingReader, invalid: list[InvalidRow], columns: list[str],
+              batch_size: int, stream: CountingStream) -> Iterator[RawBatch]:
+    """The reader's rows in batches, numbered, with the invalid rows reported in order.
+
+    ``invalid`` is the list the reader's invalid-row handler appends to while it parses.
+    """
+    numbers = _RowNumbers(batch_size)
+    for table in _rebatch(_guarded(reader), batch_size):
+        numbers.pending.extend(invalid)
+        invalid.clear()
+        row_numbers, bad = numbers.take(table.num_rows)
+        yield RawBatch(table, row_numbers, bad, stream.compressed_bytes)
+    numbers.pending.extend(invalid)
+    rest = numbers.flush()
+    if rest:  # invalid rows after the last valid one
+        empty = pa.table({name: pa.array([], pa.string()) for name in columns})
+        yield RawBatch(empty, pa.array([], pa.int64()), rest, stream.compressed_bytes)
 
 
 def _guarded(reader: pacsv.CSVStreamingReader) -> Iterator[pa.RecordBatch]:
@@ -247,11 +256,10 @@ class IdFileReader:
         self._batch_size = batch_size
         self.header = [REFERENCE_ID]
 
-    def batches(self, progress: Callable[[int], None] | None = None) -> Iterator[RawBatch]:
+    def batches(self) -> Iterator[RawBatch]:
         """Yield every ID line once, in order; blank lines are skipped."""
         stream = self._source.open()
         invalid: list[InvalidRow] = []
-        numbers = _RowNumbers(self._batch_size)
         try:
             reader = pacsv.open_csv(
                 pa.PythonFile(stream, mode="r"),
@@ -265,16 +273,7 @@ class IdFileReader:
                     column_types={REFERENCE_ID: pa.string()}, strings_can_be_null=False
                 ),
             )
-            for table in _rebatch(_guarded(reader), self._batch_size):
-                numbers.pending.extend(invalid)
-                invalid.clear()
-                row_numbers, bad = numbers.take(table.num_rows)
-                yield RawBatch(table, row_numbers, bad, stream.compressed_bytes)
-            numbers.pending.extend(invalid)
-            rest = numbers.flush()
-            if rest:
-                empty = pa.table({REFERENCE_ID: pa.array([], pa.string())})
-                yield RawBatch(empty, pa.array([], pa.int64()), rest, stream.compressed_bytes)
+            yield from _numbered(reader, invalid, self.header, self._batch_size, stream)
         except SourceError:
             raise
         except (pa.ArrowInvalid, OSError) as exc:
