@@ -158,4 +158,4 @@ def test_the_systemd_unit_restarts_on_failure_and_waits_for_the_drain() -> None:
 
 @pytest.mark.parametrize("name", [s.name for s in metrics.SPECS])
 def test_every_metric_is_documented_in_the_operations_section(name: str) -> None:
-    assert f"`{name}`" in (ROOT / "docs" / "operations.md").read_text()
+    assert f"`{name}`" in (ROOT / "README.md").read_text()
