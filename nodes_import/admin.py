@@ -30,7 +30,7 @@ from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 import orjson
 from psycopg_pool import ConnectionPool
 
-from nodes_import import metrics, status, storage
+from nodes_import import jobrows, metrics, status, storage
 from nodes_import.config import OperationsConfig
 from nodes_import.errors import NodesImportError
 from nodes_import.housekeeping import Housekeeper
@@ -146,7 +146,7 @@ class AdminApp:
         if not 1 <= limit <= MAX_LIMIT:
             raise HttpError(400, f"limit must be within 1..{MAX_LIMIT}, got {limit}")
         with self._conn() as conn:
-            rows = storage.list_jobs(conn, status=wanted.upper() if wanted else None,
+            rows = jobrows.list_jobs(conn, status=wanted.upper() if wanted else None,
                                      limit=limit)
         return [_with_progress(row) for row in rows]
 
@@ -157,10 +157,10 @@ class AdminApp:
         except ValueError:
             raise HttpError(400, f"not a job id (UUID): {raw_id[:100]!r}") from None
         with self._conn() as conn:
-            row = storage.get_job(conn, job_id)
+            row = jobrows.get_job(conn, job_id)
             if row is None:
                 raise HttpError(404, f"no job {job_id}")
-            failures = storage.job_failures(conn, job_id, limit=FAILURES_SHOWN)
+            failures = jobrows.job_failures(conn, job_id, limit=FAILURES_SHOWN)
         return {**_with_progress(row), "failures": failures}
 
     @contextmanager
@@ -294,7 +294,7 @@ class Operations:
         if self.pool is None:
             return
         with storage.wrapped(), self.pool.connection(timeout=DB_TIMEOUT_S) as conn:
-            rows = storage.running_jobs(conn)
+            rows = jobrows.running_jobs(conn)
         snap.gauges["node_import_oldest_running_job_age_seconds"] = \
             max((row["age_s"] for row in rows), default=0.0)
         for row in rows:

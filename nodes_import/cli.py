@@ -17,7 +17,7 @@ import orjson
 from psycopg_pool import ConnectionPool
 
 from nodes_import import config as config_mod
-from nodes_import import engine, logs, status, storage
+from nodes_import import engine, jobrows, logs, status, storage
 from nodes_import.config import Config
 from nodes_import.errors import ConfigError, NodesImportError
 from nodes_import.jobs import ImportJob, new_job_id
@@ -208,7 +208,7 @@ def jobs_list(ctx: click.Context, job_status: str | None, limit: int, dsn: str |
     cfg = _load(ctx, **{"database.dsn": dsn})
     try:
         with database(cfg, max_size=1) as pool, pool.connection() as conn:
-            rows = storage.list_jobs(conn, status=job_status.upper() if job_status else None,
+            rows = jobrows.list_jobs(conn, status=job_status.upper() if job_status else None,
                                      limit=limit)
     except NodesImportError as exc:
         _fail(str(exc))
@@ -231,8 +231,8 @@ def jobs_show(ctx: click.Context, job_id: Any, dsn: str | None, as_json: bool) -
     cfg = _load(ctx, **{"database.dsn": dsn})
     try:
         with database(cfg, max_size=1) as pool, pool.connection() as conn:
-            row = storage.get_job(conn, str(job_id))
-            failures = storage.job_failures(conn, str(job_id)) if row else []
+            row = jobrows.get_job(conn, str(job_id))
+            failures = jobrows.job_failures(conn, str(job_id)) if row else []
     except NodesImportError as exc:
         _fail(str(exc))
     if row is None:
@@ -269,7 +269,7 @@ class Duration(click.ParamType):
 @click.option("--older-than", "older_than", type=Duration(), required=True,
               help="Finished more than this long ago: 30d, 12h, 90m (a bare number is days).")
 @click.option("--status", "statuses", multiple=True,
-              type=click.Choice(storage.PURGEABLE, case_sensitive=False),
+              type=click.Choice(jobrows.PURGEABLE, case_sensitive=False),
               help="Only jobs of this status (repeatable; default COMPLETED and FAILED). "
                    "PENDING and PROCESSING jobs are never purged.")
 @click.option("--batch-size", default=500, show_default=True, type=click.IntRange(1, 100_000),
@@ -281,10 +281,10 @@ def jobs_purge(ctx: click.Context, older_than: float, statuses: tuple[str, ...],
                batch_size: int, dry_run: bool, dsn: str | None) -> None:
     """Delete finished jobs and their rejected rows (job_failures), in batches."""
     cfg = _load(ctx, **{"database.dsn": dsn})
-    wanted = tuple(s.upper() for s in statuses) or storage.PURGEABLE
+    wanted = tuple(s.upper() for s in statuses) or jobrows.PURGEABLE
     try:
         with database(cfg, max_size=1) as pool, pool.connection() as conn:
-            purged = storage.purge_jobs(conn, older_than_s=older_than, statuses=wanted,
+            purged = jobrows.purge_jobs(conn, older_than_s=older_than, statuses=wanted,
                                         batch_size=batch_size, dry_run=dry_run)
     except NodesImportError as exc:
         _fail(str(exc))

@@ -33,7 +33,7 @@ from typing import Any
 from psycopg_pool import ConnectionPool
 
 from nodes_import import deadletter as dl
-from nodes_import import errors, metrics, payload, status, storage, worker
+from nodes_import import errors, jobrows, metrics, payload, status, storage, worker
 from nodes_import.admin import Operations
 from nodes_import.admission import Admission
 from nodes_import.config import Config
@@ -207,23 +207,23 @@ class Daemon(JobEndings, OffsetsAndStop):
             return
         try:
             with self._conn() as conn:
-                storage.create_job(conn, job_id=job.job_id, group_id=job.group_id,
+                jobrows.create_job(conn, job_id=job.job_id, group_id=job.group_id,
                                    domain_id=job.domain_id, node_type=job.node_type,
                                    source=job.source_label)
-                claim = storage.claim_job(conn, job_id=job.job_id, owner=self.owner,
+                claim = jobrows.claim_job(conn, job_id=job.job_id, owner=self.owner,
                                           lease_ms=self.cfg.executor.lease_timeout_ms)
         except (errors.StorageError, OSError) as exc:
             self._later(slot, "cannot start the job; retrying", exc)
             return
         self.admission.database_ok()
-        if claim.outcome == storage.FINISHED:
+        if claim.outcome == jobrows.FINISHED:
             log.info("job already finished; skipped", extra={"fields": {
                 **slot.ctx(), "status": claim.status, "ranBy": claim.holder}})
             if claim.status == status.FAILED:
                 self._dead_letter_again(slot)
             else:
                 self._done(slot)
-        elif claim.outcome == storage.HELD:
+        elif claim.outcome == jobrows.HELD:
             if slot.waiting_for != claim.holder:
                 log.info("job leased by another daemon; waiting", extra={"fields": {
                     **slot.ctx(), "holder": claim.holder,
@@ -254,13 +254,13 @@ class Daemon(JobEndings, OffsetsAndStop):
         assert job is not None and self.db is not None
         try:
             with self._conn() as conn:
-                row = storage.create_job(conn, job_id=job.job_id, group_id=job.group_id,
+                row = jobrows.create_job(conn, job_id=job.job_id, group_id=job.group_id,
                                          domain_id=job.domain_id, node_type=job.node_type,
                                          source=job.source_label)
                 if row["status"] in status.TERMINAL:
                     self._done(slot)
                     return
-                row = storage.finish_job(conn, job_id=job.job_id, status=status.FAILED,
+                row = jobrows.finish_job(conn, job_id=job.job_id, status=status.FAILED,
                                          error=OVERLOADED) or row
         except (errors.StorageError, OSError) as exc:
             self._later(slot, "cannot record the rejected job; retrying", exc)

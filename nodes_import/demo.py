@@ -18,7 +18,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from nodes_import import sample, status, storage
+from nodes_import import jobrows, sample, status, storage
 from nodes_import.config import Config
 from nodes_import.consumer import Publisher, client_settings, submit
 from nodes_import.daemon import Daemon
@@ -83,7 +83,7 @@ def _wait_for(dsn: str, job_ids: list[str], thread: threading.Thread) -> list[di
     try:
         while time.monotonic() < deadline and thread.is_alive():
             with pool.connection() as conn:
-                rows = [storage.get_job(conn, j) for j in job_ids]
+                rows = [jobrows.get_job(conn, j) for j in job_ids]
             if all(r is not None and r["status"] in status.TERMINAL for r in rows):
                 return [r for r in rows if r is not None]
             time.sleep(0.2)

@@ -17,7 +17,7 @@ from contextlib import AbstractContextManager
 from typing import TYPE_CHECKING, Any
 
 from nodes_import import deadletter as dl
-from nodes_import import errors, metrics, status, storage
+from nodes_import import errors, jobrows, metrics, status
 from nodes_import.admission import Admission, is_outage
 from nodes_import.config import Config
 from nodes_import.consumer import OffsetTracker
@@ -121,7 +121,7 @@ class JobEndings:
         assert job is not None
         try:
             with self._conn() as conn:
-                row = storage.finish_job(conn, job_id=job.job_id, status=status.FAILED,
+                row = jobrows.finish_job(conn, job_id=job.job_id, status=status.FAILED,
                                          error=error) or {}
         except (errors.StorageError, OSError) as db_exc:
             slot.state = WAITING
@@ -150,7 +150,7 @@ class JobEndings:
         assert slot.job is not None
         try:
             with self._conn() as conn:
-                row = storage.get_job(conn, slot.job.job_id) or {}
+                row = jobrows.get_job(conn, slot.job.job_id) or {}
         except (errors.StorageError, OSError) as exc:
             self._later(slot, "cannot read the failed job; retrying", exc)
             return

@@ -30,7 +30,7 @@ import pyarrow as pa
 import pyarrow.csv as pacsv
 from psycopg_pool import ConnectionPool
 
-from nodes_import import metrics, retry, status, storage
+from nodes_import import jobrows, metrics, retry, status, storage
 from nodes_import.config import ImportConfig
 from nodes_import.errors import (JobRejectedError, JobTimeoutError, LeaseLostError,
                                  NodesImportError, PayloadError, StorageError,
@@ -284,7 +284,7 @@ def _finish(state: _Job, final: str, error: str | None,
     patient = dataclasses.replace(state.cfg.retry,
                                   max_attempts=state.cfg.retry.max_attempts * FINISH_PATIENCE)
     row = retry.call(patient, lambda: _with_conn(
-        state, lambda conn: storage.finish_job(conn, job_id=job.job_id, status=final,
+        state, lambda conn: jobrows.finish_job(conn, job_id=job.job_id, status=final,
                                                error=error)), context=state.ctx)
     row = row or {}
     duration = round(time.monotonic() - state.progress.started, 3)
@@ -309,25 +309,25 @@ def run_import(job: ImportJob, cfg: ImportConfig, pool: ConnectionPool, *,
                cancel: threading.Event | None = None) -> JobOutcome:
     """Run ``job`` to COMPLETED or FAILED (or leave it PROCESSING if ``cancel`` is set)."""
     state = _Job(job, cfg, pool, on_progress, cancel)
-    retry.call(cfg.retry, lambda: _with_conn(state, lambda conn: storage.create_job(
+    retry.call(cfg.retry, lambda: _with_conn(state, lambda conn: jobrows.create_job(
         conn, job_id=job.job_id, group_id=job.group_id, domain_id=job.domain_id,
         node_type=job.node_type, source=job.source_label)), context=state.ctx)
     # 1. the source: unreadable means FAILED before anything is written
     try:
         batches, header, size = _open_batches(state)
     except PayloadError as exc:
-        retry.call(cfg.retry, lambda: _with_conn(state, lambda conn: storage.start_job(
+        retry.call(cfg.retry, lambda: _with_conn(state, lambda conn: jobrows.start_job(
             conn, job_id=job.job_id, partitions=1, source_bytes=None,
             claimed_by=job.claimed_by, resume_failed=job.resume_failed)), context=state.ctx)
         return _finish(state, status.FAILED, str(exc), type(exc).__name__, exc)
     state.progress.source_bytes = size
     state.columns = encode.staged_columns(header)
     # 2. PROCESSING, and where a previous attempt stopped
-    checkpoint = retry.call(cfg.retry, lambda: _with_conn(state, lambda conn: storage.start_job(
+    checkpoint = retry.call(cfg.retry, lambda: _with_conn(state, lambda conn: jobrows.start_job(
         conn, job_id=job.job_id, partitions=cfg.max_parallel_futures, source_bytes=size,
         claimed_by=job.claimed_by, resume_failed=job.resume_failed)), context=state.ctx)
     if checkpoint is None:
-        row = _with_conn(state, lambda conn: storage.get_job(conn, job.job_id)) or {}
+        row = _with_conn(state, lambda conn: jobrows.get_job(conn, job.job_id)) or {}
         log.info("job already finished; skipped", extra={"fields": state.ctx})
         return JobOutcome(job.job_id, str(row.get("status")), row.get("error"), row)
     state.new_id = _with_conn(state, storage.new_id_function)
@@ -369,6 +369,6 @@ def run_import(job: ImportJob, cfg: ImportConfig, pool: ConnectionPool, *,
                        state.fatal)
     if state.cancel.is_set():
         log.info("job interrupted; it resumes from its checkpoint", extra={"fields": state.ctx})
-        row = _with_conn(state, lambda conn: storage.get_job(conn, job.job_id)) or {}
+        row = _with_conn(state, lambda conn: jobrows.get_job(conn, job.job_id)) or {}
         return JobOutcome(job.job_id, status.PROCESSING, None, row)
     return _finish(state, status.COMPLETED, None)

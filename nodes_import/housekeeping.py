@@ -6,7 +6,7 @@
    ``node_import_oldest_running_job_age_seconds`` carries the rest);
 2. when ``node.import.retention.enabled`` and the retention interval has passed, deletes
    COMPLETED/FAILED jobs finished more than ``node.import.retention.days`` ago, with
-   their job_failures rows, in batches (``storage.purge_jobs``; ``jobs purge`` by hand).
+   their job_failures rows, in batches (``jobrows.purge_jobs``; ``jobs purge`` by hand).
 
 A database error is logged and the next check tries again; it never stops the daemon.
 """
@@ -19,7 +19,7 @@ import time
 
 from psycopg_pool import ConnectionPool
 
-from nodes_import import metrics, storage
+from nodes_import import jobrows, metrics
 from nodes_import.config import OperationsConfig
 from nodes_import.errors import StorageError
 
@@ -63,7 +63,7 @@ class Housekeeper(threading.Thread):
     def check_long_running(self) -> list[str]:
         """Warn once about each PROCESSING job past the threshold; returns their ids."""
         with self.pool.connection() as conn:
-            rows = storage.running_jobs(conn)
+            rows = jobrows.running_jobs(conn)
         running = {row["id"] for row in rows}
         self.warned &= running  # finished jobs leave the set: it stays small
         late = []
@@ -81,11 +81,11 @@ class Housekeeper(threading.Thread):
                     "thresholdS": self.warn_after_s}})
         return late
 
-    def purge(self) -> storage.Purged:
+    def purge(self) -> jobrows.Purged:
         """Delete the finished jobs past the retention period."""
         started = time.monotonic()
         with self.pool.connection() as conn:
-            purged = storage.purge_jobs(conn, older_than_s=self.ops.retention_days * DAY_S,
+            purged = jobrows.purge_jobs(conn, older_than_s=self.ops.retention_days * DAY_S,
                                         batch_size=self.ops.retention_batch_size)
         metrics.jobs_purged(purged.jobs)
         if purged.jobs:

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING
 from psycopg_pool import ConnectionPool
 
 from nodes_import import deadletter as dl
-from nodes_import import errors, storage
+from nodes_import import errors, jobrows
 from nodes_import.admin import Operations
 from nodes_import.config import Config
 from nodes_import.consumer import TP, JobConsumer, OffsetTracker, Publisher
@@ -109,7 +109,7 @@ class OffsetsAndStop:
         if self.db is not None:
             try:
                 with self.db.connection() as conn:
-                    storage.release_leases(conn, owner=self.owner)
+                    jobrows.release_leases(conn, owner=self.owner)
             except (errors.StorageError, OSError) as exc:
                 log.warning("cannot release leases", extra={"fields": {"error": str(exc)}})
         if self.consumer is not None:

@@ -18,7 +18,7 @@ from typing import Any
 
 from psycopg_pool import ConnectionPool
 
-from nodes_import import storage
+from nodes_import import jobrows, storage
 from nodes_import.consumer import Delivery
 from nodes_import.deadletter import Failure
 from nodes_import.errors import StorageError
@@ -82,6 +82,6 @@ class Heartbeat(threading.Thread):
                 ids = sorted(self.job_ids)
             try:  # wrapped: a pool timeout while the database is away must not end the thread
                 with storage.wrapped(), self.pool.connection() as conn:
-                    storage.renew_leases(conn, job_ids=ids, owner=self.owner)
+                    jobrows.renew_leases(conn, job_ids=ids, owner=self.owner)
             except (StorageError, OSError) as exc:  # the next beat tries again
                 log.warning("lease renewal failed", extra={"fields": {"error": str(exc)}})

@@ -21,7 +21,7 @@ from typing import Any
 
 from psycopg_pool import ConnectionPool
 
-from nodes_import import engine, logs, metrics, status, storage
+from nodes_import import engine, jobrows, logs, metrics, status, storage
 from nodes_import.config import ImportConfig
 from nodes_import.errors import NodesImportError
 from nodes_import.jobs import ImportJob, JobOutcome
@@ -143,7 +143,7 @@ def _fail(job: ImportJob, exc: Exception) -> JobOutcome:
     row: dict[str, Any] = {}
     try:
         with _open_pool().connection() as conn:
-            row = storage.finish_job(conn, job_id=job.job_id, status=status.FAILED,
+            row = jobrows.finish_job(conn, job_id=job.job_id, status=status.FAILED,
                                      error=error) or {}
     except Exception:  # the database is gone too: the daemon retries the job later
         log.exception("cannot record the crash", extra={"fields": {"jobId": job.job_id}})

@@ -12,7 +12,7 @@ from pathlib import Path
 import click
 import pytest
 
-from nodes_import import storage
+from nodes_import import jobrows
 from nodes_import.cli import Duration
 from nodes_import.config import OperationsConfig
 from nodes_import.housekeeping import Housekeeper
@@ -52,10 +52,10 @@ def test_purge_deletes_old_finished_jobs_and_their_failures_in_batches(db: Datab
     old_running = add_job(db, "PROCESSING", age_days=90)
     old_pending = add_job(db, "PENDING", age_days=90)
     with db.pool.connection() as conn:
-        dry = storage.purge_jobs(conn, older_than_s=30 * 86400, dry_run=True)
+        dry = jobrows.purge_jobs(conn, older_than_s=30 * 86400, dry_run=True)
         assert (dry.jobs, dry.failures) == (4, 11)
         assert len(remaining(db)) == 7  # a dry run deletes nothing
-        purged = storage.purge_jobs(conn, older_than_s=30 * 86400, batch_size=2)
+        purged = jobrows.purge_jobs(conn, older_than_s=30 * 86400, batch_size=2)
     assert (purged.jobs, purged.failures) == (4, 11)
     assert remaining(db) == {recent, old_running, old_pending}
     assert db.scalar("SELECT count(*) FROM job_failures") == 1
@@ -66,9 +66,9 @@ def test_purge_by_status_and_never_running_jobs(db: Database) -> None:
     done = add_job(db, "COMPLETED", age_days=40)
     failed = add_job(db, "FAILED", age_days=40)
     with db.pool.connection() as conn:
-        assert storage.purge_jobs(conn, older_than_s=86400, statuses=["FAILED"]).jobs == 1
+        assert jobrows.purge_jobs(conn, older_than_s=86400, statuses=["FAILED"]).jobs == 1
         with pytest.raises(ValueError, match="only finished jobs can be purged"):
-            storage.purge_jobs(conn, older_than_s=86400, statuses=["PROCESSING"])
+            jobrows.purge_jobs(conn, older_than_s=86400, statuses=["PROCESSING"])
     assert remaining(db) == {done}
     assert failed not in remaining(db)
 

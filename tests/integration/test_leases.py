@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import uuid
 
-from nodes_import import storage
+from nodes_import import jobrows
 from tests.fixtures.postgres import Database
 
 DOMAIN = "3f1c1a3e-2b9d-4c55-9a57-0d3c6a1f0b21"
@@ -14,22 +14,22 @@ LEASE_MS = 30_000
 def _job(db: Database) -> str:
     job_id = str(uuid.uuid4())
     with db.pool.connection() as conn:
-        storage.create_job(conn, job_id=job_id, group_id="g", domain_id=DOMAIN,
+        jobrows.create_job(conn, job_id=job_id, group_id="g", domain_id=DOMAIN,
                            node_type="USER", source="reference-ids")
     return job_id
 
 
-def _claim(db: Database, job_id: str, owner: str) -> storage.Claim:
+def _claim(db: Database, job_id: str, owner: str) -> jobrows.Claim:
     with db.pool.connection() as conn:
-        return storage.claim_job(conn, job_id=job_id, owner=owner, lease_ms=LEASE_MS)
+        return jobrows.claim_job(conn, job_id=job_id, owner=owner, lease_ms=LEASE_MS)
 
 
 def test_a_fresh_lease_keeps_other_daemons_waiting_but_not_its_owner(db: Database) -> None:
     job = _job(db)
-    assert _claim(db, job, "a:1").outcome == storage.CLAIMED
+    assert _claim(db, job, "a:1").outcome == jobrows.CLAIMED
     held = _claim(db, job, "b:2")
-    assert (held.outcome, held.holder) == (storage.HELD, "a:1")
-    assert _claim(db, job, "a:1").outcome == storage.CLAIMED  # renewing is claiming again
+    assert (held.outcome, held.holder) == (jobrows.HELD, "a:1")
+    assert _claim(db, job, "a:1").outcome == jobrows.CLAIMED  # renewing is claiming again
 
 
 def test_an_expired_lease_is_taken_over_and_the_new_owner_recorded(db: Database) -> None:
@@ -37,7 +37,7 @@ def test_an_expired_lease_is_taken_over_and_the_new_owner_recorded(db: Database)
     _claim(db, job, "a:1")
     db.query("UPDATE job_status SET heartbeat_at = now() - interval '31 seconds'"
              " WHERE id = %s RETURNING 1", (job,))
-    assert _claim(db, job, "b:2").outcome == storage.CLAIMED
+    assert _claim(db, job, "b:2").outcome == jobrows.CLAIMED
     assert db.scalar("SELECT claimed_by FROM job_status WHERE id = %s", (job,)) == "b:2"
 
 
@@ -45,9 +45,9 @@ def test_a_finished_job_is_never_claimed_and_keeps_who_ran_it(db: Database) -> N
     job = _job(db)
     _claim(db, job, "a:1")
     with db.pool.connection() as conn:
-        storage.finish_job(conn, job_id=job, status="COMPLETED")
+        jobrows.finish_job(conn, job_id=job, status="COMPLETED")
     claim = _claim(db, job, "b:2")
-    assert (claim.outcome, claim.status, claim.holder) == (storage.FINISHED, "COMPLETED", "a:1")
+    assert (claim.outcome, claim.status, claim.holder) == (jobrows.FINISHED, "COMPLETED", "a:1")
 
 
 def test_renewal_touches_only_the_owners_unfinished_jobs(db: Database) -> None:
@@ -56,14 +56,14 @@ def test_renewal_touches_only_the_owners_unfinished_jobs(db: Database) -> None:
     _claim(db, theirs, "b:2")
     db.query("UPDATE job_status SET heartbeat_at = now() - interval '1 hour' RETURNING 1")
     with db.pool.connection() as conn:
-        assert storage.renew_leases(conn, job_ids=[mine, theirs], owner="a:1") == 1
-    assert _claim(db, theirs, "a:1").outcome == storage.CLAIMED  # b's lease had expired
-    assert _claim(db, mine, "b:2").outcome == storage.HELD
+        assert jobrows.renew_leases(conn, job_ids=[mine, theirs], owner="a:1") == 1
+    assert _claim(db, theirs, "a:1").outcome == jobrows.CLAIMED  # b's lease had expired
+    assert _claim(db, mine, "b:2").outcome == jobrows.HELD
 
 
 def test_released_leases_can_be_taken_at_once(db: Database) -> None:
     job = _job(db)
     _claim(db, job, "a:1")
     with db.pool.connection() as conn:
-        assert storage.release_leases(conn, owner="a:1") == 1
-    assert _claim(db, job, "b:2").outcome == storage.CLAIMED
+        assert jobrows.release_leases(conn, owner="a:1") == 1
+    assert _claim(db, job, "b:2").outcome == jobrows.CLAIMED
