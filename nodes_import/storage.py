@@ -1,6 +1,6 @@
-"""Storage: every SQL statement of nodes-import, and the connection pool.
+"""Storage: connections, the schema, and the batch write (the hot path's SQL).
 
-One batch is one transaction (``write_part``): COPY into a per-connection temp table,
+Job rows, leases and housekeeping queries are in ``jobrows``. One batch is one transaction (``write_part``): COPY into a per-connection temp table,
 one upsert statement for ``nodes`` and ``node_metadata`` that skips unchanged rows, the
 rejected rows into ``job_failures``, and the job's counters and checkpoint. The counters
 therefore never disagree with the rows they count.
