@@ -6,7 +6,13 @@ the same server, from the same file (see README.md). Modes:
 - ``--quick``   100,000 rows, a 3x3 sweep on 50,000 rows, no profile: < 3 minutes;
 - (default)     1,000,000 rows, the full sweep on 250,000 rows, extras, the profile;
 - ``--large``   the default plus a 10,000,000-row fresh import (peak RSS);
-- ``--rss-rows N`` a fresh import of N rows for the client's peak RSS.
+- ``--rss-rows N`` a fresh import of N rows for the client's peak RSS;
+- ``--daemon-only`` only the daemon step (``--no-daemon``: everything but it).
+
+The daemon step (``benchmarks/daemon_burst.py``) runs ``nodes-import run`` on the same
+server with a local Tansu broker: 200 small jobs on 4 partitions (jobs/s, latency from
+produce to ``finished_at`` p50/p95), then 4 large file jobs produced at once (4 x 250,000
+rows; 4 x 25,000 with ``--quick``).
 
 Scenarios run on the engine as it is; with ``--proposal NAME`` they run again with that
 proposal of ``benchmarks/proposals.py`` applied (labelled ``[NAME]``), and the extras,
@@ -26,14 +32,18 @@ from typing import Any
 
 import orjson
 
-from benchmarks import baselines, generate, imports, profile_import, sweep
-from benchmarks.harness import BenchServer, Result
+from benchmarks import baselines, daemon_burst, generate, imports, profile_import, sweep
+from benchmarks.harness import BenchServer, Result, meter
 
 B_NAME = "B: COPY, 3 indexes"
 # Targets of issue 6: scenario name prefix -> minimum ratio to B.
 RATIO_TARGETS = {"fresh import": 0.6, "re-import unchanged": 0.8, "re-import 100% changed": 0.35}
 CPU_TARGET_PER_M = 1.5  # client CPU seconds per 1M rows
 RSS_TARGET_MB = 300
+DAEMON_P50_TARGET_MS = 200
+DAEMON_JOBS, DAEMON_IDS = 200, 5  # the burst: 200 small jobs of 5 reference IDs
+DAEMON_PACED_RATE = 20  # jobs/s: well under capacity, so latency is one job's own time
+LARGE_JOBS = 4
 
 
 def machine() -> dict[str, Any]:
@@ -107,10 +117,10 @@ def verdicts(results: list[Result]) -> list[dict[str, Any]]:
         if r.name.startswith("re-import unchanged"):
             add(f"{r.name}: no new row versions", r.new_row_versions, r.new_row_versions == 0)
         if r.name.startswith("fresh import") and r.ok and r.rows >= 1_000_000:
-            if seed and seed.rows_per_s:
+            if seed and seed.rows_per_s and seed.rows == r.rows:  # same file only
                 ratio = round(r.rows_per_s / seed.rows_per_s, 2)
                 add(f"{r.name}: >= 1.5x seed design", ratio, ratio >= 1.5)
-            if naive and naive.rows_per_s:
+            if naive and naive.rows_per_s and naive.rows == r.rows:
                 ratio = round(r.rows_per_s / naive.rows_per_s, 2)
                 add(f"{r.name}: >= 3x naive", ratio, ratio >= 3)
         if r.client_cpu_s is not None and r.ok and r.name.startswith("fresh import") \
@@ -121,8 +131,77 @@ def verdicts(results: list[Result]) -> list[dict[str, Any]]:
         if r.rows >= 5_000_000 and r.client_peak_rss_mb is not None:
             add(f"{r.name}: peak RSS < {RSS_TARGET_MB} MB", r.client_peak_rss_mb,
                 r.client_peak_rss_mb < RSS_TARGET_MB)
+    for r in results:
+        if r.kind == "daemon" and r.params.get("small") and r.params.get("p50_ms") is not None:
+            add(f"{r.name}: median latency < {DAEMON_P50_TARGET_MS} ms", r.params["p50_ms"],
+                r.ok and r.params["p50_ms"] < DAEMON_P50_TARGET_MS)
     del by_name
     return out
+
+
+def daemon_step(server: BenchServer, data_dir: Path, quick: bool) -> list[Result]:
+    """Scenario 5: the daemon, a burst of small jobs and 4 large jobs at once."""
+    out = []
+    large_rows = 25_000 if quick else 250_000
+    path = generate.ensure(data_dir, "new", large_rows)
+    schema = server.new_schema("daemon")
+    try:
+        with daemon_burst.rig(server.schema_dsn(schema),
+                              allowed_roots=[str(path.parent)]) as rig:
+            for rate in (0, DAEMON_PACED_RATE):
+                how = "at once" if not rate else f"paced {rate:g}/s"
+                small = Result(f"daemon: {DAEMON_JOBS} small jobs ({DAEMON_IDS} IDs), "
+                               f"{daemon_burst.PARTITIONS} partitions, {how}", "daemon",
+                               DAEMON_JOBS * DAEMON_IDS, 0)
+                server.settle(schema)
+                with meter(server, schema, small):  # it prints the result at its end
+                    f = rig.burst(f"small{rate:g}", DAEMON_JOBS, DAEMON_IDS, rate=rate)
+                    small.seconds = f["wall_s"]
+                    small.ok = (f["completed"] == DAEMON_JOBS
+                                and f["nodes"] == f["nodes_expected"])
+                small.client_cpu_s = f["client_cpu_s"]
+                small.client_peak_rss_mb = round(f["daemon_rss_mb"] + f["workers_rss_mb"], 1)
+                small.params = {**f, "small": True, "workers": rig.workers, "rate": rate}
+                small.notes = (f"{f['jobs_per_s']} jobs/s, p50 {f['p50_ms']} ms, "
+                               f"p95 {f['p95_ms']} ms")
+                out.append(small)
+            large = Result(f"daemon: {LARGE_JOBS} x {large_rows:,}-row file jobs at once",
+                           "daemon", LARGE_JOBS * large_rows, 0,
+                           LARGE_JOBS * path.stat().st_size)
+            server.settle(schema)
+            with meter(server, schema, large):
+                f = rig.large_jobs("large", path, LARGE_JOBS, large_rows)
+                large.seconds = f["wall_s"]
+                large.ok = f["completed"] == LARGE_JOBS
+            large.client_cpu_s = f["client_cpu_s"]
+            large.client_peak_rss_mb = round(f["peak_daemon_rss_mb"]
+                                             + f["peak_workers_rss_mb"], 1)
+            large.params = {**f, "workers": rig.workers}
+            large.notes = (f"{f['rows_per_s']:,.0f} rows/s, job latency p50 "
+                           f"{(f['p50_ms'] or 0) / 1000:.1f} s, "
+                           f"max {(f['max_ms'] or 0) / 1000:.1f} s")
+            out.append(large)
+    finally:
+        server.drop_schema(schema)
+    return out
+
+
+def daemon_table(results: list[Result]) -> str:
+    """The daemon step's own figures."""
+    lines = [("| daemon scenario | jobs | wall s | jobs/s | p50 ms | p95 ms | max ms | rows/s "
+              "| x B | daemon+workers CPU s | peak RSS MB daemon / workers | ok |"),
+             "|" + "---|" * 12]
+    for r in results:
+        if r.kind != "daemon":
+            continue
+        p = r.params
+        rss = (f"{p.get('peak_daemon_rss_mb', p.get('daemon_rss_mb'))} / "
+               f"{p.get('peak_workers_rss_mb', p.get('workers_rss_mb'))}")
+        lines.append(f"| {r.name} | {p.get('jobs')} | {r.seconds:.2f} | {p.get('jobs_per_s')} "
+                     f"| {p.get('p50_ms')} | {p.get('p95_ms')} | {p.get('max_ms')} "
+                     f"| {r.rows_per_s:,.0f} | {_fmt(r.ratio_b, '.2f')} "
+                     f"| {_fmt(r.client_cpu_s, '.2f')} | {rss} | {'yes' if r.ok else 'NO'} |")
+    return "\n".join(lines)
 
 
 def chart(results: list[Result], path: Path) -> str | None:
@@ -182,6 +261,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-sweep", action="store_true")
     parser.add_argument("--no-profile", action="store_true")
     parser.add_argument("--no-baselines", action="store_true")
+    parser.add_argument("--no-daemon", action="store_true", help="skip the daemon step")
+    parser.add_argument("--daemon-only", action="store_true",
+                        help="B and the daemon step only")
     parser.add_argument("--proposal", default="none",
                         choices=["none", "lateral", "no-analyze", "lateral-no-analyze"])
     parser.add_argument("--timeout", type=float, default=None,
@@ -202,8 +284,11 @@ def main(argv: list[str] | None = None) -> int:
             "rows": rows}
     print(f"nodes-import benchmarks, {info['mode']} mode, {rows:,} rows; data in "
           f"{args.data_dir}", file=sys.stderr)
+    if args.daemon_only:
+        args.no_sweep = args.no_profile = True
     for variant in ("new", "changed10", "changed100", "ids"):
-        generate.ensure(args.data_dir, variant, rows)
+        if not args.daemon_only:
+            generate.ensure(args.data_dir, variant, rows)
     results: list[Result] = []
     prof: dict[str, Any] | None = None
     with BenchServer() as server:
@@ -216,15 +301,27 @@ def main(argv: list[str] | None = None) -> int:
                     {**info, "partial": True, "results": [r.as_dict() for r in results]},
                     option=orjson.OPT_INDENT_2))
 
-        if not args.no_baselines:
+        if args.daemon_only:
+            step("B (for the ratios)")
+            results.append(baselines.copy_b(server, baselines.prepare(
+                generate.ensure(args.data_dir, "new", rows))))
+        elif not args.no_baselines:
             step("baselines")
             results += baselines.run_all(server, generate.ensure(args.data_dir, "new", rows),
                                          extra_b=not args.quick)
-        step("scenarios, engine as it is")
-        results += imports.run_all(server, args.data_dir, rows, timeout_s=timeout,
-                                   extras=not args.quick and not proposal,
-                                   rss_rows=0 if proposal else rss_rows)
-        if proposal:
+        if not args.daemon_only:
+            step("scenarios, engine as it is")
+            results += imports.run_all(server, args.data_dir, rows, timeout_s=timeout,
+                                       extras=not args.quick and not proposal,
+                                       rss_rows=0 if proposal else rss_rows)
+        if not args.no_daemon:
+            step("daemon: small-job burst, large jobs at once")
+            try:
+                results += daemon_step(server, args.data_dir, args.quick)
+            except Exception as exc:  # noqa: BLE001  # the figures so far still get reported
+                print(f"daemon step failed: {type(exc).__name__}: {exc}", file=sys.stderr)
+                info["daemon_error"] = f"{type(exc).__name__}: {exc}"
+        if proposal and not args.daemon_only:
             step(f"scenarios, engine + [{proposal}]")
             results += imports.run_all(server, args.data_dir, rows, proposal=proposal,
                                        extras=not args.quick, rss_rows=rss_rows)
@@ -243,6 +340,9 @@ def main(argv: list[str] | None = None) -> int:
             except Exception as exc:  # noqa: BLE001  # the figures so far still get reported
                 prof = {"skipped": f"profile failed: {type(exc).__name__}: {exc}"}
     with_ratios([r for r in results if r.kind != "sweep"])
+    for r in results:
+        if r.kind == "daemon" and r.params.get("small"):
+            r.ratio_b = None  # 5 IDs a job: per-job overhead, not a load rate
     with_ratios_sweep = [r for r in results if r.kind == "sweep"]
     sweep_b_rate = next((r.rows_per_s for r in with_ratios_sweep if r.name.startswith("B on")), 0)
     for r in with_ratios_sweep:
@@ -250,9 +350,12 @@ def main(argv: list[str] | None = None) -> int:
             r.ratio_b = round(r.rows_per_s / sweep_b_rate, 3)
     checks = verdicts(results)
     info["seconds"] = round(time.monotonic() - started, 1)
+    info["machine"]["load_avg_end"] = os.getloadavg()
     print(f"\n{info['date']}  {info['machine']['cpu']}, {info['machine']['cores']} cores, "
           f"PostgreSQL {info.get('postgres')}  ({info['seconds']} s)\n")
     print(table(results))
+    if any(r.kind == "daemon" for r in results):
+        print("\n" + daemon_table(results))
     if not checks:
         print("\ntargets (issue 6) are judged at 1,000,000 rows or more: none judged here.")
     else:

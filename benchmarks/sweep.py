@@ -17,8 +17,13 @@ from pathlib import Path
 from benchmarks import generate
 from benchmarks.harness import BenchServer, Result
 from benchmarks.imports import import_once
+from nodes_import.config import KEYS
 
-FULL_BATCHES = [500, 5_000, 20_000, 50_000, 100_000]
+# The engine's default block size: the batch x parallelism grid runs with it, so the
+# block-size points measure only the other sizes.
+DEFAULT_BLOCK = KEYS["node.import.block-size-bytes"][1]
+
+FULL_BATCHES = [500, 5_000, 20_000, 25_000, 50_000, 100_000]
 FULL_PARALLEL = [1, 2, 3, 4]
 FULL_BLOCKS = [1 << 20, 4 << 20, 16 << 20]
 QUICK_BATCHES = [500, 10_000, 50_000]
@@ -34,7 +39,7 @@ def run_sweep(server: BenchServer, data_dir: Path, rows: int, *, quick: bool = F
         for b in (QUICK_BATCHES if quick else FULL_BATCHES)
         for p in (QUICK_PARALLEL if quick else FULL_PARALLEL)]
     if not quick:
-        points += [{"block_size": size} for size in FULL_BLOCKS if size != 4 << 20]
+        points += [{"block_size": size} for size in FULL_BLOCKS if size != DEFAULT_BLOCK]
     results = []
     for settings in points:
         schema = server.new_schema("sweep")
