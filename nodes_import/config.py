@@ -67,7 +67,7 @@ KEYS: dict[str, tuple[Any, Any]] = {
     "node.import.breaker.failure-threshold": (int, 3),
     "node.import.breaker.probe-initial.ms": (int, 1_000),
     "node.import.breaker.probe-max.ms": (int, 30_000),
-    "node.import.batch.size": (int, 25_000),
+    "node.import.batch.size": (int, 35_000),
     "node.import.block-size-bytes": (int, 1 << 20),
     "node.import.retry.max-attempts": (int, 3),
     "node.import.retry.initial-interval": (int, 1000),
@@ -117,7 +117,7 @@ class RetryConfig:
 class ImportConfig:
     """How one job is read and written. Crosses the process boundary: primitives only."""
 
-    batch_size: int = 25_000
+    batch_size: int = 35_000
     block_size_bytes: int = 1 << 20
     max_parallel_futures: int = 2
     batch_timeout_ms: int = 120_000
