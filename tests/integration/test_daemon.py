@@ -374,24 +374,27 @@ def test_two_daemons_split_the_partitions_and_one_finishes_the_work_of_the_other
 
 def test_after_a_rebalance_the_new_owner_waits_for_a_live_lease_and_never_runs_a_job_twice(
         daemons: Daemons, kafka: KafkaTest, db: Database, tmp_path: Path) -> None:
+    # Jobs long enough (2,000-row batches, one writer) to still run when the rebalance,
+    # ~1-3 s on Tansu, hands a partition to the second daemon: 60k rows raced it.
+    rows = 150_000
     kafka.create_topic(partitions=2)
     first = daemons.start()
     jobs = [str(uuid.uuid4()) for _ in range(2)]
     for n, job in enumerate(jobs):
-        users = write_users(tmp_path / f"u{n}.csv.gz", 60_000, start=n * 60_000)
+        users = write_users(tmp_path / f"u{n}.csv.gz", rows, start=n * rows)
         kafka.send(job_message(file=str(users), job_id=job), partition=n)
     wait_until(lambda: all((job_row(db, j) or {}).get("rows_committed", 0) > 0 for j in jobs),
                30, "both jobs running on the first daemon")
     second = daemons.start()  # the group rebalances: one partition moves to it
     for job in jobs:
         row = wait_status(db, job)
-        assert (row["total"], row["inserted"], row["attempts"]) == (60_000, 60_000, 1)
+        assert (row["total"], row["inserted"], row["attempts"]) == (rows, rows, 1)
         assert str(row["claimed_by"]).endswith(f":{first.pid}")
     assert second.events("job leased by another daemon; waiting")
     wait_until(lambda: second.events("job already finished; skipped"), 20,
                "the new owner skipping the finished job")
     wait_until(lambda: kafka.committed(partitions=2) == {0: 1, 1: 1}, 20, "both committed")
-    assert db.scalar("SELECT count(*) FROM nodes") == 120_000
+    assert db.scalar("SELECT count(*) FROM nodes") == 2 * rows
 
 
 def test_dlq_replay_with_a_new_job_id_reruns_a_job_once_its_problem_is_fixed(
