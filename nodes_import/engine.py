@@ -285,8 +285,14 @@ def _finish(state: _Job, final: str, error: str | None,
                                   max_attempts=state.cfg.retry.max_attempts * FINISH_PATIENCE)
     row = retry.call(patient, lambda: _with_conn(
         state, lambda conn: jobrows.finish_job(conn, job_id=job.job_id, status=final,
-                                               error=error)), context=state.ctx)
+                                               error=error, owner=job.claimed_by)),
+        context=state.ctx)
     row = row or {}
+    if job.claimed_by is not None and row.get("status") not in status.TERMINAL:
+        # fenced: another daemon took the job over; it records the end, not us
+        log.warning("job taken over by another runner; its end is theirs to record",
+                    extra={"fields": {**state.ctx, "claimedBy": row.get("claimed_by")}})
+        return JobOutcome(job.job_id, status.PROCESSING, "lease lost", row)
     duration = round(time.monotonic() - state.progress.started, 3)
     fields = {**state.ctx, "status": row.get("status", final), "durationS": duration,
               "total": row.get("total_nodes"), "success": row.get("success_count"),

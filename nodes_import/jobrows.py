@@ -65,13 +65,20 @@ def start_job(conn: psycopg.Connection[Any], *, job_id: str, partitions: int,
 
 
 def finish_job(conn: psycopg.Connection[Any], *, job_id: str, status: str,
-               error: str | None = None) -> dict[str, Any] | None:
-    """PROCESSING (or PENDING) -> COMPLETED/FAILED; return the final row."""
+               error: str | None = None, owner: str | None = None) -> dict[str, Any] | None:
+    """PROCESSING (or PENDING) -> COMPLETED/FAILED; return the row as it is afterwards.
+
+    With ``owner`` (a daemon's ``host:pid``) the job ends only while that daemon still holds
+    it, like every batch write: a runner whose job was taken over leaves the ending to the
+    new owner, and the returned row is still PROCESSING.
+    """
+    fence = "" if owner is None else " AND claimed_by IS NOT DISTINCT FROM %s"
+    params: tuple[Any, ...] = (status, error, job_id) + (() if owner is None else (owner,))
     with wrapped(), conn.transaction():
         conn.execute(
             "UPDATE job_status SET status = %s, error = %s, finished_at = now(),"
-            " updated_at = now() WHERE id = %s AND status IN ('PENDING', 'PROCESSING')",
-            (status, error, job_id))
+            " updated_at = now() WHERE id = %s AND status IN ('PENDING', 'PROCESSING')"
+            + fence, params)  # type: ignore[arg-type]  # constant SQL, parameters apart
     return get_job(conn, job_id)
 
 

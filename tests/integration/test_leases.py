@@ -67,3 +67,18 @@ def test_released_leases_can_be_taken_at_once(db: Database) -> None:
     with db.pool.connection() as conn:
         assert jobrows.release_leases(conn, owner="a:1") == 1
     assert _claim(db, job, "b:2").outcome == jobrows.CLAIMED
+
+
+def test_a_runner_that_lost_its_lease_cannot_end_the_job(db: Database) -> None:
+    job = str(uuid.uuid4())
+    with db.pool.connection() as conn:
+        jobrows.create_job(conn, job_id=job, group_id="g", domain_id=str(uuid.uuid4()),
+                           node_type="USER", source="f.csv")
+        jobrows.start_job(conn, job_id=job, partitions=1, source_bytes=None,
+                          claimed_by="old:1")
+        conn.execute("UPDATE job_status SET claimed_by = 'new:2' WHERE id = %s", (job,))
+        conn.commit()
+        row = jobrows.finish_job(conn, job_id=job, status="COMPLETED", owner="old:1")
+        assert row is not None and row["status"] == "PROCESSING"
+        row = jobrows.finish_job(conn, job_id=job, status="COMPLETED", owner="new:2")
+        assert row is not None and row["status"] == "COMPLETED"
