@@ -159,15 +159,22 @@ def test_a_redelivered_message_does_not_import_again(
     assert db.scalar("SELECT count(*) FROM nodes") == 1002
 
 
-def test_sigterm_drains_in_flight_batches_exits_0_and_the_job_resumes_on_the_next_start(
-        daemons: Daemons, kafka: KafkaTest, db: Database, tmp_path: Path) -> None:
-    kafka.create_topic()
-    daemon = daemons.start()
+def _send_big_job_and_wait_for_its_first_batches(kafka: KafkaTest, db: Database,
+                                                 tmp_path: Path) -> str:
+    """A 60,000-row job, sent and running (some batches committed); returns its id."""
     users = write_users(tmp_path / "big.csv.gz", 60_000)
     job = str(uuid.uuid4())
     kafka.send(job_message(file=str(users), job_id=job))
     wait_until(lambda: (job_row(db, job) or {}).get("rows_committed", 0) > 0, 30,
                "the first batches committed")
+    return job
+
+
+def test_sigterm_drains_in_flight_batches_exits_0_and_the_job_resumes_on_the_next_start(
+        daemons: Daemons, kafka: KafkaTest, db: Database, tmp_path: Path) -> None:
+    kafka.create_topic()
+    daemon = daemons.start()
+    job = _send_big_job_and_wait_for_its_first_batches(kafka, db, tmp_path)
     daemon.signal(signal.SIGTERM)
     assert daemon.wait(20) == 0, daemon.log_text()
     row = job_row(db, job)
@@ -186,11 +193,7 @@ def test_a_second_signal_exits_at_once_and_takes_the_workers_along(
     kafka.create_topic()
     daemon = daemons.start(node={"import": {"drain-timeout": {"ms": 60_000}}})
     workers = psutil.Process(daemon.pid).children()
-    users = write_users(tmp_path / "big.csv.gz", 60_000)
-    job = str(uuid.uuid4())
-    kafka.send(job_message(file=str(users), job_id=job))
-    wait_until(lambda: (job_row(db, job) or {}).get("rows_committed", 0) > 0, 30,
-               "the first batches committed")
+    job = _send_big_job_and_wait_for_its_first_batches(kafka, db, tmp_path)
     daemon.signal(signal.SIGTERM)
     wait_until(lambda: daemon.events("signal received: stopping"), 10, "the first signal",
                every=0.01)
@@ -208,11 +211,7 @@ def test_a_daemon_killed_mid_job_is_taken_over_after_its_lease_with_exact_counts
     # A lease longer than the group's takeover (~3 s), so the new owner must wait for it.
     lease = {"import": {"lease-timeout": {"ms": 6000}, "heartbeat-interval": {"ms": 1000}}}
     daemon = daemons.start(node=lease)
-    users = write_users(tmp_path / "big.csv.gz", 60_000)
-    job = str(uuid.uuid4())
-    kafka.send(job_message(file=str(users), job_id=job))
-    wait_until(lambda: (job_row(db, job) or {}).get("rows_committed", 0) > 0, 30,
-               "the first batches committed")
+    job = _send_big_job_and_wait_for_its_first_batches(kafka, db, tmp_path)
     daemon.signal(signal.SIGKILL)  # the daemon alone: its workers die with it (PDEATHSIG)
     daemon.wait(10)
     row = job_row(db, job)
@@ -230,11 +229,7 @@ def test_a_worker_killed_mid_job_is_replaced_and_the_job_resumes_with_exact_coun
         daemons: Daemons, kafka: KafkaTest, db: Database, tmp_path: Path) -> None:
     kafka.create_topic()
     daemon = daemons.start()
-    users = write_users(tmp_path / "big.csv.gz", 60_000)
-    job = str(uuid.uuid4())
-    kafka.send(job_message(file=str(users), job_id=job))
-    wait_until(lambda: (job_row(db, job) or {}).get("rows_committed", 0) > 0, 30,
-               "the first batches committed")
+    job = _send_big_job_and_wait_for_its_first_batches(kafka, db, tmp_path)
     assert _kill_workers(daemon.pid) > 0
     row = wait_status(db, job)
     assert (row["total"], row["success"], row["inserted"]) == (60_000, 60_000, 60_000)
@@ -257,11 +252,7 @@ def test_a_job_whose_worker_keeps_dying_is_failed_and_dead_lettered(
         daemons: Daemons, kafka: KafkaTest, db: Database, tmp_path: Path) -> None:
     kafka.create_topic()
     daemon = daemons.start(node={"import": {"executor": {"max-job-crashes": 1}}})
-    users = write_users(tmp_path / "big.csv.gz", 60_000)
-    job = str(uuid.uuid4())
-    kafka.send(job_message(file=str(users), job_id=job))
-    wait_until(lambda: (job_row(db, job) or {}).get("rows_committed", 0) > 0, 30,
-               "the first batches committed")
+    job = _send_big_job_and_wait_for_its_first_batches(kafka, db, tmp_path)
     assert _kill_workers(daemon.pid) > 0
     row = wait_status(db, job, "FAILED")
     assert "worker process died 1 times" in str(row["error"])
