@@ -1,4 +1,10 @@
-"""Job states and the transitions between them (seed: PENDING -> PROCESSING -> COMPLETED/FAILED)."""
+"""Job states (seed: PENDING -> PROCESSING -> COMPLETED/FAILED).
+
+The transitions are enforced where they happen, in the SQL of ``jobrows``:
+``start_job`` moves PENDING or PROCESSING (a resumed or redelivered job) to PROCESSING,
+and FAILED too only for an explicit re-run (``import --retry-failed``); ``finish_job``
+moves PENDING or PROCESSING to COMPLETED or FAILED, and nothing leaves those otherwise.
+"""
 
 from __future__ import annotations
 
@@ -9,15 +15,3 @@ FAILED = "FAILED"
 
 ALL = (PENDING, PROCESSING, COMPLETED, FAILED)
 TERMINAL = frozenset({COMPLETED, FAILED})
-# A PROCESSING job may be taken up again (a resumed or redelivered job).
-TRANSITIONS: dict[str, frozenset[str]] = {
-    PENDING: frozenset({PROCESSING, FAILED}),
-    PROCESSING: frozenset({PROCESSING, COMPLETED, FAILED}),
-    COMPLETED: frozenset(),
-    FAILED: frozenset(),
-}
-
-
-def can_move(current: str, new: str) -> bool:
-    """True when ``current -> new`` is an allowed transition."""
-    return new in TRANSITIONS.get(current, frozenset())
