@@ -26,8 +26,6 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
-import pyarrow as pa
-import pyarrow.csv as pacsv
 from psycopg_pool import ConnectionPool
 
 from nodes_import import jobrows, metrics, retry, status, storage
@@ -113,14 +111,7 @@ def _with_conn(state: _Job, fn: Callable[[Any], Any]) -> Any:
 
 def _payload_rows(part: encode.EncodedPart, reason: str) -> list[encode.Rejected]:
     """The rows of a payload that could not be written, as failures (rare path)."""
-    if not part.rows:
-        return []
-    table = pacsv.read_csv(
-        pa.py_buffer(part.payload),
-        read_options=pacsv.ReadOptions(autogenerate_column_names=True),
-        convert_options=pacsv.ConvertOptions(column_types={"f0": pa.int64(), "f1": pa.string()}))
-    return [encode.Rejected(n, ref, reason, "")
-            for n, ref in zip(table.column("f0").to_pylist(), table.column("f1").to_pylist())]
+    return [encode.Rejected(n, ref, reason, "") for n, ref in encode.payload_rows(part)]
 
 
 def _write_one(state: _Job, part: encode.EncodedPart, bytes_read: int) -> None:

@@ -318,10 +318,11 @@ def write_part(
     with wrapped(), conn.transaction(), conn.cursor() as cur:
         cur.execute(sql.SQL("SET LOCAL statement_timeout = {}").format(sql.Literal(timeout_ms)))
         if part.rows:
-            copy_sql = sql.SQL("COPY {} ({}) FROM STDIN (FORMAT csv)").format(
+            copy_sql = sql.SQL("COPY {} ({}) FROM STDIN (FORMAT text)").format(
                 sql.Identifier(STAGE_TABLE), sql.SQL(", ").join(map(sql.Identifier, columns)))
             with cur.copy(copy_sql) as copy:
-                copy.write(part.payload)
+                for piece in part.payload:
+                    copy.write(piece)
             # Temp tables get no statistics on their own; without them the planner guesses
             # ~200 staged rows and may join two 25k-row CTEs by nested loop (minutes).
             # Cheap: the staging columns carry statistics target 1 (see _configure).
