@@ -21,6 +21,7 @@ from nodes_import import engine, jobrows, logs, status, storage
 from nodes_import.config import Config
 from nodes_import.errors import ConfigError, NodesImportError
 from nodes_import.jobs import ImportJob, new_job_id
+from nodes_import.pipeline import memory
 
 EXIT_OK = 0
 EXIT_FAILED = 1
@@ -80,6 +81,7 @@ def main(ctx: click.Context, config_path: str | None, log_level: str) -> None:
     ctx.ensure_object(dict)
     ctx.obj["config_path"] = config_path
     logs.setup(log_level)
+    memory.use_jemalloc()
 
 
 @main.group()

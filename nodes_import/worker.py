@@ -25,6 +25,7 @@ from nodes_import import engine, jobrows, logs, metrics, status, storage
 from nodes_import.config import ImportConfig
 from nodes_import.errors import NodesImportError
 from nodes_import.jobs import ImportJob, JobOutcome
+from nodes_import.pipeline import memory
 
 log = logging.getLogger(__name__)
 
@@ -70,6 +71,7 @@ def init_worker(settings: WorkerSettings, stop_event: Any, log_queue: Any = None
     else:
         logs.setup(settings.log_level)
     metrics.configure(group=settings.group_label, domain=settings.domain_label)
+    memory.use_jemalloc()
     _settings, _stop = settings, stop_event
     try:
         _open_pool()
