@@ -168,8 +168,8 @@ def _json_key(key: str, copy_text: bool) -> str:
     return text.replace("\\", "\\\\") if copy_text else text
 
 
-def _json_values(table: pa.Table, keys: list[str],
-                 copy_text: bool) -> list[pa.Array | pa.ChunkedArray]:
+def _json_values(table: pa.Table, keys: list[str], copy_text: bool,
+                 scans: dict[str, _Scan] | None = None) -> list[pa.Array | pa.ChunkedArray]:
     """Each metadata column escaped for a JSON string (and then for COPY text)."""
     out = []
     for key in keys:
@@ -179,7 +179,7 @@ def _json_values(table: pa.Table, keys: list[str],
         if pc.min(pc.binary_length(column)).as_py() == 0:
             # The parser reads empty cells as nulls; this keeps other producers honest.
             column = pc.if_else(pc.equal(column, _lit("")), pa.scalar(None, pa.string()), column)
-        scan = _scan(column)
+        scan = scans[key] if scans else _scan(column)
         body = _json_string_body(column, scan)
         if copy_text and not scan.json_clean:  # JSON escaping wrote backslashes
             body = pc.replace_substring(body, "\\", "\\\\")
@@ -187,11 +187,12 @@ def _json_values(table: pa.Table, keys: list[str],
     return out
 
 
-def _metadata_pieces(table: pa.Table, keys: list[str],
-                     copy_text: bool) -> list[pa.Array | pa.ChunkedArray | str]:
+def _metadata_pieces(table: pa.Table, keys: list[str], copy_text: bool,
+                     scans: dict[str, _Scan] | None = None
+                     ) -> list[pa.Array | pa.ChunkedArray | str]:
     """The metadata JSON of each row as join inputs: ``{"k":"v",...}`` with empty cells
     (nulls; the parser reads empty cells as null) left out."""
-    values = _json_values(table, keys, copy_text)
+    values = _json_values(table, keys, copy_text, scans)
     if not any(v.null_count for v in values):
         # No key to drop: the constant fragments between the values, one join.
         pieces: list[pa.Array | pa.ChunkedArray | str] = []
@@ -213,15 +214,21 @@ def metadata_json(table: pa.Table, keys: list[str]) -> pa.Array | pa.ChunkedArra
     return _join(*_metadata_pieces(table, keys, copy_text=False), "")
 
 
-def _copy_lines(numbers: pa.Array, table: pa.Table, header: list[str],
-                keys: list[str]) -> tuple[memoryview, ...]:
-    """The COPY text payload of these rows: one join of every field and separator."""
+def _copy_lines(numbers: pa.Array, table: pa.Table, header: list[str], keys: list[str],
+                scans: dict[str, _Scan]) -> tuple[memoryview, ...]:
+    """The COPY text payload of these rows: one join of every field and separator.
+
+    ``scans`` are of the columns these rows were taken from: a subset of the rows can
+    only have fewer bytes to escape, so they stay valid (at worst one escape pass is run
+    for nothing)."""
     pieces: list[pa.Array | pa.ChunkedArray | str] = [
-        pc.cast(numbers, pa.string()), "\t", _copy_text(table.column(REFERENCE_ID))]
+        pc.cast(numbers, pa.string()), "\t",
+        _copy_text(table.column(REFERENCE_ID), scans[REFERENCE_ID])]
     if TYPE in header:
-        pieces += ["\t", pc.fill_null(_copy_text(table.column(TYPE)), _lit(COPY_NULL))]
+        pieces += ["\t", pc.fill_null(_copy_text(table.column(TYPE), scans[TYPE]),
+                                      _lit(COPY_NULL))]
     if keys:
-        pieces += ["\t", *_metadata_pieces(table, keys, copy_text=True)]
+        pieces += ["\t", *_metadata_pieces(table, keys, copy_text=True, scans=scans)]
     pieces.append("\n")
     lines = _join(*pieces, "")
     chunks = lines.chunks if isinstance(lines, pa.ChunkedArray) else [lines]
@@ -275,7 +282,7 @@ def _too_long(column: pa.Array | pa.ChunkedArray, chars: int) -> pa.Array | None
     return pc.fill_null(pc.greater(pc.utf8_length(column), _lit(chars)), _FALSE)
 
 
-def _reject_mask(table: pa.Table, max_field_bytes: int) -> pa.Array:
+def _reject_mask(table: pa.Table, max_field_bytes: int, scans: dict[str, _Scan]) -> pa.Array:
     refs = table.column(REFERENCE_ID)
     # Blank: null, empty or only whitespace (utf8_is_space stops at the first other
     # character, far cheaper than trimming every value).
@@ -288,8 +295,8 @@ def _reject_mask(table: pa.Table, max_field_bytes: int) -> pa.Array:
         too_long = _too_long(column, chars)
         if too_long is not None:
             bad = pc.or_(bad, too_long)
-    for column in table.columns:
-        if _scan(column).controls:  # NUL is a control byte: test values only then
+    for name, column in zip(table.column_names, table.columns):
+        if scans[name].controls:  # NUL is a control byte: test values only then
             bad = pc.or_(bad, pc.fill_null(pc.match_substring(column, "\x00"), _FALSE))
         if (pc.max(pc.binary_length(column)).as_py() or 0) > max_field_bytes:
             too_big = pc.greater(pc.binary_length(column), _lit(max_field_bytes))
@@ -372,7 +379,9 @@ def encode_batch(batch: RawBatch, header: list[str], partitions: int,
         if keep is not None and isinstance(keep, pa.Array):
             table, numbers = table.filter(keep), numbers.filter(keep)
             part = part.filter(keep) if part is not None else None
-    mask = _reject_mask(table, max_field_bytes)
+    # One scan of each column's bytes for the whole batch (see _copy_lines).
+    scans = {name: _scan(column) for name, column in zip(table.column_names, table.columns)}
+    mask = _reject_mask(table, max_field_bytes, scans)
     any_bad = pc.any(mask).as_py() or False
     rejected = _rejected_rows(table, numbers, mask, max_field_bytes) if any_bad else []
     rejected_parts = (part.filter(mask).to_pylist() if any_bad and part is not None
@@ -397,6 +406,6 @@ def encode_batch(batch: RawBatch, header: list[str], partitions: int,
                 part_rejected += invalid
         numbers_p = [r.row_number for r in part_rejected]
         last = max([pc.max(rows_numbers).as_py() or 0] + numbers_p)
-        payload = _copy_lines(rows_numbers, rows, header, keys) if rows.num_rows else ()
+        payload = _copy_lines(rows_numbers, rows, header, keys, scans) if rows.num_rows else ()
         parts.append(EncodedPart(p, payload, rows.num_rows, part_rejected, last))
     return parts
