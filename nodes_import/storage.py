@@ -79,8 +79,20 @@ def wrapped() -> Iterator[None]:
 # ---------------------------------------------------------------- connections and schema
 
 
+# Settings of the writer connections' own sessions (the server's configuration is never
+# changed). jit: the upsert's estimated cost passes jit_above_cost, and compiling it took
+# 0.4-0.5 s of every 35k-row batch on PostgreSQL 15 with LLVM (a fresh batch 2.4 -> 1.6 s
+# with jit off). work_mem: the batch's sorts (DISTINCT ON, the inserts' ORDER BY) fit in
+# memory instead of spilling ~6 MB temp files per sort at the 4 MB default.
+SESSION_SETTINGS = {"jit": "off", "work_mem": "32MB"}
+
+
 def _configure(conn: psycopg.Connection[Any]) -> None:
-    """Per-connection set-up: the reusable staging table (rows vanish at each commit)."""
+    """Per-connection set-up: session settings, the reusable staging table (rows vanish
+    at each commit)."""
+    for name, value in SESSION_SETTINGS.items():
+        conn.execute(sql.SQL("SELECT set_config({}, {}, false)").format(
+            sql.Literal(name), sql.Literal(value)))
     conn.execute(
         f"CREATE TEMP TABLE IF NOT EXISTS {STAGE_TABLE} ("
         " row_number BIGINT NOT NULL, reference_id TEXT NOT NULL,"
@@ -240,8 +252,14 @@ WITH src AS (
         SET type = EXCLUDED.type, domain_id = EXCLUDED.domain_id, updated_at = now()
     RETURNING n.id, n.reference_id, (n.xmax = 0) AS inserted
 ), upd AS (
+    -- The ids to update as an array: nodes is then read through its primary key. A plain
+    -- join lets the planner (which cannot know how many rows ``cur`` holds) hash the
+    -- whole nodes table for every batch: ~0.7 s per batch at 2M nodes, even when no
+    -- row changed, and it grows with the table.
     UPDATE nodes AS n SET type = c.node_type, domain_id = {domain}, updated_at = now()
-    FROM cur c WHERE n.id = c.node_id AND NOT c.same
+    FROM cur c
+    WHERE n.id = ANY (ARRAY(SELECT node_id FROM cur WHERE node_id IS NOT NULL AND NOT same))
+      AND n.id = c.node_id AND NOT c.same
     RETURNING n.id, n.reference_id
 ), written AS (
     SELECT id, reference_id, inserted FROM ins
