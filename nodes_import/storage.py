@@ -28,6 +28,10 @@ from nodes_import.pipeline.encode import EncodedPart, Rejected
 log = logging.getLogger(__name__)
 
 STAGE_TABLE = "nodes_import_stage"
+# Parts smaller than this are upserted without ANALYZE of the staging table: any plan is
+# fast for under a thousand keys, and the ANALYZE (0.23 ms for 5 rows) was ~1/6 of the
+# upsert of a 5-row job.
+ANALYZE_MIN_ROWS = 1000
 # SQLSTATEs worth another try: the server went away or chose a victim.
 _TRANSIENT_SQLSTATES = {
     "40001",  # serialization_failure
@@ -226,8 +230,9 @@ class PartResult:
 # One statement: dedupe the staged rows (last row number wins), look up the current
 # values, drop the unchanged ones, then insert new nodes, update changed ones and
 # upsert their metadata. Rows are taken in reference_id order so concurrent jobs on
-# overlapping keys lock in the same order.
-_UPSERT = """
+# overlapping keys lock in the same order. This careful form survives any concurrent
+# insert of the same keys (ON CONFLICT); _UPSERT below is the faster usual form.
+_UPSERT_CAREFUL = """
 WITH src AS (
     SELECT DISTINCT ON (reference_id) reference_id,
            coalesce(node_type, {default_type}) AS node_type, metadata
@@ -277,6 +282,58 @@ SELECT (SELECT count(*) FROM written WHERE inserted),
        (SELECT count(*) FROM written WHERE NOT inserted),
        (SELECT count(*) FROM cur WHERE same),
        (SELECT count(*) FROM meta)
+"""
+
+# The usual statement. It trusts its own lookup: keys it did not find are inserted with a
+# plain INSERT. A concurrent job that inserted one of them since (the only way the
+# lookup can be wrong) makes it fail with unique_violation; write_part then rolls back
+# to a savepoint and runs _UPSERT_CAREFUL, which settles such keys with ON CONFLICT.
+# Measured on PostgreSQL 15, a 35k-row batch against 2M nodes: fresh 1.44-1.67 s ->
+# 1.14-1.29 s, unchanged 0.69-0.97 -> 0.62-0.87 s, every row changed within noise.
+_UPSERT = """
+WITH src AS (
+    SELECT DISTINCT ON (reference_id) reference_id,
+           coalesce(node_type, {default_type}) AS node_type, metadata
+    FROM {stage} ORDER BY reference_id, row_number DESC
+), cur AS (
+    SELECT s.*, n.id AS node_id,
+           CASE WHEN n.id IS NULL THEN {new_id} END AS new_id,
+           (n.id IS NOT NULL AND n.type = s.node_type AND n.domain_id = {domain}
+            AND (s.metadata IS NULL OR m.metadata IS NOT DISTINCT FROM s.metadata)) AS same
+    FROM src s
+    LEFT JOIN LATERAL (
+        SELECT n.id, n.type, n.domain_id FROM nodes n
+        WHERE n.reference_id = s.reference_id AND n.group_id = {group} LIMIT 1) n ON true
+    LEFT JOIN LATERAL (
+        SELECT m.metadata FROM node_metadata m WHERE m.node_id = n.id LIMIT 1) m ON true
+), ins AS (
+    -- New keys: a plain INSERT with the ids chosen in cur, so their metadata needs no
+    -- join back to what was inserted and no conflict check on its fresh primary key.
+    INSERT INTO nodes (id, reference_id, group_id, type, domain_id)
+    SELECT new_id, reference_id, {group}, node_type, {domain}
+    FROM cur WHERE node_id IS NULL ORDER BY reference_id
+    RETURNING 1
+), upd AS (
+    UPDATE nodes AS n SET type = c.node_type, domain_id = {domain}, updated_at = now()
+    FROM cur c
+    WHERE n.id = ANY (ARRAY(SELECT node_id FROM cur WHERE node_id IS NOT NULL AND NOT same))
+      AND n.id = c.node_id AND NOT c.same  -- by primary key: see _UPSERT_CAREFUL
+    RETURNING 1
+), meta_new AS (
+    INSERT INTO node_metadata (node_id, metadata)
+    SELECT new_id, metadata FROM cur WHERE node_id IS NULL AND metadata IS NOT NULL
+    RETURNING 1
+), meta_upd AS (
+    INSERT INTO node_metadata AS m (node_id, metadata)
+    SELECT node_id, metadata FROM cur
+    WHERE node_id IS NOT NULL AND NOT same AND metadata IS NOT NULL ORDER BY node_id
+    ON CONFLICT (node_id) DO UPDATE SET metadata = EXCLUDED.metadata
+        WHERE m.metadata IS DISTINCT FROM EXCLUDED.metadata
+    RETURNING 1
+)
+SELECT (SELECT count(*) FROM ins), (SELECT count(*) FROM upd),
+       (SELECT count(*) FROM cur WHERE same),
+       (SELECT count(*) FROM meta_new) + (SELECT count(*) FROM meta_upd)
 """
 
 _COUNTERS = """
@@ -344,12 +401,19 @@ def write_part(
             # Temp tables get no statistics on their own; without them the planner guesses
             # ~200 staged rows and may join two 25k-row CTEs by nested loop (minutes).
             # Cheap: the staging columns carry statistics target 1 (see _configure).
-            cur.execute(sql.SQL("ANALYZE {}").format(sql.Identifier(STAGE_TABLE)))
-            upsert = sql.SQL(_UPSERT).format(
-                stage=sql.Identifier(STAGE_TABLE), group=sql.Literal(group_id),
-                domain=sql.Literal(domain_id), default_type=sql.Literal(default_type),
-                new_id=sql.SQL(new_id))
-            row = cur.execute(upsert).fetchone()
+            # Not for tiny parts (small jobs): see ANALYZE_MIN_ROWS.
+            if part.rows >= ANALYZE_MIN_ROWS:
+                cur.execute(sql.SQL("ANALYZE {}").format(sql.Identifier(STAGE_TABLE)))
+            names = {"stage": sql.Identifier(STAGE_TABLE), "group": sql.Literal(group_id),
+                     "domain": sql.Literal(domain_id),
+                     "default_type": sql.Literal(default_type), "new_id": sql.SQL(new_id)}
+            try:
+                with conn.transaction():  # a savepoint: losing the race undoes only this
+                    row = cur.execute(sql.SQL(_UPSERT).format(**names)).fetchone()
+            except psycopg.errors.UniqueViolation:
+                log.info("a concurrent job inserted some of this batch's keys; upserting "
+                         "with ON CONFLICT", extra={"fields": {"jobId": job_id}})
+                row = cur.execute(sql.SQL(_UPSERT_CAREFUL).format(**names)).fetchone()
             assert row is not None
             inserted, updated, unchanged = int(row[0]), int(row[1]), int(row[2])
             # Rows superseded by a later duplicate in the same batch were applied and then
