@@ -222,8 +222,20 @@ class JobConsumer:
         if self._pause_after_assign:
             self._pause_after_assign = False
             self.pause()
-        if msg is None:
-            return None
+        return None if msg is None else self._delivery(msg)
+
+    def poll_many(self, max_messages: int, timeout_s: float) -> list[Delivery]:
+        """Up to ``max_messages``: waits up to ``timeout_s`` for the first, then takes only
+        what librdkafka already holds (a batch consume would wait out its whole timeout
+        whenever fewer messages than asked for are there)."""
+        first = self.poll(timeout_s)
+        if first is None or max_messages <= 1:
+            return [] if first is None else [first]
+        more = (self._delivery(m) for m in self.consumer.consume(max_messages - 1, 0))
+        return [first, *(d for d in more if d is not None)]
+
+    def _delivery(self, msg: Message) -> Delivery | None:
+        """The message's data, or None for an error (logged; fatal ones raise)."""
         error = msg.error()
         if error is not None:
             if error.code() not in (KafkaError._PARTITION_EOF, KafkaError.UNKNOWN_TOPIC_OR_PART):

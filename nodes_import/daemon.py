@@ -59,6 +59,9 @@ LAG_EVERY_S = 10.0  # consumer lag is read this often (one OffsetFetch round tri
 # How long the main loop waits for a pooled connection: it must go on polling (and
 # reaping) while the database is away, and the breaker needs the failure quickly.
 DB_WAIT_S = 2.0
+# Messages taken per poll at most: their jobs are created and claimed in one transaction
+# (one commit instead of one per message when a burst arrives).
+INTAKE_MAX = 50
 
 
 class Daemon(JobEndings, OffsetsAndStop):
@@ -158,9 +161,10 @@ class Daemon(JobEndings, OffsetsAndStop):
             self._reopen_db()
         self._retry_waiting()
         self.admission.steer(self.consumer, len(self.slots))
-        delivery = self.consumer.poll(POLL_S)
-        if delivery is not None:
-            self._take(delivery)
+        # In pause mode never take more than the window has room for.
+        room = INTAKE_MAX if self.reject_mode else self.capacity - len(self.slots)
+        deliveries = self.consumer.poll_many(max(1, min(INTAKE_MAX, room)), POLL_S)
+        self._start([slot for d in deliveries if (slot := self._take(d)) is not None])
         self._commit()
         if time.monotonic() - self._last_lag >= LAG_EVERY_S:
             self._last_lag = time.monotonic()
@@ -168,7 +172,8 @@ class Daemon(JobEndings, OffsetsAndStop):
 
     # --------------------------------------------------------------- taking messages
 
-    def _take(self, delivery: Delivery) -> None:
+    def _take(self, delivery: Delivery) -> Slot | None:
+        """Into the window; the slot if its job is to be started now (``_start``)."""
         metrics.message_received(delivery.topic)
         self.tracker.add(delivery.tp, delivery.offset)
         slot = Slot(delivery)
@@ -178,7 +183,7 @@ class Daemon(JobEndings, OffsetsAndStop):
                                     max_message_bytes=self.cfg.kafka.max_message_bytes)
         except payload.MessageRejected as exc:
             self._dead_letter(slot, dl.Failure(exc.stage, str(exc), qualname(exc)))
-            return
+            return None
         slot.job = ImportJob(
             job_id=request.job_id or derived_job_id(delivery.topic, delivery.partition,
                                                     delivery.offset),
@@ -189,33 +194,47 @@ class Daemon(JobEndings, OffsetsAndStop):
         full = len(self.slots) >= self.capacity
         self.slots.append(slot)
         if not self.admission.allows_jobs:
-            return  # waits in the window until the database answers again
+            return None  # waits in the window until the database answers again
         if full and self.reject_mode:
             slot.state = REJECTING
             self._reject(slot)
-        else:
-            self._start(slot)
+            return None
+        return slot
 
-    def _start(self, slot: Slot) -> None:
-        """Create and claim the job, then submit it (or wait, or skip it)."""
-        job = slot.job
-        assert job is not None and self.db is not None
-        # A redelivery of a job already in this window waits for the first copy to leave.
-        first = next(s for s in self.slots if s.job is not None and s.job.job_id == job.job_id)
-        if first is not slot:
-            slot.not_before = time.monotonic() + 0.2
+    def _start(self, slots: list[Slot]) -> None:
+        """Create and claim the slots' jobs (one transaction for all), then submit each
+        (or let it wait, or skip it)."""
+        assert self.db is not None
+        ready: list[Slot] = []
+        for slot in slots:
+            job = slot.job
+            assert job is not None
+            # A redelivery of a job already in this window waits for the first copy to leave.
+            first = next(s for s in self.slots
+                         if s.job is not None and s.job.job_id == job.job_id)
+            if first is not slot:
+                slot.not_before = time.monotonic() + 0.2
+            else:
+                ready.append(slot)
+        if not ready:
             return
         try:
             with self._conn() as conn:
-                jobrows.create_job(conn, job_id=job.job_id, group_id=job.group_id,
-                                   domain_id=job.domain_id, node_type=job.node_type,
-                                   source=job.source_label)
-                claim = jobrows.claim_job(conn, job_id=job.job_id, owner=self.owner,
-                                          lease_ms=self.cfg.executor.lease_timeout_ms)
+                claims = jobrows.create_and_claim(
+                    conn, [jobrows.NewJob(s.job.job_id, s.job.group_id, s.job.domain_id,
+                                          s.job.node_type, s.job.source_label)
+                           for s in ready if s.job is not None],
+                    owner=self.owner, lease_ms=self.cfg.executor.lease_timeout_ms)
         except (errors.StorageError, OSError) as exc:
-            self._later(slot, "cannot start the job; retrying", exc)
+            for n, slot in enumerate(ready):  # one outage counts once towards the breaker
+                self._later(slot, "cannot start the job; retrying", exc, count=n == 0)
             return
         self.admission.database_ok()
+        for slot, claim in zip(ready, claims, strict=True):
+            self._claimed(slot, claim)
+
+    def _claimed(self, slot: Slot, claim: jobrows.Claim) -> None:
+        """Act on the claim of a slot's job: skip it, wait for its lease, or submit it."""
         if claim.outcome == jobrows.FINISHED:
             log.info("job already finished; skipped", extra={"fields": {
                 **slot.ctx(), "status": claim.status, "ranBy": claim.holder}})
@@ -270,8 +289,10 @@ class Daemon(JobEndings, OffsetsAndStop):
         self._dead_letter(slot, dl.Failure(dl.STAGE_BACKPRESSURE, OVERLOADED, qualname(
             errors.OverloadedError()), job_id=job.job_id, counts=dl.counts_of(row)))
 
-    def _later(self, slot: Slot, message: str, exc: BaseException) -> None:
-        self.admission.database_failed(exc)  # only outages count towards the breaker
+    def _later(self, slot: Slot, message: str, exc: BaseException, *,
+               count: bool = True) -> None:
+        if count:
+            self.admission.database_failed(exc)  # only outages count towards the breaker
         slot.failures += 1
         delay = min(RETRY_MAX_S, 0.25 * 2 ** min(slot.failures, 5))
         slot.not_before = time.monotonic() + delay
@@ -284,7 +305,7 @@ class Daemon(JobEndings, OffsetsAndStop):
             if not self.admission.allows_jobs and slot.state != DEAD_LETTER:
                 continue  # the breaker is open: only Kafka work goes on
             if slot.state == WAITING:
-                self._start(slot)
+                self._start([slot])
             elif slot.state == REJECTING:
                 self._reject(slot)
             elif slot.state == DEAD_LETTER and slot.failure is not None:

@@ -17,6 +17,7 @@ Shape of a job (``run_import``):
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import logging
 import queue
 import threading
@@ -49,6 +50,9 @@ TIMEOUT_MESSAGE = "Timeout exceeded"
 WATCHDOG_GRACE_S = 5.0
 # The end of a job is retried this many times as long as a batch write.
 FINISH_PATIENCE = 3
+# A reference-ID list up to this long is written as one key partition, in one transaction
+# with its COMPLETED; longer lists keep max-parallel-futures writers (rows dominate there).
+SMALL_JOB_ROWS = 1000
 
 
 @dataclass
@@ -278,7 +282,13 @@ def _finish(state: _Job, final: str, error: str | None,
         state, lambda conn: jobrows.finish_job(conn, job_id=job.job_id, status=final,
                                                error=error, owner=job.claimed_by)),
         context=state.ctx)
-    row = row or {}
+    return _ended(state, row or {}, final, error, error_kind, exc)
+
+
+def _ended(state: _Job, row: dict[str, Any], final: str, error: str | None,
+           error_kind: str | None = None, exc: BaseException | None = None) -> JobOutcome:
+    """Log and count how the job ended (its row as committed); the outcome."""
+    job = state.job
     if job.claimed_by is not None and row.get("status") not in status.TERMINAL:
         # fenced: another daemon took the job over; it records the end, not us
         log.warning("job taken over by another runner; its end is theirs to record",
@@ -301,38 +311,116 @@ def _finish(state: _Job, final: str, error: str | None,
                       error_type=error_type, stack_trace=trace)
 
 
+def _write_small(state: _Job, batch: RawBatch, header: list[str]) -> JobOutcome | None:
+    """A job whose whole input is one clean batch in one key partition: its rows, its
+    counters and COMPLETED in ONE transaction (one commit instead of two).
+
+    None when the batch does not qualify (rejected rows, limits) or anything fails: the
+    transaction then rolled back as a whole, nothing of it is committed, and the normal
+    path (writer threads, retries, failed-row accounting, fencing) runs the job.
+    """
+    job, cfg = state.job, state.cfg
+    encode_started = time.monotonic()
+    part = encode.encode_batch(batch, header, 1, None, max_field_bytes=cfg.max_field_bytes)[0]
+    metrics.batch_encoded(time.monotonic() - encode_started)
+    rows_read = batch.table.num_rows + len(batch.invalid)
+    timeout_ms = min(cfg.batch_timeout_ms, state.remaining_ms())
+    if part.rejected or batch.invalid or not part.rows or rows_read > cfg.max_rows \
+            or timeout_ms <= 0 or state.stopping():
+        return None
+    started = time.monotonic()
+
+    def write(conn: Any) -> tuple[storage.PartResult, dict[str, Any]]:
+        with storage.watchdog(conn, timeout_ms / 1000.0 + WATCHDOG_GRACE_S), \
+                storage.wrapped(), conn.transaction():
+            result = storage.write_part(
+                conn, job_id=job.job_id, group_id=job.group_id, domain_id=job.domain_id,
+                default_type=job.node_type, columns=state.columns, part=part,
+                bytes_read=batch.bytes_read, timeout_ms=timeout_ms, new_id=state.new_id,
+                owner=job.claimed_by)
+            row = jobrows.complete_job(conn, job_id=job.job_id, owner=job.claimed_by)
+        return result, row
+
+    try:
+        result, row = _with_conn(state, write)
+    except NodesImportError as exc:  # rolled back: the normal path decides what it means
+        log.info("one-transaction write declined; normal path", extra={"fields": {
+            **state.ctx, "error": str(exc)}})
+        return None
+    with state.lock:
+        state.progress.rows_read += rows_read
+    state.committed(result, batch.bytes_read)
+    seconds = time.monotonic() - started
+    metrics.batch_written(job.group_id, job.domain_id, inserted=result.inserted,
+                          updated=result.updated, unchanged=result.unchanged,
+                          failed=result.failed, seconds=seconds)
+    log.info("batch committed", extra={"fields": {
+        **state.ctx, "partition": 0, "batchSize": part.rows, "inserted": result.inserted,
+        "updated": result.updated, "unchanged": result.unchanged, "failed": 0,
+        "durationMs": round(seconds * 1000, 1)}})
+    return _ended(state, row, status.COMPLETED, None)
+
+
+def _partitions(job: ImportJob, cfg: ImportConfig) -> int:
+    """How many key partitions a new job gets: one for a small reference-ID list (one
+    transaction instead of one per partition: a small job's cost is its round trips and
+    commits, not its rows), else ``max-parallel-futures``. A resumed job keeps the
+    partition count of its stored checkpoint whatever this says (``begin_job``)."""
+    if job.reference_ids is not None \
+            and len(job.reference_ids) <= min(SMALL_JOB_ROWS, cfg.batch_size):
+        return 1
+    return cfg.max_parallel_futures
+
+
+def _begin(state: _Job, *, partitions: int, source_bytes: int | None) -> list[int] | None:
+    """Create (if new) and start the job in one transaction; the checkpoint, or None when
+    the job is already finished. Also picks the server's id function on that connection."""
+    job = state.job
+
+    def begin(conn: Any) -> list[int] | None:
+        state.new_id = storage.new_id_function(conn)
+        return jobrows.begin_job(
+            conn, job_id=job.job_id, group_id=job.group_id, domain_id=job.domain_id,
+            node_type=job.node_type, source=job.source_label, partitions=partitions,
+            source_bytes=source_bytes, claimed_by=job.claimed_by,
+            resume_failed=job.resume_failed)
+
+    result: list[int] | None = retry.call(state.cfg.retry, lambda: _with_conn(state, begin),
+                                          context=state.ctx)
+    return result
+
+
 def run_import(job: ImportJob, cfg: ImportConfig, pool: ConnectionPool, *,
                on_progress: Callable[[Progress], None] | None = None,
                cancel: threading.Event | None = None) -> JobOutcome:
     """Run ``job`` to COMPLETED or FAILED (or leave it PROCESSING if ``cancel`` is set)."""
     state = _Job(job, cfg, pool, on_progress, cancel)
-    retry.call(cfg.retry, lambda: _with_conn(state, lambda conn: jobrows.create_job(
-        conn, job_id=job.job_id, group_id=job.group_id, domain_id=job.domain_id,
-        node_type=job.node_type, source=job.source_label)), context=state.ctx)
     # 1. the source: unreadable means FAILED before anything is written
     try:
         batches, header, size = _open_batches(state)
     except PayloadError as exc:
-        retry.call(cfg.retry, lambda: _with_conn(state, lambda conn: jobrows.start_job(
-            conn, job_id=job.job_id, partitions=1, source_bytes=None,
-            claimed_by=job.claimed_by, resume_failed=job.resume_failed)), context=state.ctx)
+        _begin(state, partitions=1, source_bytes=None)
         return _finish(state, status.FAILED, str(exc), type(exc).__name__, exc)
     state.progress.source_bytes = size
     state.columns = encode.staged_columns(header)
-    # 2. PROCESSING, and where a previous attempt stopped
-    checkpoint = retry.call(cfg.retry, lambda: _with_conn(state, lambda conn: jobrows.start_job(
-        conn, job_id=job.job_id, partitions=cfg.max_parallel_futures, source_bytes=size,
-        claimed_by=job.claimed_by, resume_failed=job.resume_failed)), context=state.ctx)
+    # 2. the job row (created if new) PROCESSING, and where a previous attempt stopped
+    checkpoint = _begin(state, partitions=_partitions(job, cfg), source_bytes=size)
     if checkpoint is None:
         row = _with_conn(state, lambda conn: jobrows.get_job(conn, job.job_id)) or {}
         log.info("job already finished; skipped", extra={"fields": state.ctx})
         return JobOutcome(job.job_id, str(row.get("status")), row.get("error"), row)
-    state.new_id = _with_conn(state, storage.new_id_function)
     log.info("job started", extra={"fields": {**state.ctx, "source": job.source_label,
                                               "partitions": len(checkpoint),
                                               "resumeFrom": checkpoint if any(checkpoint) else None}})
     metrics.job_started()
-    # 3./4. the reader here, one writer per key partition
+    # 3./4. a small job in one transaction; else the reader here, one writer per partition
+    if len(checkpoint) == 1 and not any(checkpoint) and job.reference_ids is not None:
+        first = next(batches, None)
+        if first is not None:
+            outcome = _write_small(state, first, header)
+            if outcome is not None:
+                return outcome
+            batches = itertools.chain([first], batches)
     inboxes: list[queue.Queue[Any]] = [queue.Queue(QUEUE_DEPTH) for _ in checkpoint]
     writers = [threading.Thread(target=_writer, args=(state, box), daemon=True,
                                 name=f"writer-{job.job_id[:8]}-{n}")

@@ -43,6 +43,16 @@ def create_job(conn: psycopg.Connection[Any], *, job_id: str, group_id: str, dom
     return job
 
 
+# PENDING/PROCESSING (or FAILED, for a re-run) -> PROCESSING; returns the checkpoint.
+_START = (
+    "UPDATE job_status SET status = 'PROCESSING', attempts = attempts + 1,"
+    " started_at = coalesce(started_at, now()), updated_at = now(),"
+    " heartbeat_at = now(), claimed_by = coalesce(%s, claimed_by),"
+    " source_bytes = coalesce(%s, source_bytes), error = NULL, finished_at = NULL,"
+    " checkpoint = coalesce(checkpoint, array_fill(0::bigint, ARRAY[%s::int]))"
+    " WHERE id = %s AND status = ANY(%s) RETURNING checkpoint")
+
+
 def start_job(conn: psycopg.Connection[Any], *, job_id: str, partitions: int,
               source_bytes: int | None, claimed_by: str | None = None,
               resume_failed: bool = False) -> list[int] | None:
@@ -53,14 +63,28 @@ def start_job(conn: psycopg.Connection[Any], *, job_id: str, partitions: int,
     """
     statuses = ["PENDING", "PROCESSING"] + (["FAILED"] if resume_failed else [])
     with wrapped(), conn.transaction():
-        row = conn.execute(
-            "UPDATE job_status SET status = 'PROCESSING', attempts = attempts + 1,"
-            " started_at = coalesce(started_at, now()), updated_at = now(),"
-            " heartbeat_at = now(), claimed_by = coalesce(%s, claimed_by),"
-            " source_bytes = coalesce(%s, source_bytes), error = NULL, finished_at = NULL,"
-            " checkpoint = coalesce(checkpoint, array_fill(0::bigint, ARRAY[%s::int]))"
-            " WHERE id = %s AND status = ANY(%s) RETURNING checkpoint",
-            (claimed_by, source_bytes, partitions, job_id, statuses)).fetchone()
+        row = conn.execute(_START, (claimed_by, source_bytes, partitions, job_id,
+                                    statuses)).fetchone()
+    return None if row is None else [int(x) for x in row[0]]
+
+
+def begin_job(conn: psycopg.Connection[Any], *, job_id: str, group_id: str, domain_id: str,
+              node_type: str, source: str, partitions: int, source_bytes: int | None,
+              claimed_by: str | None = None, resume_failed: bool = False) -> list[int] | None:
+    """``create_job`` then ``start_job`` in ONE transaction and one round trip (pipeline).
+
+    The job is inserted PENDING unless it exists and moved to PROCESSING in the same
+    commit, so no reader ever sees a job that started without its row. Returns the
+    checkpoint (None: the job is finished).
+    """
+    statuses = ["PENDING", "PROCESSING"] + (["FAILED"] if resume_failed else [])
+    with wrapped(), conn.pipeline(), conn.transaction():
+        conn.execute(
+            "INSERT INTO job_status (id, group_id, domain_id, status, node_type, source)"
+            " VALUES (%s, %s, %s, 'PENDING', %s, %s) ON CONFLICT (id) DO NOTHING",
+            (job_id, group_id, domain_id, node_type, source))
+        row = conn.execute(_START, (claimed_by, source_bytes, partitions, job_id,
+                                    statuses)).fetchone()
     return None if row is None else [int(x) for x in row[0]]
 
 
@@ -72,14 +96,40 @@ def finish_job(conn: psycopg.Connection[Any], *, job_id: str, status: str,
     it, like every batch write: a runner whose job was taken over leaves the ending to the
     new owner, and the returned row is still PROCESSING.
     """
-    fence = "" if owner is None else " AND claimed_by IS NOT DISTINCT FROM %s"
-    params: tuple[Any, ...] = (status, error, job_id) + (() if owner is None else (owner,))
     with wrapped(), conn.transaction():
-        conn.execute(
-            "UPDATE job_status SET status = %s, error = %s, finished_at = now(),"
-            " updated_at = now() WHERE id = %s AND status IN ('PENDING', 'PROCESSING')"
-            + fence, params)  # type: ignore[arg-type]  # constant SQL, parameters apart
-    return get_job(conn, job_id)
+        row = _end(conn, job_id, status, error, owner, ("PENDING", "PROCESSING"))
+    return row if row is not None else get_job(conn, job_id)  # not ours to end: as it is
+
+
+def complete_job(conn: psycopg.Connection[Any], *, job_id: str,
+                 owner: str | None = None) -> dict[str, Any]:
+    """PROCESSING -> COMPLETED inside the caller's open transaction (the one that wrote the
+    job's last rows and counters); the row afterwards. Fenced on ``owner`` like
+    ``finish_job``; a job that is not PROCESSING or not ``owner``'s raises
+    ``StorageError``, so the caller's transaction rolls back."""
+    with wrapped():
+        row = _end(conn, job_id, "COMPLETED", None, owner, ("PROCESSING",))
+    if row is None:
+        raise StorageError(f"job {job_id} is not PROCESSING under {owner}; not completed")
+    return row
+
+
+# The ending UPDATE, unfenced and fenced on the owner; the row afterwards. Built once: the
+# same text every time lets psycopg prepare it.
+_END = sql.SQL("UPDATE job_status SET status = %s, error = %s, finished_at = now(),"
+               " updated_at = now() WHERE id = %s AND status = ANY(%s){} RETURNING {}")
+_END_QUERIES = {fenced: _END.format(
+    sql.SQL(" AND claimed_by IS NOT DISTINCT FROM %s" if fenced else ""),
+    sql.SQL(", ").join(map(sql.Identifier, JOB_COLUMNS))) for fenced in (False, True)}
+
+
+def _end(conn: psycopg.Connection[Any], job_id: str, status: str, error: str | None,
+         owner: str | None, statuses: tuple[str, ...]) -> dict[str, Any] | None:
+    """The ending UPDATE (fenced on ``owner`` when given); the row, None if none matched."""
+    params: tuple[Any, ...] = (status, error, job_id, list(statuses)) + (
+        () if owner is None else (owner,))
+    with conn.cursor(row_factory=dict_row) as cur:
+        return cur.execute(_END_QUERIES[owner is not None], params).fetchone()
 
 
 def get_job(conn: psycopg.Connection[Any], job_id: str) -> dict[str, Any] | None:
@@ -162,6 +212,62 @@ def claim_job(conn: psycopg.Connection[Any], *, job_id: str, owner: str,
             "UPDATE job_status SET claimed_by = %s, heartbeat_at = now(), updated_at = now()"
             " WHERE id = %s", (owner, job_id))
     return Claim(CLAIMED, job_status, owner, 0.0)
+
+
+@dataclass(frozen=True)
+class NewJob:
+    """The job row's columns a daemon knows when it takes a message."""
+
+    job_id: str
+    group_id: str
+    domain_id: str
+    node_type: str
+    source: str
+
+
+def create_and_claim(conn: psycopg.Connection[Any], jobs: Sequence[NewJob], *, owner: str,
+                     lease_ms: int) -> list[Claim]:
+    """``create_job`` then ``claim_job`` for each of ``jobs``, all in ONE transaction: the
+    daemon's intake of the messages one poll brought. One claim per job, in order.
+
+    The common case (new jobs, or leases free, ours or expired) is one pipelined round
+    trip and one commit for the lot: the inserts and conditional claims. Only a job whose
+    claim matched no row is read again, to say why (FINISHED, or HELD by a live owner).
+    """
+    with wrapped(), conn.pipeline(), conn.transaction():
+        cursors = []
+        for job in jobs:
+            conn.execute(
+                "INSERT INTO job_status (id, group_id, domain_id, status, node_type, source)"
+                " VALUES (%s, %s, %s, 'PENDING', %s, %s) ON CONFLICT (id) DO NOTHING",
+                (job.job_id, job.group_id, job.domain_id, job.node_type, job.source))
+            # Claimable exactly as in claim_job: PENDING/PROCESSING and no holder, ours, no
+            # heartbeat, or a heartbeat at least lease_ms old (the database's clock).
+            cursors.append(conn.execute(
+                "UPDATE job_status SET claimed_by = %(owner)s, heartbeat_at = now(),"
+                " updated_at = now() WHERE id = %(id)s"
+                " AND status IN ('PENDING', 'PROCESSING') AND (claimed_by IS NULL"
+                " OR claimed_by = %(owner)s OR heartbeat_at IS NULL"
+                " OR heartbeat_at <= now() - %(lease)s * interval '1 millisecond')"
+                " RETURNING status", {"owner": owner, "id": job.job_id, "lease": lease_ms}))
+        claims: list[Claim] = []
+        for job, cur in zip(jobs, cursors, strict=True):
+            claimed = cur.fetchone()
+            claims.append(Claim(CLAIMED, str(claimed[0]), owner, 0.0) if claimed is not None
+                          else _unclaimed(conn, job.job_id))
+    return claims
+
+
+def _unclaimed(conn: psycopg.Connection[Any], job_id: str) -> Claim:
+    """Why a claim matched no row: the job is finished, or another live owner holds it."""
+    row = conn.execute(
+        "SELECT status, claimed_by, extract(epoch FROM now() - heartbeat_at)::float8"
+        " FROM job_status WHERE id = %s", (job_id,)).fetchone()
+    if row is None:  # purged between the insert and now: the next attempt recreates it
+        raise StorageError(f"job {job_id} vanished while being claimed")
+    job_status, holder, age = str(row[0]), row[1], row[2]
+    return Claim(FINISHED if job_status in ("COMPLETED", "FAILED") else HELD,
+                 job_status, holder, age)
 
 
 def renew_leases(conn: psycopg.Connection[Any], *, job_ids: Sequence[str], owner: str) -> int:

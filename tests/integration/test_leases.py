@@ -82,3 +82,25 @@ def test_a_runner_that_lost_its_lease_cannot_end_the_job(db: Database) -> None:
         assert row is not None and row["status"] == "PROCESSING"
         row = jobrows.finish_job(conn, job_id=job, status="COMPLETED", owner="new:2")
         assert row is not None and row["status"] == "COMPLETED"
+
+
+def test_a_daemons_intake_creates_and_claims_a_batch_with_claim_jobs_answers(
+        db: Database) -> None:
+    held, expired, finished = _job(db), _job(db), _job(db)
+    _claim(db, held, "b:2")
+    _claim(db, expired, "b:2")
+    db.query("UPDATE job_status SET heartbeat_at = now() - interval '31 seconds'"
+             " WHERE id = %s RETURNING 1", (expired,))
+    with db.pool.connection() as conn:
+        jobrows.finish_job(conn, job_id=finished, status="FAILED", error="bad file")
+    new = str(uuid.uuid4())
+    jobs = [jobrows.NewJob(job_id, "g", DOMAIN, "USER", "reference-ids")
+            for job_id in (new, held, expired, finished)]
+    with db.pool.connection() as conn:
+        claims = jobrows.create_and_claim(conn, jobs, owner="a:1", lease_ms=LEASE_MS)
+    assert [(c.outcome, c.status, c.holder) for c in claims] == [
+        (jobrows.CLAIMED, "PENDING", "a:1"), (jobrows.HELD, "PENDING", "b:2"),
+        (jobrows.CLAIMED, "PENDING", "a:1"), (jobrows.FINISHED, "FAILED", None)]
+    rows = dict(db.query("SELECT id::text, claimed_by FROM job_status"))
+    assert rows == {new: "a:1", held: "b:2", expired: "a:1", finished: None}
+    assert db.scalar("SELECT status FROM job_status WHERE id = %s", (new,)) == "PENDING"
