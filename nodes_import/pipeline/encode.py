@@ -214,6 +214,11 @@ def metadata_json(table: pa.Table, keys: list[str]) -> pa.Array | pa.ChunkedArra
     return _join(*_metadata_pieces(table, keys, copy_text=False), "")
 
 
+# A string array's offsets are 32-bit: one join's output must stay under 2 GiB. Rows
+# are joined in slices of at most this many (estimated) bytes; only huge cells get there.
+MAX_JOIN_BYTES = 1 << 30
+
+
 def _copy_lines(numbers: pa.Array, table: pa.Table, header: list[str], keys: list[str],
                 scans: dict[str, _Scan]) -> tuple[memoryview, ...]:
     """The COPY text payload of these rows: one join of every field and separator.
@@ -221,6 +226,12 @@ def _copy_lines(numbers: pa.Array, table: pa.Table, header: list[str], keys: lis
     ``scans`` are of the columns these rows were taken from: a subset of the rows can
     only have fewer bytes to escape, so they stay valid (at worst one escape pass is run
     for nothing)."""
+    # Escaping at most doubles a value; keys, quotes and separators add per row.
+    estimate = 2 * table.nbytes + table.num_rows * (32 + sum(len(k) + 8 for k in keys))
+    if estimate > MAX_JOIN_BYTES and table.num_rows > 1:
+        half = table.num_rows // 2
+        return (_copy_lines(numbers.slice(0, half), table.slice(0, half), header, keys, scans)
+                + _copy_lines(numbers.slice(half), table.slice(half), header, keys, scans))
     pieces: list[pa.Array | pa.ChunkedArray | str] = [
         pc.cast(numbers, pa.string()), "\t",
         _copy_text(table.column(REFERENCE_ID), scans[REFERENCE_ID])]

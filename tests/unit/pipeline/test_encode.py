@@ -160,3 +160,13 @@ def test_values_that_need_escaping_take_the_slow_path_only_where_needed() -> Non
         # JSON escapes the quotes, backslash and newline; COPY text doubles JSON's backslashes
         '1\ttab\\there\t{"m":"quote \\\\"x\\\\"","n":"back\\\\\\\\slash\\\\nnewline"}')
     assert part.payload_bytes.decode().splitlines()[1] == '2\tplain\t{"m":"ok","n":"fine"}'
+
+
+def test_huge_batches_are_joined_in_slices_with_the_same_bytes(monkeypatch) -> None:
+    refs = [f"r{n}" for n in range(100)]
+    batch = _batch({"reference_id": refs, "m": [f"v{n}" if n % 3 else None for n in range(100)]})
+    (whole,) = encode.encode_batch(batch, ["reference_id", "m"], 1)
+    monkeypatch.setattr(encode, "MAX_JOIN_BYTES", 200)
+    (sliced,) = encode.encode_batch(batch, ["reference_id", "m"], 1)
+    assert len(sliced.payload) > len(whole.payload) == 1
+    assert sliced.payload_bytes == whole.payload_bytes
