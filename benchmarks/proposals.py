@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import sys
 
-from nodes_import import storage
+from nodes_import import batchwrite, storage
 
 _PLAIN_JOIN = """    LEFT JOIN nodes n ON n.reference_id = s.reference_id AND n.group_id = {group}
     LEFT JOIN node_metadata m ON m.node_id = n.id"""
@@ -48,7 +48,7 @@ def lateral_upsert(upsert: str) -> str:
     if "LEFT JOIN LATERAL" in upsert:
         return upsert  # adopted by the engine (commit 0f61583): nothing to patch
     if _PLAIN_JOIN not in upsert:
-        raise ValueError("storage._UPSERT no longer has the plain joins this patch replaces")
+        raise ValueError("batchwrite._UPSERT no longer has the plain joins this patch replaces")
     return upsert.replace(_PLAIN_JOIN, _LATERAL_JOIN)
 
 
@@ -72,7 +72,7 @@ def apply(name: str) -> None:
     if name not in PROPOSALS:
         raise SystemExit(f"unknown proposal {name!r}")
     if name in ("lateral", "lateral-no-analyze"):
-        storage._UPSERT = lateral_upsert(storage._UPSERT)
+        batchwrite._UPSERT = lateral_upsert(batchwrite._UPSERT)
     if name in ("no-analyze", "lateral-no-analyze"):
         _skip_stage_analyze()
 

@@ -24,30 +24,36 @@ import threading
 import time
 import traceback
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 from typing import Any
 
 from psycopg_pool import ConnectionPool
 
-from nodes_import import jobrows, metrics, retry, status, storage
+from nodes_import import batchwrite, jobrows, metrics, retry, status, storage
 from nodes_import.config import ImportConfig
-from nodes_import.errors import (JobRejectedError, JobTimeoutError, LeaseLostError,
-                                 NodesImportError, PayloadError, StorageError,
-                                 TransientStorageError)
+from nodes_import.errors import (
+    JobRejectedError,
+    JobTimeoutError,
+    LeaseLostError,
+    NodesImportError,
+    PayloadError,
+    StorageError,
+    TransientStorageError,
+)
 from nodes_import.jobs import ImportJob, JobOutcome
+from nodes_import.jobstate import (
+    QUEUE_DEPTH,
+    TIMEOUT_MESSAGE,
+    WATCHDOG_GRACE_S,
+    JobState,
+    Progress,
+    with_conn,
+)
 from nodes_import.pipeline import encode
 from nodes_import.pipeline.parse import CsvReader, IdFileReader, RawBatch, id_list_batches
 from nodes_import.pipeline.source import Source
 
 log = logging.getLogger(__name__)
 
-# Encoded batches waiting per writer: enough to overlap parsing with writing, few enough
-# to keep memory at a handful of batches whatever the file size.
-QUEUE_DEPTH = 2
-TIMEOUT_MESSAGE = "Timeout exceeded"
-# How long past its statement_timeout a batch may wait for the server's answer before the
-# connection is presumed stalled and dropped.
-WATCHDOG_GRACE_S = 5.0
 # The end of a job is retried this many times as long as a batch write.
 FINISH_PATIENCE = 3
 # A reference-ID list up to this long is written as one key partition, in one transaction
@@ -55,90 +61,32 @@ FINISH_PATIENCE = 3
 SMALL_JOB_ROWS = 1000
 
 
-@dataclass
-class Progress:
-    """A job's running figures, as the engine knows them (the CLI's progress bar)."""
-
-    rows_read: int = 0
-    rows_committed: int = 0
-    failed: int = 0
-    bytes_read: int = 0
-    source_bytes: int | None = None
-    started: float = 0.0
-
-
-class _Job:
-    """The state one ``run_import`` call shares between its reader and writer threads."""
-
-    def __init__(self, job: ImportJob, cfg: ImportConfig, pool: ConnectionPool,
-                 on_progress: Callable[[Progress], None] | None,
-                 cancel: threading.Event | None) -> None:
-        self.job, self.cfg, self.pool = job, cfg, pool
-        self.on_progress = on_progress
-        self.cancel = cancel or threading.Event()
-        self.progress = Progress(started=time.monotonic())
-        self.deadline = self.progress.started + cfg.global_timeout_ms / 1000.0
-        self.fatal: NodesImportError | None = None
-        self.lock = threading.Lock()
-        self.ctx = {"jobId": job.job_id, "groupId": job.group_id, "domainId": job.domain_id}
-        self.columns: list[str] = []
-        self.new_id = "gen_random_uuid()"
-
-    def fail(self, exc: NodesImportError) -> None:
-        with self.lock:
-            if self.fatal is None:
-                self.fatal = exc
-
-    def stopping(self) -> bool:
-        return self.fatal is not None or self.cancel.is_set()
-
-    def remaining_ms(self) -> int:
-        return int((self.deadline - time.monotonic()) * 1000)
-
-    def committed(self, result: storage.PartResult, bytes_read: int) -> None:
-        with self.lock:
-            self.progress.rows_committed += result.success + result.failed
-            self.progress.failed += result.failed
-            self.progress.bytes_read = max(self.progress.bytes_read, bytes_read)
-            snapshot = Progress(**vars(self.progress))
-        if self.on_progress is not None:
-            self.on_progress(snapshot)
-
-
-def _with_conn(state: _Job, fn: Callable[[Any], Any]) -> Any:
-    # Wait for a connection no longer than the pool's own timeout (the configured connect
-    # timeout): each retry attempt must fail fast while the database is away.
-    timeout_s = max(0.1, min(state.pool.timeout, state.remaining_ms() / 1000.0))
-    with storage.wrapped(), state.pool.connection(timeout=timeout_s) as conn:
-        return fn(conn)
-
-
 def _payload_rows(part: encode.EncodedPart, reason: str) -> list[encode.Rejected]:
     """The rows of a payload that could not be written, as failures (rare path)."""
     return [encode.Rejected(n, ref, reason, "") for n, ref in encode.payload_rows(part)]
 
 
-def _write_one(state: _Job, part: encode.EncodedPart, bytes_read: int) -> None:
+def _write_one(state: JobState, part: encode.EncodedPart, bytes_read: int) -> None:
     job = state.job
     started = time.monotonic()
 
-    def attempt() -> storage.PartResult:
+    def attempt() -> batchwrite.PartResult:
         remaining = state.remaining_ms()
         if remaining <= 0:
             raise JobTimeoutError(TIMEOUT_MESSAGE)
         timeout_ms = min(state.cfg.batch_timeout_ms, remaining)
 
-        def write(conn: Any) -> storage.PartResult:
+        def write(conn: Any) -> batchwrite.PartResult:
             # The server cancels a slow statement itself; the watchdog covers a link that
             # stalls so badly that the cancellation could never arrive.
             with storage.watchdog(conn, timeout_ms / 1000.0 + WATCHDOG_GRACE_S):
-                return storage.write_part(
+                return batchwrite.write_part(
                     conn, job_id=job.job_id, group_id=job.group_id, domain_id=job.domain_id,
                     default_type=job.node_type, columns=state.columns, part=part,
                     bytes_read=bytes_read, timeout_ms=timeout_ms, new_id=state.new_id,
                     owner=job.claimed_by)
 
-        return _with_conn(state, write)
+        return with_conn(state, write)
 
     failed_kind: str | None = None  # set when the part's rows are recorded as failed
     try:
@@ -171,12 +119,12 @@ def _write_one(state: _Job, part: encode.EncodedPart, bytes_read: int) -> None:
         "failed": result.failed, "durationMs": round(seconds * 1000, 1)}})
 
 
-def _fail_part(state: _Job, part: encode.EncodedPart, bytes_read: int,
-               reason: str) -> storage.PartResult | None:
+def _fail_part(state: JobState, part: encode.EncodedPart, bytes_read: int,
+               reason: str) -> batchwrite.PartResult | None:
     """Count a partition whose write kept failing as failed rows, and go on."""
     rows = part.rejected + _payload_rows(part, reason[:1000])
     try:
-        retry.call(state.cfg.retry, lambda: _with_conn(state, lambda conn: storage.fail_rows(
+        retry.call(state.cfg.retry, lambda: with_conn(state, lambda conn: batchwrite.fail_rows(
             conn, job_id=state.job.job_id, part=part, rejected=rows, bytes_read=bytes_read,
             owner=state.job.claimed_by)),
             context=state.ctx)
@@ -185,10 +133,10 @@ def _fail_part(state: _Job, part: encode.EncodedPart, bytes_read: int,
         return None
     log.error("batch failed; its rows are recorded as failed", extra={"fields": {
         **state.ctx, "partition": part.partition, "rows": len(rows), "error": reason}})
-    return storage.PartResult(0, 0, 0, len(rows))
+    return batchwrite.PartResult(0, 0, 0, len(rows))
 
 
-def _writer(state: _Job, inbox: queue.Queue[tuple[encode.EncodedPart, int] | None]) -> None:
+def _writer(state: JobState, inbox: queue.Queue[tuple[encode.EncodedPart, int] | None]) -> None:
     while True:
         item = inbox.get()
         if item is None:
@@ -204,7 +152,7 @@ def _writer(state: _Job, inbox: queue.Queue[tuple[encode.EncodedPart, int] | Non
             state.fail(StorageError(f"internal error: {type(exc).__name__}: {exc}"))
 
 
-def _open_batches(state: _Job) -> tuple[Iterator[RawBatch], list[str], int | None]:
+def _open_batches(state: JobState) -> tuple[Iterator[RawBatch], list[str], int | None]:
     job, cfg = state.job, state.cfg
     if job.reference_ids is not None:
         if len(job.reference_ids) > cfg.max_reference_ids:
@@ -225,7 +173,7 @@ def _open_batches(state: _Job) -> tuple[Iterator[RawBatch], list[str], int | Non
     return reader.batches(), reader.header, source.info.size
 
 
-def _read_all(state: _Job, batches: Iterator[RawBatch], header: list[str],
+def _read_all(state: JobState, batches: Iterator[RawBatch], header: list[str],
               checkpoint: list[int], inboxes: list[queue.Queue[Any]]) -> None:
     partitions = len(inboxes)
     rejected = 0
@@ -271,21 +219,21 @@ def _read_all(state: _Job, batches: Iterator[RawBatch], header: list[str],
                             state.fail(JobTimeoutError(TIMEOUT_MESSAGE))
 
 
-def _finish(state: _Job, final: str, error: str | None,
+def _finish(state: JobState, final: str, error: str | None,
             error_kind: str | None = None, exc: BaseException | None = None) -> JobOutcome:
     job = state.job
     # Recording how a job ended is worth waiting for longer than a batch is: a job left
     # PROCESSING by a database outage is only found again when its lease runs out.
     patient = dataclasses.replace(state.cfg.retry,
                                   max_attempts=state.cfg.retry.max_attempts * FINISH_PATIENCE)
-    row = retry.call(patient, lambda: _with_conn(
+    row = retry.call(patient, lambda: with_conn(
         state, lambda conn: jobrows.finish_job(conn, job_id=job.job_id, status=final,
                                                error=error, owner=job.claimed_by)),
         context=state.ctx)
     return _ended(state, row or {}, final, error, error_kind, exc)
 
 
-def _ended(state: _Job, row: dict[str, Any], final: str, error: str | None,
+def _ended(state: JobState, row: dict[str, Any], final: str, error: str | None,
            error_kind: str | None = None, exc: BaseException | None = None) -> JobOutcome:
     """Log and count how the job ended (its row as committed); the outcome."""
     job = state.job
@@ -311,7 +259,7 @@ def _ended(state: _Job, row: dict[str, Any], final: str, error: str | None,
                       error_type=error_type, stack_trace=trace)
 
 
-def _write_small(state: _Job, batch: RawBatch, header: list[str]) -> JobOutcome | None:
+def _write_small(state: JobState, batch: RawBatch, header: list[str]) -> JobOutcome | None:
     """A job whose whole input is one clean batch in one key partition: its rows, its
     counters and COMPLETED in ONE transaction (one commit instead of two).
 
@@ -330,10 +278,10 @@ def _write_small(state: _Job, batch: RawBatch, header: list[str]) -> JobOutcome 
         return None
     started = time.monotonic()
 
-    def write(conn: Any) -> tuple[storage.PartResult, dict[str, Any]]:
+    def write(conn: Any) -> tuple[batchwrite.PartResult, dict[str, Any]]:
         with storage.watchdog(conn, timeout_ms / 1000.0 + WATCHDOG_GRACE_S), \
                 storage.wrapped(), conn.transaction():
-            result = storage.write_part(
+            result = batchwrite.write_part(
                 conn, job_id=job.job_id, group_id=job.group_id, domain_id=job.domain_id,
                 default_type=job.node_type, columns=state.columns, part=part,
                 bytes_read=batch.bytes_read, timeout_ms=timeout_ms, new_id=state.new_id,
@@ -342,7 +290,7 @@ def _write_small(state: _Job, batch: RawBatch, header: list[str]) -> JobOutcome 
         return result, row
 
     try:
-        result, row = _with_conn(state, write)
+        result, row = with_conn(state, write)
     except NodesImportError as exc:  # rolled back: the normal path decides what it means
         log.info("one-transaction write declined; normal path", extra={"fields": {
             **state.ctx, "error": str(exc)}})
@@ -372,7 +320,7 @@ def _partitions(job: ImportJob, cfg: ImportConfig) -> int:
     return cfg.max_parallel_futures
 
 
-def _begin(state: _Job, *, partitions: int, source_bytes: int | None) -> list[int] | None:
+def _begin(state: JobState, *, partitions: int, source_bytes: int | None) -> list[int] | None:
     """Create (if new) and start the job in one transaction; the checkpoint, or None when
     the job is already finished. Also picks the server's id function on that connection."""
     job = state.job
@@ -385,7 +333,7 @@ def _begin(state: _Job, *, partitions: int, source_bytes: int | None) -> list[in
             source_bytes=source_bytes, claimed_by=job.claimed_by,
             resume_failed=job.resume_failed)
 
-    result: list[int] | None = retry.call(state.cfg.retry, lambda: _with_conn(state, begin),
+    result: list[int] | None = retry.call(state.cfg.retry, lambda: with_conn(state, begin),
                                           context=state.ctx)
     return result
 
@@ -394,7 +342,7 @@ def run_import(job: ImportJob, cfg: ImportConfig, pool: ConnectionPool, *,
                on_progress: Callable[[Progress], None] | None = None,
                cancel: threading.Event | None = None) -> JobOutcome:
     """Run ``job`` to COMPLETED or FAILED (or leave it PROCESSING if ``cancel`` is set)."""
-    state = _Job(job, cfg, pool, on_progress, cancel)
+    state = JobState(job, cfg, pool, on_progress, cancel)
     # 1. the source: unreadable means FAILED before anything is written
     try:
         batches, header, size = _open_batches(state)
@@ -406,7 +354,7 @@ def run_import(job: ImportJob, cfg: ImportConfig, pool: ConnectionPool, *,
     # 2. the job row (created if new) PROCESSING, and where a previous attempt stopped
     checkpoint = _begin(state, partitions=_partitions(job, cfg), source_bytes=size)
     if checkpoint is None:
-        row = _with_conn(state, lambda conn: jobrows.get_job(conn, job.job_id)) or {}
+        row = with_conn(state, lambda conn: jobrows.get_job(conn, job.job_id)) or {}
         log.info("job already finished; skipped", extra={"fields": state.ctx})
         return JobOutcome(job.job_id, str(row.get("status")), row.get("error"), row)
     log.info("job started", extra={"fields": {**state.ctx, "source": job.source_label,
@@ -454,6 +402,6 @@ def run_import(job: ImportJob, cfg: ImportConfig, pool: ConnectionPool, *,
                        state.fatal)
     if state.cancel.is_set():
         log.info("job interrupted; it resumes from its checkpoint", extra={"fields": state.ctx})
-        row = _with_conn(state, lambda conn: jobrows.get_job(conn, job.job_id)) or {}
+        row = with_conn(state, lambda conn: jobrows.get_job(conn, job.job_id)) or {}
         return JobOutcome(job.job_id, status.PROCESSING, None, row)
     return _finish(state, status.COMPLETED, None)

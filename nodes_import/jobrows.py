@@ -137,7 +137,7 @@ def get_job(conn: psycopg.Connection[Any], job_id: str) -> dict[str, Any] | None
     with wrapped(), conn.cursor(row_factory=dict_row) as cur:
         cur.execute(_SELECT_JOB + sql.SQL(" WHERE id = %s"), (job_id,))
         row = cur.fetchone()
-    if not conn.info.transaction_status == psycopg.pq.TransactionStatus.IDLE:
+    if conn.info.transaction_status != psycopg.pq.TransactionStatus.IDLE:
         conn.rollback()
     return row
 

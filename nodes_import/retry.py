@@ -6,8 +6,13 @@ import logging
 from collections.abc import Callable
 from typing import TypeVar
 
-from tenacity import (RetryCallState, Retrying, retry_if_exception_type, stop_after_attempt,
-                      wait_exponential)
+from tenacity import (
+    RetryCallState,
+    Retrying,
+    retry_if_exception_type,
+    stop_after_attempt,
+    wait_exponential,
+)
 
 from nodes_import import metrics
 from nodes_import.config import RetryConfig

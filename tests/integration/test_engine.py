@@ -257,7 +257,7 @@ def test_an_interrupted_job_resumes_from_its_checkpoint_without_double_counting(
         assert second[key] == other[key], key
     assert db.scalar("SELECT count(*) FROM job_failures WHERE job_id = %s", (job.job_id,)) \
         == other["failed_count"]
-    strip = lambda nodes: {k: (v[1], v[2]) for k, v in nodes.items()}  # noqa: E731
+    strip = lambda nodes: {k: (v[1], v[2]) for k, v in nodes.items()}
     assert strip(_nodes(db, "g1")) == strip(_nodes(db, "g2"))
 
 

@@ -15,7 +15,7 @@ import uuid
 import psycopg
 import pyarrow as pa
 
-from nodes_import import jobrows, storage
+from nodes_import import batchwrite, jobrows, storage
 from nodes_import.pipeline import encode
 from nodes_import.pipeline.parse import RawBatch
 from tests.fixtures.postgres import Database
@@ -38,11 +38,11 @@ def test_a_key_inserted_concurrently_is_updated_not_lost(db: Database) -> None:
     rival_id = str(uuid.uuid4())
     rival.execute("INSERT INTO nodes (id, reference_id, group_id, type, domain_id)"
                   " VALUES (%s, 'k7', %s, 'USER', %s)", (rival_id, group, DOMAIN))
-    results: list[storage.PartResult] = []
+    results: list[batchwrite.PartResult] = []
 
     def write() -> None:
         with db.pool.connection() as conn:
-            results.append(storage.write_part(
+            results.append(batchwrite.write_part(
                 conn, job_id=job_id, group_id=group, domain_id=DOMAIN, default_type="USER",
                 columns=encode.staged_columns(HEADER), part=part, bytes_read=0,
                 timeout_ms=30_000, new_id=storage.new_id_function(conn)))
@@ -57,12 +57,12 @@ def test_a_key_inserted_concurrently_is_updated_not_lost(db: Database) -> None:
     rival.commit()  # the batch's plain INSERT now fails on k7 and falls back
     rival.close()
     writer.join(30)
-    assert results == [storage.PartResult(inserted=49, updated=1, unchanged=0, failed=0)]
+    assert results == [batchwrite.PartResult(inserted=49, updated=1, unchanged=0, failed=0)]
     rows = db.query("SELECT n.reference_id, n.id::text, m.metadata FROM nodes n"
                     " JOIN node_metadata m ON m.node_id = n.id WHERE n.group_id = %s", (group,))
     assert len(rows) == 50
     assert {ref: meta for ref, _, meta in rows} == {k: {"plan": "ours"} for k in keys}
-    assert dict((ref, node_id) for ref, node_id, _ in rows)["k7"] == rival_id
+    assert {ref: node_id for ref, node_id, _ in rows}["k7"] == rival_id
     job = db.query("SELECT total_nodes, success_count, inserted_count, updated_count"
                    " FROM job_status WHERE id = %s", (job_id,))[0]
     assert job == (50, 50, 49, 1)
