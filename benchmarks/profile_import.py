@@ -44,13 +44,13 @@ _READER_RULES = [
 ]
 _WRITER_RULES = [
     ("idle (waiting for a batch)", lambda f, text: f.endswith("engine.py") and "inbox.get" in text),
-    ("COPY", lambda f, text: f.endswith("storage.py") and "copy" in text.lower()
+    ("COPY", lambda f, text: f.endswith("batchwrite.py") and "copy" in text.lower()
      and "_copy_failures" not in text),
-    ("upsert", lambda f, text: f.endswith("storage.py") and "upsert" in text),
-    ("counters", lambda f, text: f.endswith("storage.py") and "_COUNTERS" in text),
-    ("ANALYZE stage", lambda f, text: f.endswith("storage.py") and "ANALYZE" in text),
-    ("commit", lambda f, text: f.endswith("storage.py") and "transaction()" in text),
-    ("connection pool", lambda f, text: f.endswith("engine.py") and "pool.connection" in text),
+    ("upsert", lambda f, text: f.endswith("batchwrite.py") and "_upsert" in text.lower()),
+    ("counters", lambda f, text: f.endswith("batchwrite.py") and "_COUNTERS" in text),
+    ("ANALYZE stage", lambda f, text: f.endswith("batchwrite.py") and "ANALYZE" in text),
+    ("commit", lambda f, text: f.endswith("batchwrite.py") and "transaction()" in text),
+    ("connection pool", lambda f, text: f.endswith("jobstate.py") and "pool.connection" in text),
 ]
 
 
