@@ -17,7 +17,7 @@ import orjson
 from psycopg_pool import ConnectionPool
 
 from nodes_import import config as config_mod
-from nodes_import import engine, jobrows, logs, status, storage
+from nodes_import import engine, jobrows, logs, metrics, status, storage
 from nodes_import.config import Config
 from nodes_import.errors import ConfigError, NodesImportError
 from nodes_import.jobs import ImportJob, new_job_id
@@ -173,6 +173,7 @@ def import_cmd(ctx: click.Context, source: str | None, ids_file: str | None, gro
         raise click.UsageError("--group must be 1..255 characters")
     if retry_failed and job_id is None:
         raise click.UsageError("--retry-failed needs the --job-id of the FAILED job")
+    metrics.disable()  # a one-off import has no /metrics endpoint to serve them
     cfg = _load(ctx, **{"database.dsn": dsn})
     job = ImportJob(job_id=str(job_id or new_job_id()), group_id=group_id,
                     domain_id=str(domain_id),
