@@ -164,6 +164,9 @@ UPDATE job_status SET
     updated_at = now(), heartbeat_at = now()
 WHERE id = %(job_id)s AND status = 'PROCESSING'
   AND (%(owner)s::text IS NULL OR claimed_by = %(owner)s)
+  -- A partition's parts come in file order, so a part at or below its checkpoint was
+  -- committed already: a retry after a lost COMMIT acknowledgement. Count it once.
+  AND coalesce(checkpoint[%(slot)s], 0) < %(last_row)s
 """
 
 
@@ -174,13 +177,21 @@ def _copy_failures(cur: psycopg.Cursor[Any], job_id: str, rejected: Sequence[Rej
             copy.write_row((job_id, row.row_number, row.reference_id, row.reason, row.line))
 
 
-def _refused(cur: psycopg.Cursor[Any], job_id: str, owner: str | None) -> StorageError:
+class _Replayed(Exception):
+    """This part was committed before (its acknowledgement was lost): roll back the replay."""
+
+
+def _refused(cur: psycopg.Cursor[Any], job_id: str, owner: str | None,
+             part: EncodedPart) -> Exception:
     """Why the counters UPDATE matched no row: the lease went to another runner (fenced),
-    or the job is no longer PROCESSING. Raised inside the transaction, so it rolls back."""
-    row = cur.execute("SELECT status, claimed_by FROM job_status WHERE id = %s",
-                      (job_id,)).fetchone()
+    the job is no longer PROCESSING, or the part is already counted (``_Replayed``).
+    Raised inside the transaction, so it rolls back."""
+    row = cur.execute("SELECT status, claimed_by, checkpoint[%s] FROM job_status WHERE id = %s",
+                      (part.partition + 1, job_id)).fetchone()
     if row is not None and owner is not None and row[1] != owner:
         return LeaseLostError(f"job {job_id} was taken over by {row[1]}; batch rolled back")
+    if row is not None and row[0] == "PROCESSING" and (row[2] or 0) >= part.last_row:
+        return _Replayed()
     return StorageError(f"job {job_id} is no longer PROCESSING; batch rolled back")
 
 
@@ -203,6 +214,21 @@ def write_part(
     With ``owner`` the write is fenced: it commits only while ``claimed_by`` is still
     ``owner``, else it rolls back with ``LeaseLostError``.
     """
+    try:
+        return _write_part(conn, job_id=job_id, group_id=group_id, domain_id=domain_id,
+                           default_type=default_type, columns=columns, part=part,
+                           bytes_read=bytes_read, timeout_ms=timeout_ms, new_id=new_id,
+                           owner=owner)
+    except _Replayed:
+        log.warning("batch part was already committed (its acknowledgement was lost); "
+                    "not counted again", extra={"fields": {
+                        "jobId": job_id, "partition": part.partition, "lastRow": part.last_row}})
+        return PartResult(0, 0, 0, 0)
+
+
+def _write_part(conn: psycopg.Connection[Any], *, job_id: str, group_id: str, domain_id: str,
+                default_type: str, columns: Sequence[str], part: EncodedPart, bytes_read: int,
+                timeout_ms: int, new_id: str, owner: str | None) -> PartResult:
     inserted = updated = unchanged = 0
     with wrapped(), conn.transaction(), conn.cursor() as cur:
         cur.execute(sql.SQL("SET LOCAL statement_timeout = {}").format(sql.Literal(timeout_ms)))
@@ -243,7 +269,7 @@ def write_part(
             "last_row": part.last_row, "bytes_read": bytes_read, "owner": owner,
         })
         if cur.rowcount != 1:
-            raise _refused(cur, job_id, owner)
+            raise _refused(cur, job_id, owner, part)
     return result
 
 
@@ -251,15 +277,18 @@ def fail_rows(conn: psycopg.Connection[Any], *, job_id: str, part: EncodedPart,
               rejected: Sequence[Rejected], bytes_read: int, owner: str | None = None) -> None:
     """Record a whole partition's rows as failed (its write kept failing) and move on.
 
-    Fenced on ``owner`` like ``write_part``."""
-    with wrapped(), conn.transaction(), conn.cursor() as cur:
-        _copy_failures(cur, job_id, rejected)
-        cur.execute(_COUNTERS, {
-            "job_id": job_id, "total": len(rejected), "success": 0, "failed": len(rejected),
-            "inserted": 0, "updated": 0, "unchanged": 0, "slot": part.partition + 1,
-            "last_row": part.last_row, "bytes_read": bytes_read, "owner": owner,
-        })
-        if cur.rowcount != 1:
-            raise _refused(cur, job_id, owner)
-
-
+    Fenced on ``owner`` like ``write_part``; a part already counted is left alone."""
+    try:
+        with wrapped(), conn.transaction(), conn.cursor() as cur:
+            _copy_failures(cur, job_id, rejected)
+            cur.execute(_COUNTERS, {
+                "job_id": job_id, "total": len(rejected), "success": 0,
+                "failed": len(rejected), "inserted": 0, "updated": 0, "unchanged": 0,
+                "slot": part.partition + 1, "last_row": part.last_row,
+                "bytes_read": bytes_read, "owner": owner,
+            })
+            if cur.rowcount != 1:
+                raise _refused(cur, job_id, owner, part)
+    except _Replayed:
+        log.warning("failed batch part was already committed; not recorded again",
+                    extra={"fields": {"jobId": job_id, "partition": part.partition}})
