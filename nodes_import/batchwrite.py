@@ -41,18 +41,18 @@ class PartResult:
         return self.inserted + self.updated + self.unchanged
 
 
-# One statement: dedupe the staged rows (last row number wins), look up the current
-# values, drop the unchanged ones, then insert new nodes, update changed ones and
-# upsert their metadata. Rows are taken in reference_id order so concurrent jobs on
-# overlapping keys lock in the same order. This careful form survives any concurrent
-# insert of the same keys (ON CONFLICT); _UPSERT below is the faster usual form.
-_UPSERT_CAREFUL = """
+# The first half of both batch statements: dedupe the staged rows (last row number wins),
+# look up each key's current values, mark the unchanged ones, choose ids for new keys;
+# then update the changed nodes. Rows are taken in reference_id order so concurrent jobs
+# on overlapping keys lock in the same order.
+_LOOKUP_AND_UPDATE = """
 WITH src AS (
     SELECT DISTINCT ON (reference_id) reference_id,
            coalesce(node_type, {default_type}) AS node_type, metadata
     FROM {stage} ORDER BY reference_id, row_number DESC
 ), cur AS (
     SELECT s.*, n.id AS node_id,
+           CASE WHEN n.id IS NULL THEN {new_id} END AS new_id,
            (n.id IS NOT NULL AND n.type = s.node_type AND n.domain_id = {domain}
             AND (s.metadata IS NULL OR m.metadata IS NOT DISTINCT FROM s.metadata)) AS same
     FROM src s
@@ -63,13 +63,6 @@ WITH src AS (
         WHERE n.reference_id = s.reference_id AND n.group_id = {group} LIMIT 1) n ON true
     LEFT JOIN LATERAL (
         SELECT m.metadata FROM node_metadata m WHERE m.node_id = n.id LIMIT 1) m ON true
-), ins AS (
-    INSERT INTO nodes AS n (id, reference_id, group_id, type, domain_id)
-    SELECT {new_id}, reference_id, {group}, node_type, {domain}
-    FROM cur WHERE node_id IS NULL ORDER BY reference_id
-    ON CONFLICT (reference_id, group_id) DO UPDATE
-        SET type = EXCLUDED.type, domain_id = EXCLUDED.domain_id, updated_at = now()
-    RETURNING n.id, n.reference_id, (n.xmax = 0) AS inserted
 ), upd AS (
     -- The ids to update as an array: nodes is then read through its primary key. A plain
     -- join lets the planner (which cannot know how many rows ``cur`` holds) hash the
@@ -80,6 +73,17 @@ WITH src AS (
     WHERE n.id = ANY (ARRAY(SELECT node_id FROM cur WHERE node_id IS NOT NULL AND NOT same))
       AND n.id = c.node_id AND NOT c.same
     RETURNING n.id, n.reference_id
+)"""
+
+# The careful statement: new keys inserted with ON CONFLICT, so it survives any concurrent
+# insert of the same keys; their metadata follows the ids actually stored.
+_UPSERT_CAREFUL = _LOOKUP_AND_UPDATE + """, ins AS (
+    INSERT INTO nodes AS n (id, reference_id, group_id, type, domain_id)
+    SELECT new_id, reference_id, {group}, node_type, {domain}
+    FROM cur WHERE node_id IS NULL ORDER BY reference_id
+    ON CONFLICT (reference_id, group_id) DO UPDATE
+        SET type = EXCLUDED.type, domain_id = EXCLUDED.domain_id, updated_at = now()
+    RETURNING n.id, n.reference_id, (n.xmax = 0) AS inserted
 ), written AS (
     SELECT id, reference_id, inserted FROM ins
     UNION ALL SELECT id, reference_id, false FROM upd
@@ -99,39 +103,16 @@ SELECT (SELECT count(*) FROM written WHERE inserted),
 """
 
 # The usual statement. It trusts its own lookup: keys it did not find are inserted with a
-# plain INSERT. A concurrent job that inserted one of them since (the only way the
-# lookup can be wrong) makes it fail with unique_violation; write_part then rolls back
-# to a savepoint and runs _UPSERT_CAREFUL, which settles such keys with ON CONFLICT.
+# plain INSERT with the ids chosen in cur, so their metadata needs no join back to what
+# was inserted and no conflict check on its fresh primary key. A concurrent job that
+# inserted one of them since (the only way the lookup can be wrong) makes it fail with
+# unique_violation; write_part then rolls back to a savepoint and runs _UPSERT_CAREFUL.
 # Measured on PostgreSQL 15, a 35k-row batch against 2M nodes: fresh 1.44-1.67 s ->
 # 1.14-1.29 s, unchanged 0.69-0.97 -> 0.62-0.87 s, every row changed within noise.
-_UPSERT = """
-WITH src AS (
-    SELECT DISTINCT ON (reference_id) reference_id,
-           coalesce(node_type, {default_type}) AS node_type, metadata
-    FROM {stage} ORDER BY reference_id, row_number DESC
-), cur AS (
-    SELECT s.*, n.id AS node_id,
-           CASE WHEN n.id IS NULL THEN {new_id} END AS new_id,
-           (n.id IS NOT NULL AND n.type = s.node_type AND n.domain_id = {domain}
-            AND (s.metadata IS NULL OR m.metadata IS NOT DISTINCT FROM s.metadata)) AS same
-    FROM src s
-    LEFT JOIN LATERAL (
-        SELECT n.id, n.type, n.domain_id FROM nodes n
-        WHERE n.reference_id = s.reference_id AND n.group_id = {group} LIMIT 1) n ON true
-    LEFT JOIN LATERAL (
-        SELECT m.metadata FROM node_metadata m WHERE m.node_id = n.id LIMIT 1) m ON true
-), ins AS (
-    -- New keys: a plain INSERT with the ids chosen in cur, so their metadata needs no
-    -- join back to what was inserted and no conflict check on its fresh primary key.
+_UPSERT = _LOOKUP_AND_UPDATE + """, ins AS (
     INSERT INTO nodes (id, reference_id, group_id, type, domain_id)
     SELECT new_id, reference_id, {group}, node_type, {domain}
     FROM cur WHERE node_id IS NULL ORDER BY reference_id
-    RETURNING 1
-), upd AS (
-    UPDATE nodes AS n SET type = c.node_type, domain_id = {domain}, updated_at = now()
-    FROM cur c
-    WHERE n.id = ANY (ARRAY(SELECT node_id FROM cur WHERE node_id IS NOT NULL AND NOT same))
-      AND n.id = c.node_id AND NOT c.same  -- by primary key: see _UPSERT_CAREFUL
     RETURNING 1
 ), meta_new AS (
     INSERT INTO node_metadata (node_id, metadata)
