@@ -10,7 +10,7 @@ import sys
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Any
+from typing import Any, ClassVar
 
 import click
 import orjson
@@ -136,9 +136,9 @@ def _summary(row: dict[str, Any]) -> str:
         f"job {row['id']}: {row['status']}",
         f"  group {row['group_id']}, domain {row['domain_id']}, type {row['node_type']}",
         f"  source {row['source']}",
-        f"  rows {row['total_nodes']:,}: {row['success_count']:,} imported "
-        f"({row['inserted_count']:,} inserted, {row['updated_count']:,} updated, "
-        f"{row['unchanged_count']:,} unchanged), {row['failed_count']:,} failed",
+        (f"  rows {row['total_nodes']:,}: {row['success_count']:,} imported "
+         f"({row['inserted_count']:,} inserted, {row['updated_count']:,} updated, "
+         f"{row['unchanged_count']:,} unchanged), {row['failed_count']:,} failed"),
     ]
     if row.get("started_at") and row.get("finished_at"):
         seconds = (row["finished_at"] - row["started_at"]).total_seconds()
@@ -252,7 +252,7 @@ class Duration(click.ParamType):
     """``30d``, ``12h``, ``90m``, ``45s``, ``2w`` -> seconds."""
 
     name = "duration"
-    UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86_400, "w": 604_800}
+    UNITS: ClassVar[dict[str, int]] = {"s": 1, "m": 60, "h": 3600, "d": 86_400, "w": 604_800}
 
     def convert(self, value: Any, param: click.Parameter | None,
                 ctx: click.Context | None) -> float:

@@ -230,8 +230,14 @@ class Daemon(JobEndings, OffsetsAndStop):
                 self._later(slot, "cannot start the job; retrying", exc, count=n == 0)
             return
         self.admission.database_ok()
+        small: list[Slot] = []
         for slot, claim in zip(ready, claims, strict=True):
-            self._claimed(slot, claim)
+            if claim.outcome == jobrows.CLAIMED and claim.status == status.PENDING \
+                    and slot.job is not None and slot.job.small and slot.crashes == 0:
+                small.append(slot)  # new small jobs go to workers in bundles
+            else:
+                self._claimed(slot, claim)
+        self._submit_bundles(small)
 
     def _claimed(self, slot: Slot, claim: jobrows.Claim) -> None:
         """Act on the claim of a slot's job: skip it, wait for its lease, or submit it."""
@@ -266,6 +272,44 @@ class Daemon(JobEndings, OffsetsAndStop):
         self.running[slot.job.job_id] = slot
         log.info("job submitted", extra={"fields": {**slot.ctx(), "inFlight": len(self.slots),
                                                      "attempt": slot.crashes + 1}})
+
+    def _submit_bundles(self, slots: list[Slot]) -> None:
+        """New small jobs as bundles (``worker.run_bundle``): one worker call, statement and
+        commit per bundle instead of per job. As many bundles as workers, so that a burst
+        keeps every worker busy; a job that crashed a worker is never bundled again."""
+        assert self.pool is not None and self.heartbeat is not None
+        if not slots:
+            return
+        bundles: list[list[Slot]] = [[] for _ in range(min(len(slots),
+                                                            self.cfg.executor.max_pool_size))]
+        home: dict[str, list[Slot]] = {}  # a group's jobs stay together, in message order
+        for slot in slots:
+            assert slot.job is not None
+            group = slot.job.group_id
+            if group not in home:
+                home[group] = min(bundles, key=len)
+            home[group].append(slot)
+        for bundle in bundles:
+            if not bundle:
+                continue
+            jobs = [s.job for s in bundle if s.job is not None]
+            for job in jobs:
+                self.heartbeat.hold(job.job_id)
+            try:
+                futures = self.pool.submit_bundle(jobs, self.cfg.imports)
+            except BrokenProcessPool as exc:
+                self.pool.replace("the pool broke before a submission")
+                for slot in bundle:
+                    slot.state = WAITING
+                    self._later(slot, "cannot submit the job; retrying", exc)
+                continue
+            for slot, future in zip(bundle, futures, strict=True):
+                assert slot.job is not None
+                slot.future, slot.state = future, RUNNING
+                slot.generation = self.pool.generation
+                self.running[slot.job.job_id] = slot
+                log.info("job submitted", extra={"fields": {
+                    **slot.ctx(), "inFlight": len(self.slots), "bundle": len(bundle)}})
 
     def _reject(self, slot: Slot) -> None:
         """Backpressure ``reject``: FAIL the job as overloaded and dead-letter it."""

@@ -39,7 +39,7 @@ from nodes_import.errors import (
     StorageError,
     TransientStorageError,
 )
-from nodes_import.jobs import ImportJob, JobOutcome
+from nodes_import.jobs import BUNDLE_MAX_IDS, ImportJob, JobOutcome
 from nodes_import.jobstate import (
     QUEUE_DEPTH,
     TIMEOUT_MESSAGE,
@@ -58,7 +58,7 @@ log = logging.getLogger(__name__)
 FINISH_PATIENCE = 3
 # A reference-ID list up to this long is written as one key partition, in one transaction
 # with its COMPLETED; longer lists keep max-parallel-futures writers (rows dominate there).
-SMALL_JOB_ROWS = 1000
+SMALL_JOB_ROWS = BUNDLE_MAX_IDS
 
 
 def _payload_rows(part: encode.EncodedPart, reason: str) -> list[encode.Rejected]:

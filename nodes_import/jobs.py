@@ -8,6 +8,9 @@ from typing import Any
 
 # The `source` recorded for jobs whose nodes come from a list of reference IDs.
 REFERENCE_IDS_SOURCE = "reference-ids"
+# A job of at most this many inline reference IDs may be written in a bundle with other
+# small jobs (``bundle``): one statement and one commit for all of them.
+BUNDLE_MAX_IDS = 1000
 # Namespace for job ids derived from a message's (topic, partition, offset).
 _JOB_NAMESPACE = uuid.UUID("6f1c1a3e-2b9d-4c55-9a57-0d3c6a1f0b21")
 
@@ -39,6 +42,12 @@ class ImportJob:
     def source_label(self) -> str:
         """What ``job_status.source`` records."""
         return self.source or REFERENCE_IDS_SOURCE
+
+    @property
+    def small(self) -> bool:
+        """A short inline list of reference IDs, not a re-run: may go in a bundle."""
+        return (self.reference_ids is not None and len(self.reference_ids) <= BUNDLE_MAX_IDS
+                and not self.resume_failed)
 
 
 @dataclass(frozen=True)

@@ -63,6 +63,32 @@ class WorkerPool:
             raise NodesImportError("the worker pool is not started")
         return self._executor.submit(worker.run_job, job, cfg)
 
+    def submit_bundle(self, jobs: list[ImportJob], cfg: ImportConfig) -> list[Future[JobOutcome]]:
+        """Queue small jobs as ONE worker call (``worker.run_bundle``); one future per job,
+        each settled with its job's outcome (or the call's exception) when the call ends."""
+        if self._executor is None:
+            raise NodesImportError("the worker pool is not started")
+        whole = self._executor.submit(worker.run_bundle, jobs, cfg)
+        parts: list[Future[JobOutcome]] = [Future() for _ in jobs]
+
+        def spread(done: Future[list[JobOutcome]]) -> None:
+            if done.cancelled():  # queued in a pool being replaced: never started
+                for part in parts:
+                    part.cancel()
+                return
+            exc = done.exception()
+            results = done.result() if exc is None else []
+            if exc is None and len(results) != len(parts):
+                exc = RuntimeError(f"{len(results)} outcomes for {len(parts)} jobs")
+            for n, part in enumerate(parts):
+                if exc is not None:
+                    part.set_exception(exc)
+                else:
+                    part.set_result(results[n])
+
+        whole.add_done_callback(spread)
+        return parts
+
     def replace(self, reason: str) -> None:
         """Drop a broken executor and start another; a failed start is logged, not raised
         (the jobs then fail as broken again and come back here)."""

@@ -21,7 +21,7 @@ from typing import Any
 
 from psycopg_pool import ConnectionPool
 
-from nodes_import import engine, jobrows, logs, metrics, status, storage
+from nodes_import import bundle, engine, jobrows, logs, metrics, status, storage
 from nodes_import.config import ImportConfig
 from nodes_import.errors import NodesImportError
 from nodes_import.jobs import ImportJob, JobOutcome
@@ -137,6 +137,49 @@ def run_job(job: ImportJob, cfg: ImportConfig) -> JobOutcome:
         return _fail(job, exc)
     finally:
         finished.set()
+
+
+def run_bundle(jobs: list[ImportJob], cfg: ImportConfig) -> list[JobOutcome]:
+    """Run small jobs together (``bundle``); one outcome per job, in order.
+
+    1. jobs with an ID the usual path might reject are set aside;
+    2. the rest, in rounds where no group appears twice, each round one transaction;
+    3. a round that is declined or fails rolls back whole: its jobs, and those set aside,
+       run one by one through ``run_job`` (which resumes, retries and fences as usual).
+    """
+    results: dict[int, JobOutcome] = {}
+    # Per group, the first job that goes one by one: the group's later jobs follow it,
+    # so that a group's jobs are still applied in message order.
+    alone_from: dict[str, int] = {}
+    for n, job in enumerate(jobs):
+        if not bundle.clean(job, cfg):
+            alone_from.setdefault(job.group_id, n)
+    for positions in bundle.rounds(jobs):
+        numbers = [n for n in positions if n < alone_from.get(jobs[n].group_id, len(jobs))]
+        if not numbers:
+            continue
+        members = [jobs[n] for n in numbers]
+        try:
+            with _open_pool().connection() as conn:
+                written = bundle.write(
+                    conn, members, owner=members[0].claimed_by,
+                    timeout_ms=cfg.batch_timeout_ms, new_id=storage.new_id_function(conn))
+        except Exception as exc:  # rolled back, nothing committed: the usual path runs them
+            if isinstance(exc, NodesImportError):
+                log.info("bundle declined; its jobs run one by one", extra={"fields": {
+                    "jobs": len(members), "error": str(exc)}})
+            else:  # a bug must not lose the jobs
+                log.exception("bundle crashed; its jobs run one by one",
+                              extra={"fields": {"jobs": len(members)}})
+            for n in numbers:
+                group = jobs[n].group_id
+                alone_from[group] = min(n, alone_from.get(group, n))
+            continue
+        results.update(zip(numbers, bundle.outcomes(members, written), strict=True))
+    for n in range(len(jobs)):  # in message order
+        if n not in results:
+            results[n] = run_job(jobs[n], cfg)
+    return [results[n] for n in range(len(jobs))]
 
 
 def _fail(job: ImportJob, exc: Exception) -> JobOutcome:
