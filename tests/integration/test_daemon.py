@@ -310,6 +310,27 @@ def test_pause_mode_with_a_tiny_queue_imports_every_job_of_a_burst_and_fails_non
                "every offset committed")
 
 
+def test_a_burst_of_small_jobs_is_written_in_bundles_of_several_jobs_per_commit(
+        daemons: Daemons, kafka: KafkaTest, db: Database) -> None:
+    kafka.create_topic(partitions=4)
+    daemon = daemons.start(node={"import": {"executor": {"queue-capacity": 100}}})
+    jobs = _burst(kafka, 120, 4)
+    wait_until(lambda: db.scalar("SELECT count(*) FROM job_status WHERE status IN"
+                                 " ('COMPLETED', 'FAILED')") == 120, 90, "120 jobs finished")
+    assert db.query("SELECT status, count(*), sum(total_nodes), sum(inserted_count),"
+                    " sum(attempts) FROM job_status GROUP BY status") == [
+        ("COMPLETED", 120, 600, 600, 120)]
+    assert db.scalar("SELECT count(*) FROM nodes") == 600
+    # now() is the transaction's start: jobs completed together share their finished_at
+    commits = db.scalar("SELECT count(DISTINCT finished_at) FROM job_status")
+    assert commits < 60, f"{commits} commits for 120 jobs: not bundled"
+    submitted = daemon.events("job submitted")
+    assert {e["jobId"] for e in submitted} == set(jobs)
+    assert max(e.get("bundle", 1) for e in submitted) > 1
+    wait_until(lambda: sum(kafka.committed(partitions=4).values()) == 120, 10,
+               "every offset committed")
+
+
 def test_reject_mode_fails_the_overflow_as_overloaded_and_dead_letters_it(
         daemons: Daemons, kafka: KafkaTest, db: Database) -> None:
     kafka.create_topic(partitions=4)
