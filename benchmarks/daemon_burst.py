@@ -201,6 +201,7 @@ class DaemonRig:
         return {"jobs": len(sent), "completed": completed, "failed": len(done) - completed,
                 "unfinished": len(sent) - len(done), "wall_s": round(wall, 3),
                 "jobs_per_s": round(len(sent) / wall, 2) if done else 0.0,
+                "min_ms": round(latencies[0] * 1000, 1) if done else None,
                 "p50_ms": round(statistics.median(latencies) * 1000, 1) if done else None,
                 "p95_ms": round(_pct(latencies, 0.95) * 1000, 1) if done else None,
                 "max_ms": round(latencies[-1] * 1000, 1) if done else None,
@@ -295,7 +296,7 @@ def main() -> None:
             for n in range(args.bursts):
                 f = daemon.burst(f"burst{n}", args.jobs, args.ids)
                 print(f"burst {n}: {f['wall_s']:6.2f}s  {f['jobs_per_s']:6.1f} jobs/s  "
-                      f"latency p50 {f['p50_ms']:6.0f} ms p95 {f['p95_ms']:6.0f} ms  "
+                      f"latency min {f['min_ms']:4.0f} p50 {f['p50_ms']:6.0f} ms p95 {f['p95_ms']:6.0f} ms  "
                       f"COMPLETED {f['completed']} FAILED {f['failed']}  nodes {f['nodes']} "
                       f"(expected {f['nodes_expected']})  RSS daemon "
                       f"{f['daemon_rss_mb']:.0f} MB workers {f['workers_rss_mb']:.0f} MB")

@@ -26,6 +26,13 @@ from nodes_import.logs import redact_dsn
 
 log = logging.getLogger(__name__)
 
+# A full window (``pause`` mode) pauses consumption only once it has stayed full this long;
+# until then the daemon takes no message and waits for a job to finish. A pause makes
+# librdkafka drop the messages it has fetched and fetch them again on resume: a window
+# that frees a slot within milliseconds (a burst of small jobs) paid ~40-60 ms for every
+# fill on Tansu. Well under max.poll.interval.ms, so the daemon stays in its group.
+PAUSE_AFTER_S = 0.5
+
 
 def is_outage(exc: BaseException) -> bool:
     """The database is unreachable (not: the data was refused). Only these count towards
@@ -43,6 +50,8 @@ class Admission:
         self.capacity = executor.queue_capacity
         self.reject_mode = executor.backpressure == "reject"
         self.dsn, self.probe_timeout_s = dsn, probe_timeout_s
+        self.clock = clock
+        self._full_since: float | None = None  # when the window last became full
         self.breaker = CircuitBreaker(
             failure_threshold=executor.breaker_failure_threshold,
             probe_initial_s=executor.breaker_probe_initial_ms / 1000.0,
@@ -57,10 +66,20 @@ class Admission:
         """The window holds ``capacity`` messages."""
         return in_flight >= self.capacity
 
+    def holding(self, in_flight: int) -> bool:
+        """Take no message now: the window is full in ``pause`` mode."""
+        return self.full(in_flight) and not self.reject_mode
+
     def steer(self, consumer: JobConsumer, in_flight: int) -> None:
-        """Pause when the window is full (``pause`` mode) or the breaker is not closed;
-        resume when neither holds."""
-        hold = (self.full(in_flight) and not self.reject_mode) or not self.allows_jobs
+        """Pause when the window has been full for ``PAUSE_AFTER_S`` (``pause`` mode) or
+        the breaker is not closed; resume when neither holds."""
+        now = self.clock()
+        if not self.holding(in_flight):
+            self._full_since = None
+        elif self._full_since is None:
+            self._full_since = now
+        hold = (self._full_since is not None and now - self._full_since >= PAUSE_AFTER_S) \
+            or not self.allows_jobs
         if hold and not consumer.paused:
             consumer.pause()
             why = "database circuit breaker" if not self.allows_jobs else "window full"

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import logging
 import time
+import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -176,7 +177,7 @@ def write(conn: psycopg.Connection[Any], jobs: Sequence[ImportJob], *, owner: st
         if len(rows) != len(jobs):
             raise Declined(f"{len(jobs) - len(rows)} of {len(jobs)} jobs are not new PENDING "
                            f"jobs claimed by {owner}")
-    return Written([rows[j.job_id] for j in jobs], time.monotonic() - started)
+    return Written([rows[str(uuid.UUID(j.job_id))] for j in jobs], time.monotonic() - started)
 
 
 def outcomes(jobs: Sequence[ImportJob], written: Written) -> list[JobOutcome]:

@@ -26,6 +26,7 @@ import signal
 import threading
 import time
 from collections.abc import Iterator
+from concurrent.futures import FIRST_COMPLETED, wait
 from concurrent.futures.process import BrokenProcessPool
 from contextlib import contextmanager
 from typing import Any
@@ -161,14 +162,25 @@ class Daemon(JobEndings, OffsetsAndStop):
             self._reopen_db()
         self._retry_waiting()
         self.admission.steer(self.consumer, len(self.slots))
-        # In pause mode never take more than the window has room for.
-        room = INTAKE_MAX if self.reject_mode else self.capacity - len(self.slots)
-        deliveries = self.consumer.poll_many(max(1, min(INTAKE_MAX, room)), POLL_S)
-        self._start([slot for d in deliveries if (slot := self._take(d)) is not None])
+        if self.admission.holding(len(self.slots)) and not self.consumer.paused:
+            self._wait_for_room()  # full, not paused yet (admission.PAUSE_AFTER_S)
+        else:
+            # In pause mode never take more than the window has room for.
+            room = INTAKE_MAX if self.reject_mode else self.capacity - len(self.slots)
+            deliveries = self.consumer.poll_many(max(1, min(INTAKE_MAX, room)), POLL_S)
+            self._start([slot for d in deliveries if (slot := self._take(d)) is not None])
         self._commit()
         if time.monotonic() - self._last_lag >= LAG_EVERY_S:
             self._last_lag = time.monotonic()
             self.lag = self.consumer.lag()
+
+    def _wait_for_room(self) -> None:
+        """Until a running job ends (or ``POLL_S``): the next step reaps it at once."""
+        futures = [s.future for s in self.running.values() if s.future is not None]
+        if futures:
+            wait(futures, timeout=POLL_S, return_when=FIRST_COMPLETED)
+        else:
+            self.stopping.wait(POLL_S)
 
     # --------------------------------------------------------------- taking messages
 

@@ -7,6 +7,7 @@ same transaction as its rows, lives in ``storage``.
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -225,37 +226,45 @@ class NewJob:
     source: str
 
 
+# The intake's two statements: every new job inserted, then every claimable one claimed,
+# set-based (arrays as parameters): two statements whatever the number of jobs. Rows are
+# locked in id order, so two daemons claiming overlapping jobs never deadlock.
+_INSERT_JOBS = (
+    "INSERT INTO job_status (id, group_id, domain_id, status, node_type, source)"
+    " SELECT id, group_id, domain_id, 'PENDING', node_type, source"
+    " FROM unnest(%s::uuid[], %s::text[], %s::uuid[], %s::text[], %s::text[])"
+    " AS j(id, group_id, domain_id, node_type, source)"
+    " ON CONFLICT (id) DO NOTHING")
+# Claimable exactly as in claim_job: PENDING/PROCESSING and no holder, ours, no heartbeat,
+# or a heartbeat at least lease_ms old (the database's clock).
+_CLAIM_JOBS = (
+    "UPDATE job_status SET claimed_by = %(owner)s, heartbeat_at = now(), updated_at = now()"
+    " WHERE id IN (SELECT id FROM job_status WHERE id = ANY(%(ids)s::uuid[])"
+    " AND status IN ('PENDING', 'PROCESSING') AND (claimed_by IS NULL"
+    " OR claimed_by = %(owner)s OR heartbeat_at IS NULL"
+    " OR heartbeat_at <= now() - %(lease)s * interval '1 millisecond')"
+    " ORDER BY id FOR UPDATE)"
+    " RETURNING id::text, status")
+
+
 def create_and_claim(conn: psycopg.Connection[Any], jobs: Sequence[NewJob], *, owner: str,
                      lease_ms: int) -> list[Claim]:
     """``create_job`` then ``claim_job`` for each of ``jobs``, all in ONE transaction: the
     daemon's intake of the messages one poll brought. One claim per job, in order.
 
-    The common case (new jobs, or leases free, ours or expired) is one pipelined round
-    trip and one commit for the lot: the inserts and conditional claims. Only a job whose
+    The common case (new jobs, or leases free, ours or expired) is two set-based
+    statements in one pipelined round trip and one commit for the lot. Only a job whose
     claim matched no row is read again, to say why (FINISHED, or HELD by a live owner).
     """
     with wrapped(), conn.pipeline(), conn.transaction():
-        cursors = []
-        for job in jobs:
-            conn.execute(
-                "INSERT INTO job_status (id, group_id, domain_id, status, node_type, source)"
-                " VALUES (%s, %s, %s, 'PENDING', %s, %s) ON CONFLICT (id) DO NOTHING",
-                (job.job_id, job.group_id, job.domain_id, job.node_type, job.source))
-            # Claimable exactly as in claim_job: PENDING/PROCESSING and no holder, ours, no
-            # heartbeat, or a heartbeat at least lease_ms old (the database's clock).
-            cursors.append(conn.execute(
-                "UPDATE job_status SET claimed_by = %(owner)s, heartbeat_at = now(),"
-                " updated_at = now() WHERE id = %(id)s"
-                " AND status IN ('PENDING', 'PROCESSING') AND (claimed_by IS NULL"
-                " OR claimed_by = %(owner)s OR heartbeat_at IS NULL"
-                " OR heartbeat_at <= now() - %(lease)s * interval '1 millisecond')"
-                " RETURNING status", {"owner": owner, "id": job.job_id, "lease": lease_ms}))
-        claims: list[Claim] = []
-        for job, cur in zip(jobs, cursors, strict=True):
-            claimed = cur.fetchone()
-            claims.append(Claim(CLAIMED, str(claimed[0]), owner, 0.0) if claimed is not None
-                          else _unclaimed(conn, job.job_id))
-    return claims
+        conn.execute(_INSERT_JOBS, ([j.job_id for j in jobs], [j.group_id for j in jobs],
+                                    [j.domain_id for j in jobs], [j.node_type for j in jobs],
+                                    [j.source for j in jobs]))
+        claimed = {str(r[0]): str(r[1]) for r in conn.execute(_CLAIM_JOBS, {
+            "owner": owner, "ids": [j.job_id for j in jobs], "lease": lease_ms}).fetchall()}
+        keys = [str(uuid.UUID(j.job_id)) for j in jobs]  # as PostgreSQL prints them
+        return [Claim(CLAIMED, claimed[key], owner, 0.0) if key in claimed
+                else _unclaimed(conn, j.job_id) for j, key in zip(jobs, keys, strict=True)]
 
 
 def _unclaimed(conn: psycopg.Connection[Any], job_id: str) -> Claim:

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import orjson
 import psutil
+import psycopg
 import pytest
 
 from nodes_import import deadletter as dl
@@ -298,14 +299,22 @@ def test_pause_mode_with_a_tiny_queue_imports_every_job_of_a_burst_and_fails_non
     daemon = daemons.start(node={"import": {"backpressure": "pause",
                                             "executor": {"queue-capacity": 2}}},
                            log_level="DEBUG")
-    jobs = _burst(kafka, 200, 4)
+    # The first jobs cannot write while this lock is held: the window stays full long
+    # enough (admission.PAUSE_AFTER_S) for the partitions to be paused.
+    with psycopg.connect(db.dsn) as locker:
+        locker.execute("LOCK TABLE nodes IN SHARE ROW EXCLUSIVE MODE")
+        jobs = _burst(kafka, 200, 4)
+        wait_until(lambda: daemon.events("window full: partitions paused"), 30,
+                   "partitions paused")  # logged at DEBUG
+        assert db.scalar("SELECT count(*) FROM job_status") <= 2  # nothing taken past it
+        locker.rollback()
     wait_until(lambda: db.scalar("SELECT count(*) FROM job_status WHERE status IN"
                                  " ('COMPLETED', 'FAILED')") == 200, 90, "200 jobs finished")
     assert db.query("SELECT status, count(*), sum(total_nodes), sum(inserted_count)"
                     " FROM job_status GROUP BY status") == [("COMPLETED", 200, 1000, 1000)]
     assert db.scalar("SELECT count(*) FROM nodes") == 1000
     assert {r[0] for r in db.query("SELECT id::text FROM job_status")} == set(jobs)
-    assert daemon.events("window full: partitions paused")  # logged at DEBUG
+    assert daemon.events("partitions resumed")
     wait_until(lambda: sum(kafka.committed(partitions=4).values()) == 200, 10,
                "every offset committed")
 

@@ -170,13 +170,29 @@ def test_consumption_pauses_while_the_breaker_is_open_and_resumes_once_closed(
     assert consumer.calls == ["pause", "resume"]
 
 
-def test_a_full_window_pauses_in_pause_mode_only() -> None:
-    consumer = FakeConsumer()
-    gate = _admission(FakeClock())
+def test_a_full_window_holds_intake_at_once_and_pauses_only_once_it_stays_full() -> None:
+    clock, consumer = FakeClock(), FakeConsumer()
+    gate = _admission(clock)
+    gate.steer(consumer, 2)  # type: ignore[arg-type]
+    assert gate.holding(2) and not consumer.paused  # a slot may free within milliseconds
+    clock.now += admission.PAUSE_AFTER_S / 2
+    gate.steer(consumer, 2)  # type: ignore[arg-type]
+    assert not consumer.paused
+    clock.now += admission.PAUSE_AFTER_S / 2
     gate.steer(consumer, 2)  # type: ignore[arg-type]
     assert consumer.paused
     gate.steer(consumer, 1)  # type: ignore[arg-type]
+    assert not consumer.paused and not gate.holding(1)
+    clock.now += 10 * admission.PAUSE_AFTER_S  # full again: the wait starts over
+    gate.steer(consumer, 2)  # type: ignore[arg-type]
     assert not consumer.paused
-    reject, consumer = _admission(FakeClock(), backpressure="reject"), FakeConsumer()
+    assert consumer.calls == ["pause", "resume"]
+
+
+def test_reject_mode_never_holds_intake_or_pauses_for_a_full_window() -> None:
+    clock, consumer = FakeClock(), FakeConsumer()
+    reject = _admission(clock, backpressure="reject")
     reject.steer(consumer, 5)  # type: ignore[arg-type]
-    assert not consumer.paused
+    clock.now += 10 * admission.PAUSE_AFTER_S
+    reject.steer(consumer, 5)  # type: ignore[arg-type]
+    assert not consumer.paused and not reject.holding(5)
