@@ -407,11 +407,13 @@ class Daemon(JobEndings, OffsetsAndStop):
 
         Reads copies only: the main thread keeps changing these structures.
         """
-        running = list(self.running.values())
-        # A future is "running" from when the pool queues it to a worker, which can be
-        # one more than the workers: capped at the pool size.
-        busy = min(sum(1 for s in running if s.future is not None and s.future.running()),
-                   self.cfg.executor.max_pool_size)
+        running, pool = list(self.running.values()), self.pool
+        # Worker calls in progress (a bundle of jobs is one call). A call is "running" from
+        # when the pool queues it to a worker, which can be one more than the workers:
+        # capped at the pool size.
+        calls = {id(call) for s in running if s.future is not None and pool is not None
+                 and (call := pool.call_of(s.future)).running()}
+        busy = min(len(calls), self.cfg.executor.max_pool_size)
         in_flight = len(self.slots)
         snap.gauges.update({
             "executor_active_threads": busy,

@@ -14,7 +14,9 @@ from __future__ import annotations
 
 import logging
 import multiprocessing
+import weakref
 from concurrent.futures import Future, ProcessPoolExecutor
+from typing import Any
 
 from nodes_import import logs, worker
 from nodes_import.config import ImportConfig
@@ -38,6 +40,9 @@ class WorkerPool:
         self._executor: ProcessPoolExecutor | None = None
         self._logs: logs.WorkerLogs | None = None
         self.generation = 0
+        # A bundled job's future -> the worker call that runs its bundle (``is_running``).
+        self._calls: weakref.WeakKeyDictionary[Future[JobOutcome], Future[Any]] = \
+            weakref.WeakKeyDictionary()
 
     def start(self) -> None:
         """A new executor, its core workers started; ``NodesImportError`` if they cannot."""
@@ -86,8 +91,15 @@ class WorkerPool:
                 else:
                     part.set_result(results[n])
 
+        for part in parts:
+            self._calls[part] = whole
         whole.add_done_callback(spread)
         return parts
+
+    def call_of(self, future: Future[JobOutcome]) -> Future[Any]:
+        """The worker call that runs a job: its bundle's call, or its own future."""
+        call = self._calls.get(future)
+        return call if call is not None else future
 
     def replace(self, reason: str) -> None:
         """Drop a broken executor and start another; a failed start is logged, not raised

@@ -63,3 +63,14 @@ def test_too_few_outcomes_is_an_error_for_every_job_not_a_silent_loss() -> None:
     executor.call.set_result([JobOutcome("j0", "COMPLETED")])
     with pytest.raises(RuntimeError, match="1 outcomes for 3 jobs"):
         futures[2].result(0)
+
+
+def test_a_bundled_job_is_running_exactly_while_its_bundles_call_is() -> None:
+    pool, executor = _pool()
+    futures = pool.submit_bundle(JOBS, ImportConfig())
+    assert {id(pool.call_of(f)) for f in futures} == {id(executor.call)}
+    assert not pool.call_of(futures[0]).running()
+    assert executor.call.set_running_or_notify_cancel()
+    assert all(pool.call_of(f).running() for f in futures)
+    alone: Future[JobOutcome] = Future()
+    assert pool.call_of(alone) is alone
