@@ -16,10 +16,14 @@ from urllib.parse import unquote, urlparse
 
 import pyarrow as pa
 import pyarrow.fs as pafs
+from isal import igzip, isal_zlib
 
 from nodes_import.errors import SourceError
 
 GZIP_MAGIC = b"\x1f\x8b"
+# What a damaged or truncated GZIP stream raises from ISA-L's reader: BadGzipFile (an
+# OSError) for a bad header, EOFError for a cut file, IsalError for corrupt data.
+_INFLATE_ERRORS = (OSError, EOFError, isal_zlib.error)
 
 
 @dataclass(frozen=True)
@@ -62,7 +66,8 @@ class CountingStream:
     ``block_size``, so the per-call overhead of Python here is negligible.
     """
 
-    def __init__(self, raw: pa.NativeFile, decoded: pa.NativeFile, max_decompressed: int):
+    def __init__(self, raw: pa.NativeFile, decoded: pa.NativeFile | igzip.IGzipFile,
+                 max_decompressed: int):
         self._raw = raw
         self._decoded = decoded
         self._max = max_decompressed
@@ -80,8 +85,8 @@ class CountingStream:
     def read(self, size: int = -1) -> bytes:
         try:
             chunk = self._decoded.read(size if size >= 0 else None)
-        except OSError as exc:
-            raise SourceError(f"cannot decompress the file: {exc}") from exc
+        except _INFLATE_ERRORS as exc:
+            raise SourceError(f"cannot decompress the file: {exc or type(exc).__name__}") from exc
         self.decompressed_bytes += len(chunk)
         if self.decompressed_bytes > self._max:
             raise SourceError(
@@ -163,5 +168,8 @@ class Source:
     def open(self) -> CountingStream:
         """A fresh decompressed stream from the start of the file."""
         raw = self._open_raw()
-        decoded = pa.CompressedInputStream(raw, "gzip") if self.info.gzip else raw
+        # ISA-L's inflate (the isal package): 0.12-0.13 s of CPU for a 1M-row file (110 MB
+        # decompressed) against 0.29-0.32 s for zlib through pyarrow's CompressedInputStream.
+        # It reads concatenated members as one stream, like gzip itself.
+        decoded = igzip.IGzipFile(fileobj=raw, mode="rb") if self.info.gzip else raw
         return CountingStream(raw, decoded, self._max_decompressed)
