@@ -220,18 +220,17 @@ MAX_JOIN_BYTES = 1 << 30
 
 
 def _copy_lines(numbers: pa.Array, table: pa.Table, header: list[str], keys: list[str],
-                scans: dict[str, _Scan]) -> tuple[memoryview, ...]:
-    """The COPY text payload of these rows: one join of every field and separator.
-
-    ``scans`` are of the columns these rows were taken from: a subset of the rows can
-    only have fewer bytes to escape, so they stay valid (at worst one escape pass is run
-    for nothing)."""
+                scans: dict[str, _Scan]) -> pa.Array | pa.ChunkedArray:
+    """The COPY text line of each row (newline included): one join of every field and
+    separator, chunked only when the text would pass ``MAX_JOIN_BYTES``."""
     # Escaping at most doubles a value; keys, quotes and separators add per row.
     estimate = 2 * table.nbytes + table.num_rows * (32 + sum(len(k) + 8 for k in keys))
     if estimate > MAX_JOIN_BYTES and table.num_rows > 1:
         half = table.num_rows // 2
-        return (_copy_lines(numbers.slice(0, half), table.slice(0, half), header, keys, scans)
-                + _copy_lines(numbers.slice(half), table.slice(half), header, keys, scans))
+        halves = [_copy_lines(numbers.slice(a, b), table.slice(a, b), header, keys, scans)
+                  for a, b in ((0, half), (half, table.num_rows - half))]
+        return pa.chunked_array([c for h in halves
+                                 for c in (h.chunks if isinstance(h, pa.ChunkedArray) else [h])])
     pieces: list[pa.Array | pa.ChunkedArray | str] = [
         pc.cast(numbers, pa.string()), "\t",
         _copy_text(table.column(REFERENCE_ID), scans[REFERENCE_ID])]
@@ -241,10 +240,13 @@ def _copy_lines(numbers: pa.Array, table: pa.Table, header: list[str], keys: lis
     if keys:
         pieces += ["\t", *_metadata_pieces(table, keys, copy_text=True, scans=scans)]
     pieces.append("\n")
-    lines = _join(*pieces, "")
-    chunks = lines.chunks if isinstance(lines, pa.ChunkedArray) else [lines]
+    return _join(*pieces, "")
+
+
+def _payload(lines: pa.Array | pa.ChunkedArray) -> tuple[memoryview, ...]:
+    """The lines' bytes as they lie in Arrow's buffers: one view per chunk, no copy."""
     out = []
-    for chunk in chunks:
+    for chunk in (lines.chunks if isinstance(lines, pa.ChunkedArray) else [lines]):
         if len(chunk):
             offsets = pa.Array.from_buffers(pa.int32(), len(chunk) + 1,
                                             [None, chunk.buffers()[1]], offset=chunk.offset)
@@ -279,8 +281,12 @@ def payload_rows(part: EncodedPart) -> list[tuple[int, str]]:
 
 def _partition_of(refs: pa.Array, partitions: int) -> pa.Array:
     """A stable partition number per key: a multiplicative hash of its last 4 bytes."""
-    padded = pc.utf8_lpad(pc.fill_null(refs, ""), width=4, padding="0")
-    tail = pc.cast(pc.binary_slice(pc.cast(padded, pa.binary()), -4), pa.binary(4))
+    refs = pc.fill_null(refs, "")
+    # Padding only changes the last 4 bytes of a key shorter than 4 bytes: skipped (one
+    # pass over every key) when there is none, which is nearly always.
+    if (pc.min(pc.binary_length(refs)).as_py() or 0) < 4:
+        refs = pc.utf8_lpad(refs, width=4, padding="0")
+    tail = pc.cast(pc.binary_slice(pc.cast(refs, pa.binary()), -4), pa.binary(4))
     hashed = pc.shift_right(pc.multiply(tail.view(pa.uint32()), _HASH_MULTIPLIER), 16)
     return pc.modulo(hashed, partitions)
 
@@ -404,19 +410,21 @@ def encode_batch(batch: RawBatch, header: list[str], partitions: int,
         good = pc.invert(mask)
         table, numbers = table.filter(good), numbers.filter(good)
         part = part.filter(good) if part is not None else None
-    keys = metadata_keys(header)
+    # The whole batch's lines first, then split by partition: filtering the one column of
+    # lines costs about half of filtering every input column (callgrind: 7.5% fewer instructions in encode_batch).
+    lines = (_copy_lines(numbers, table, header, metadata_keys(header), scans) if table.num_rows
+             else pa.array([], pa.string()))
     parts = []
     for p in range(partitions):
         if part is None:
-            rows, rows_numbers, part_rejected = table, numbers, rejected + invalid
+            rows, rows_numbers, part_rejected = lines, numbers, rejected + invalid
         else:
             in_part = pc.equal(part, _lit(p))
-            rows, rows_numbers = table.filter(in_part), numbers.filter(in_part)
+            rows, rows_numbers = lines.filter(in_part), numbers.filter(in_part)
             part_rejected = [r for r, rp in zip(rejected, rejected_parts) if rp == p]
             if p == 0:
                 part_rejected += invalid
         numbers_p = [r.row_number for r in part_rejected]
         last = max([pc.max(rows_numbers).as_py() or 0] + numbers_p)
-        payload = _copy_lines(rows_numbers, rows, header, keys, scans) if rows.num_rows else ()
-        parts.append(EncodedPart(p, payload, rows.num_rows, part_rejected, last))
+        parts.append(EncodedPart(p, _payload(rows), len(rows), part_rejected, last))
     return parts

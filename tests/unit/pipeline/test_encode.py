@@ -106,6 +106,26 @@ def test_every_key_lands_in_exactly_one_partition_and_always_the_same_one() -> N
             assert seen[row["reference_id"]] == part.partition
 
 
+def _reference_partition(ref: str, partitions: int) -> int:
+    """The partition function in plain Python: the last 4 bytes of the key left-padded
+    with "0" to 4 characters, little-endian, times 2654435761 (mod 2^32), >> 16, mod n."""
+    tail = ref.rjust(4, "0").encode()[-4:]
+    return ((int.from_bytes(tail, "little") * 2654435761) % 2**32 >> 16) % partitions
+
+
+@given(st.lists(st.text(st.characters(blacklist_categories=("Cs", "Cc")), min_size=1,
+                        max_size=7).filter(lambda t: t.strip()), min_size=1, max_size=40))
+@settings(max_examples=200)
+@example(["a", "b-1", "éé", "日本", "user-1234"])  # short keys beside long ones
+@example(["user-1", "user-2"])  # none short: no padding pass
+def test_a_keys_partition_is_a_fixed_function_of_the_key_alone(refs: list[str]) -> None:
+    # Checkpoints are per partition: a resumed job must put every key where it went before,
+    # whatever else its batch holds (short keys or not) and whichever version wrote it.
+    for part in encode.encode_batch(_batch({"reference_id": refs}), ["reference_id"], 3):
+        for row in _rows(part, ["row_number", "reference_id"]):
+            assert part.partition == _reference_partition(row["reference_id"], 3)
+
+
 def test_a_checkpoint_skips_rows_already_committed_per_partition() -> None:
     refs = [f"k{n}" for n in range(100)]
     full = encode.encode_batch(_batch({"reference_id": refs}), ["reference_id"], 2)
