@@ -123,6 +123,7 @@ class Daemon(JobEndings, OffsetsAndStop):
         cfg = self.cfg
         # 0. first, so a taken port fails start-up at once and /healthz answers early
         self.ops.start()
+        metrics.prepare()  # not inside the first message's latency
         # 1.
         self.db = storage.open_pool(self.dsn, max_size=2,
                                     timeout_s=cfg.database.connect_timeout_ms / 1000.0)

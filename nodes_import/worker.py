@@ -71,6 +71,7 @@ def init_worker(settings: WorkerSettings, stop_event: Any, log_queue: Any = None
     else:
         logs.setup(settings.log_level)
     metrics.configure(group=settings.group_label, domain=settings.domain_label)
+    metrics.prepare()
     memory.use_jemalloc()
     _settings, _stop = settings, stop_event
     try:
