@@ -200,3 +200,21 @@ def test_a_worker_runs_what_a_bundle_cannot_take_one_by_one_and_in_order(
     assert (rows[started.job_id]["attempts"], rows[started.job_id]["inserted_count"]) == (2, 1)
     assert _nodes(db) == {("a", "g0", "USER", DOMAINS[0]), ("b", "g0", "USER", DOMAINS[0]),
                           ("c", "g1", "ADMIN", DOMAINS[0]), ("d", "g2", "USER", DOMAINS[0])}
+
+
+def test_a_bundle_sent_again_after_it_committed_is_found_finished_and_not_counted_twice(
+        db: Database, workers: WorkerPool) -> None:
+    # What a worker sees when a bundle's COMMIT went through but its answer was lost: the
+    # bundle is declined (no job is PENDING any more) and each job, run one by one, is
+    # found COMPLETED and left as it is.
+    jobs = [_job(f"g{n}", ("a", "b", "a")) for n in range(3)]
+    _claim(db, jobs)
+    first = [f.result(timeout=60) for f in workers.submit_bundle(jobs, CFG)]
+    before = [_job_row(db, j.job_id) for j in jobs]
+    again = [f.result(timeout=60) for f in workers.submit_bundle(jobs, CFG)]
+    assert [o.status for o in first] == [o.status for o in again] == ["COMPLETED"] * 3
+    after = [_job_row(db, j.job_id) for j in jobs]
+    assert after == before  # same counters, attempts 1, same finished_at
+    assert [(r["total_nodes"], r["inserted_count"], r["updated_count"], r["attempts"])
+            for r in after] == [(3, 2, 1, 1)] * 3
+    assert db.scalar("SELECT count(*) FROM nodes") == 6
