@@ -3,8 +3,8 @@
 Every column is read as a string, exactly as written (no trimming, no type guessing);
 empty cells are nulls. Each batch carries the data row numbers of its rows (1 = the
 first row after the header) so rejected rows can be reported and a resumed job can skip
-what it already committed. Rows with the wrong number of fields come back as
-``InvalidRow`` with their text, in order, never as an exception.
+what it already committed. Rows with the wrong number of fields, and rows with a value that
+is not UTF-8, come back as ``InvalidRow`` with their text, in order, never as an exception.
 """
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ _VECTOR_SHIFT_LIMIT = 32
 
 @dataclass(frozen=True)
 class InvalidRow:
-    """A row the parser could not split into the header's columns."""
+    """A row the parser could not split into the header's columns, or not decode as UTF-8."""
 
     row_number: int
     line: str
@@ -165,7 +165,10 @@ class CsvReader:
         except SourceError:
             raise
         except (pa.ArrowInvalid, OSError, UnicodeDecodeError) as exc:
-            raise SourceError(f"cannot read the CSV: {_arrow_message(exc)}") from exc
+            message = _arrow_message(exc)
+            if message.startswith(_UTF8_MESSAGE) and types is not None:
+                raise _NotUtf8(f"cannot read the CSV: {message}") from exc
+            raise SourceError(f"cannot read the CSV: {message}") from exc
 
     def _read_header(self) -> list[str]:
         stream = self._source.open()
@@ -189,32 +192,127 @@ class CsvReader:
 
     def batches(self) -> Iterator[RawBatch]:
         """Yield every row once, in file order, in batches of at most ``batch_size``."""
+        return _utf8_fallback(self._batches)
+
+    def _batches(self, as_text: bool) -> Iterator[RawBatch]:
         invalid: list[InvalidRow] = []
         stream = self._source.open()
         try:
-            reader = self._open(stream, invalid, {name: pa.string() for name in self.header})
-            yield from _numbered(reader, invalid, self.header, self._batch_size, stream)
+            kind = pa.string() if as_text else pa.binary()
+            reader = self._open(stream, invalid, {name: kind for name in self.header})
+            yield from _numbered(reader, invalid, self.header, self._batch_size, stream, as_text)
         finally:
             stream.close()
 
 
+class _NotUtf8(SourceError):
+    """Arrow refused a block that is not UTF-8 (text mode): read the file as binary."""
+
+
+def _utf8_fallback(batches: Callable[[bool], Iterator[RawBatch]]) -> Iterator[RawBatch]:
+    """``batches(True)`` (strings, Arrow checks UTF-8: the fast path); if a value is not
+    UTF-8, Arrow fails its whole block, so the file is read again from the start as binary
+    (``batches(False)``, each batch validated by ``_as_text``, its bad rows rejected) and
+    the batches already yielded are skipped: both reads cut the same batches."""
+    yielded = 0
+    try:
+        for batch in batches(True):
+            yield batch
+            yielded += 1
+        return
+    except _NotUtf8:
+        pass
+    for n, batch in enumerate(batches(False)):
+        if n >= yielded:
+            yield batch
+
+
 def _numbered(reader: pacsv.CSVStreamingReader, invalid: list[InvalidRow], columns: list[str],
-              batch_size: int, stream: CountingStream) -> Iterator[RawBatch]:
+              batch_size: int, stream: CountingStream, as_text: bool) -> Iterator[RawBatch]:
     """The reader's rows in batches, numbered, with the invalid rows reported in order.
 
     ``invalid`` is the list the reader's invalid-row handler appends to while it parses.
+    Binary columns (``as_text`` false) are validated and turned into strings here.
     """
     numbers = _RowNumbers(batch_size)
     for table in _rebatch(_guarded(reader), batch_size):
         numbers.pending.extend(invalid)
         invalid.clear()
         row_numbers, bad = numbers.take(table.num_rows)
+        not_text: list[InvalidRow] = []
+        if not as_text:
+            table, row_numbers, not_text = _as_text(table, row_numbers)
+        if not_text:
+            bad = sorted(bad + not_text, key=lambda r: r.row_number)
         yield RawBatch(table, row_numbers, bad, stream.compressed_bytes)
     numbers.pending.extend(invalid)
     rest = numbers.flush()
     if rest:  # invalid rows after the last valid one
         empty = pa.table({name: pa.array([], pa.string()) for name in columns})
         yield RawBatch(empty, pa.array([], pa.int64()), rest, stream.compressed_bytes)
+
+
+def _as_text(table: pa.Table, numbers: pa.Array) -> tuple[pa.Table, pa.Array, list[InvalidRow]]:
+    """The binary columns as strings, and the rows whose bytes are not UTF-8 as invalid.
+
+    One cast per batch validates every value (what Arrow's ``check_utf8`` costs); only a
+    batch that fails it is looked at value by value, to name its bad rows.
+    """
+    schema = pa.schema([(name, pa.string()) for name in table.column_names])
+    bad_columns = [name for name, column in zip(table.column_names, table.columns)
+                   if not _valid_utf8(column)]
+    if not bad_columns:
+        return _viewed(table, schema), numbers, []
+    bad: dict[int, str] = {}  # row index -> the first column whose value is not UTF-8
+    for name in bad_columns:
+        column = table.column(name)
+        for index, value in enumerate(column.to_pylist()):  # rare path: a bad batch only
+            if value is not None and index not in bad and not _is_utf8(value):
+                bad[index] = name
+    rows = table.to_pylist() if len(bad) <= MAX_INVALID_LINES else []
+    invalid = [InvalidRow(numbers[index].as_py(), _line(rows[index] if rows else None),
+                          f"invalid UTF-8 in column {name!r}")
+               for index, name in sorted(bad.items())]
+    keep = pa.array([index not in bad for index in range(table.num_rows)])
+    return _viewed(table.filter(keep), schema), numbers.filter(keep), invalid
+
+
+def _valid_utf8(column: pa.ChunkedArray) -> bool:
+    """Every value of a binary column is UTF-8: a full validation of its string view (no
+    copy; a cast to string costs more, measured)."""
+    try:
+        for chunk in column.chunks:
+            chunk.view(pa.string()).validate(full=True)
+    except pa.ArrowInvalid:
+        return False
+    return True
+
+
+def _viewed(table: pa.Table, schema: pa.Schema) -> pa.Table:
+    """The same buffers seen as strings (validated before)."""
+    return pa.Table.from_arrays(
+        [pa.chunked_array([c.view(pa.string()) for c in col.chunks], pa.string())
+         for col in table.columns], schema=schema)
+
+
+# A batch with more rows than this that are not UTF-8 records them without their text.
+MAX_INVALID_LINES = 1000
+
+
+def _is_utf8(value: bytes) -> bool:
+    try:
+        value.decode("utf-8")
+    except UnicodeDecodeError:
+        return False
+    return True
+
+
+def _line(row: dict[str, bytes | None] | None) -> str:
+    """A rejected row's fields as text (bytes that are not UTF-8 shown as U+FFFD)."""
+    if row is None:
+        return ""
+    text = ",".join("" if v is None else v.decode("utf-8", "replace") for v in row.values())
+    return text.replace("\x00", "\\0")[:MAX_LINE_CHARS]
 
 
 def _guarded(reader: pacsv.CSVStreamingReader) -> Iterator[pa.RecordBatch]:
@@ -227,7 +325,13 @@ def _guarded(reader: pacsv.CSVStreamingReader) -> Iterator[pa.RecordBatch]:
         except SourceError:
             raise
         except (pa.ArrowInvalid, OSError) as exc:
-            raise SourceError(f"cannot read the CSV: {_arrow_message(exc)}") from exc
+            message = _arrow_message(exc)
+            if message.startswith(_UTF8_MESSAGE):
+                raise _NotUtf8(f"cannot read the CSV: {message}") from exc
+            raise SourceError(f"cannot read the CSV: {message}") from exc
+
+
+_UTF8_MESSAGE = "invalid UTF-8 data"
 
 
 def _arrow_message(exc: BaseException) -> str:
@@ -235,7 +339,7 @@ def _arrow_message(exc: BaseException) -> str:
     if "straddl" in text:
         return "a row is larger than node.import.block-size-bytes"
     if "invalid UTF8" in text or "invalid utf8" in text.lower():
-        return "invalid UTF-8 data (" + text.splitlines()[0] + ")"
+        return _UTF8_MESSAGE + " (" + text.splitlines()[0] + ")"
     return text.splitlines()[0] if text else type(exc).__name__
 
 
@@ -258,6 +362,9 @@ class IdFileReader:
 
     def batches(self) -> Iterator[RawBatch]:
         """Yield every ID line once, in order; blank lines are skipped."""
+        return _utf8_fallback(self._batches)
+
+    def _batches(self, as_text: bool) -> Iterator[RawBatch]:
         stream = self._source.open()
         invalid: list[InvalidRow] = []
         try:
@@ -270,13 +377,16 @@ class IdFileReader:
                 parse_options=pacsv.ParseOptions(delimiter="\x1f", quote_char=False,
                                                  invalid_row_handler=_invalid_handler(invalid)),
                 convert_options=pacsv.ConvertOptions(
-                    column_types={REFERENCE_ID: pa.string()}, strings_can_be_null=False
-                ),
+                    column_types={REFERENCE_ID: pa.string() if as_text else pa.binary()},
+                    strings_can_be_null=False),
             )
-            yield from _numbered(reader, invalid, self.header, self._batch_size, stream)
+            yield from _numbered(reader, invalid, self.header, self._batch_size, stream, as_text)
         except SourceError:
             raise
         except (pa.ArrowInvalid, OSError) as exc:
-            raise SourceError(f"cannot read the ID file: {_arrow_message(exc)}") from exc
+            message = _arrow_message(exc)
+            if message.startswith(_UTF8_MESSAGE):
+                raise _NotUtf8(f"cannot read the ID file: {message}") from exc
+            raise SourceError(f"cannot read the ID file: {message}") from exc
         finally:
             stream.close()

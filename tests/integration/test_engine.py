@@ -149,6 +149,33 @@ def test_bad_rows_are_recorded_with_reasons_and_the_job_goes_on(
     assert nodes["good2"][1:] == ("ADMIN", {"note": "d"})
 
 
+def test_a_row_that_is_not_utf8_is_recorded_as_failed_and_the_rest_is_imported(
+        db: Database, tmp_path: Path, gz_csv: Callable[..., Path]) -> None:
+    content = (b"reference_id,note\n" + b"u1,caf\xc3\xa9\n"  # UTF-8
+               + b"u2,caf\xe9\n"  # Latin-1: not UTF-8
+               + b"u3,plain\n")
+    row = _run(db, _job(gz_csv(content)), _cfg(tmp_path))
+    assert row["status"] == "COMPLETED"
+    assert (row["total_nodes"], row["success_count"], row["failed_count"]) == (3, 2, 1)
+    _assert_counts_add_up(row)
+    assert db.query("SELECT row_number, reason, line FROM job_failures") == [
+        (2, "invalid UTF-8 in column 'note'", "u2,caf\ufffd")]
+    assert {k: v[2] for k, v in _nodes(db).items()} == {"u1": {"note": "café"},
+                                                        "u3": {"note": "plain"}}
+
+
+def test_a_reference_id_file_line_that_is_not_utf8_is_recorded_as_failed(
+        db: Database, tmp_path: Path) -> None:
+    path = tmp_path / "ids.txt"
+    path.write_bytes(b"a1\n\xff\xfeid\na3\n")
+    row = _run(db, _job(reference_ids_file=str(path)), _cfg(tmp_path))
+    assert row["status"] == "COMPLETED"
+    assert (row["total_nodes"], row["success_count"], row["failed_count"]) == (3, 2, 1)
+    assert db.scalar("SELECT reason FROM job_failures") == \
+        "invalid UTF-8 in column 'reference_id'"
+    assert set(_nodes(db)) == {"a1", "a3"}
+
+
 def test_the_job_fails_once_rejected_rows_pass_the_reject_ratio(
         db: Database, tmp_path: Path, gz_csv: Callable[..., Path]) -> None:
     content = "reference_id\n" + "".join(f"r{n}\n" if n % 2 else "\n \n" for n in range(40))

@@ -101,11 +101,23 @@ def test_truncated_gzip_is_refused(tmp_path: Path, cut: int) -> None:
         _read_all(path)
 
 
-def test_invalid_utf8_is_refused_with_that_reason(tmp_path: Path) -> None:
+def test_a_row_that_is_not_utf8_is_rejected_alone_with_that_reason(tmp_path: Path) -> None:
     path = tmp_path / "latin1.csv"
-    path.write_bytes("reference_id,name\nr1,Müller\n".encode("latin-1"))
-    with pytest.raises(SourceError, match="UTF-8"):
-        _read_all(path)
+    path.write_bytes(b"reference_id,name\nr1,ok\n" + "r2,Müller\n".encode("latin-1")
+                     + b"r3,fine\n\xff\xfe,x\n" + "r5,Łódź\n".encode())
+    source = Source(str(path), allowed_roots=(str(tmp_path),), max_file_bytes=1 << 30,
+                    max_decompressed_bytes=1 << 26)
+    reader = CsvReader(source, block_size=1 << 16, batch_size=3)
+    rows, invalid = [], []
+    for batch in reader.batches():
+        rows += list(zip(batch.row_numbers.to_pylist(), batch.table.to_pylist()))
+        invalid += batch.invalid
+    assert rows == [(1, {"reference_id": "r1", "name": "ok"}),
+                    (3, {"reference_id": "r3", "name": "fine"}),
+                    (5, {"reference_id": "r5", "name": "Łódź"})]
+    assert [(r.row_number, r.reason, r.line) for r in invalid] == [
+        (2, "invalid UTF-8 in column 'name'", "r2,M\ufffdller"),
+        (4, "invalid UTF-8 in column 'reference_id'", "\ufffd\ufffd,x")]
 
 
 def test_bare_cr_line_ends_are_accepted(tmp_path: Path) -> None:
@@ -118,3 +130,26 @@ def test_a_header_only_file_imports_nothing(tmp_path: Path) -> None:
     path = tmp_path / "header.csv"
     path.write_bytes(b"reference_id,a\n")
     assert _read_all(path) == []
+
+
+def test_a_bad_row_late_in_the_file_rereads_it_as_binary_without_repeating_a_row(
+        tmp_path: Path) -> None:
+    # Arrow fails the whole block of a value that is not UTF-8, after earlier batches were
+    # handed out: the file is read again as binary and those batches are not repeated.
+    lines = [f"r{n},v{n}".encode() for n in range(1, 301)]
+    lines[9] = b"r10,v10,extra"  # a row of the wrong width, before the bad one
+    lines[249] = b"r250,caf\xe9"  # not UTF-8, blocks later
+    path = tmp_path / "late.csv.gz"
+    path.write_bytes(gzip.compress(b"reference_id,name\n" + b"\n".join(lines) + b"\n"))
+    source = Source(str(path), allowed_roots=(str(tmp_path),), max_file_bytes=1 << 30,
+                    max_decompressed_bytes=1 << 26)
+    reader = CsvReader(source, block_size=512, batch_size=7)
+    numbers, refs, invalid = [], [], []
+    for batch in reader.batches():
+        numbers += batch.row_numbers.to_pylist()
+        refs += batch.table.column("reference_id").to_pylist()
+        invalid += [(r.row_number, r.reason) for r in batch.invalid]
+    expected = [n for n in range(1, 301) if n not in (10, 250)]
+    assert numbers == expected and refs == [f"r{n}" for n in expected]
+    assert invalid == [(10, "expected 2 fields, got 3"),
+                       (250, "invalid UTF-8 in column 'name'")]
