@@ -126,6 +126,19 @@ def clean(job: ImportJob, cfg: ImportConfig) -> bool:
                for ref in ids)
 
 
+def split(jobs: Sequence[ImportJob], count: int) -> list[list[int]]:
+    """The jobs' positions in at most ``count`` bundles of near-equal size (parent side:
+    one bundle per worker keeps every worker busy); a group's jobs stay in one bundle, in
+    message order, so no two workers write the same group's keys at once."""
+    bundles: list[list[int]] = [[] for _ in range(max(1, min(count, len(jobs))))]
+    home: dict[str, list[int]] = {}
+    for position, job in enumerate(jobs):
+        if job.group_id not in home:
+            home[job.group_id] = min(bundles, key=len)
+        home[job.group_id].append(position)
+    return [b for b in bundles if b]
+
+
 def rounds(jobs: Sequence[ImportJob]) -> list[list[int]]:
     """The jobs' positions in transactions where no group appears twice, message order
     kept: the n-th job of a group goes in the n-th round."""

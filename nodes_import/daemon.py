@@ -33,6 +33,7 @@ from typing import Any
 
 from psycopg_pool import ConnectionPool
 
+from nodes_import import bundle as bundles
 from nodes_import import deadletter as dl
 from nodes_import import errors, jobrows, metrics, payload, status, storage, worker
 from nodes_import.admin import Operations
@@ -293,19 +294,12 @@ class Daemon(JobEndings, OffsetsAndStop):
         assert self.pool is not None and self.heartbeat is not None
         if not slots:
             return
-        bundles: list[list[Slot]] = [[] for _ in range(min(len(slots),
-                                                            self.cfg.executor.max_pool_size))]
-        home: dict[str, list[Slot]] = {}  # a group's jobs stay together, in message order
+        small: list[ImportJob] = []
         for slot in slots:
-            assert slot.job is not None
-            group = slot.job.group_id
-            if group not in home:
-                home[group] = min(bundles, key=len)
-            home[group].append(slot)
-        for bundle in bundles:
-            if not bundle:
-                continue
-            jobs = [s.job for s in bundle if s.job is not None]
+            assert slot.job is not None  # _start only passes slots with a job
+            small.append(slot.job)
+        for positions in bundles.split(small, self.cfg.executor.max_pool_size):
+            bundle, jobs = [slots[n] for n in positions], [small[n] for n in positions]
             for job in jobs:
                 self.heartbeat.hold(job.job_id)
             try:

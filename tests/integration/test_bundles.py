@@ -158,6 +158,13 @@ def test_rounds_keep_each_groups_jobs_in_message_order() -> None:
     assert bundle.rounds(jobs) == [[0, 1, 3], [2, 5], [4]]
 
 
+def test_a_burst_splits_into_one_bundle_per_worker_with_each_group_in_one_bundle() -> None:
+    jobs = [_job(g, ()) for g in ("a", "b", "a", "c", "d", "a", "e")]
+    bundles = bundle.split(jobs, 2)
+    assert bundles == [[0, 2, 4, 5], [1, 3, 6]]  # "a" three times, all in the first
+    assert bundle.split(jobs[:1], 2) == [[0]] and bundle.split([], 2) == []
+
+
 @pytest.mark.parametrize(("ids", "clean"), [
     (("a", "b-1", "ünï"), True), ((), True), (("a", ""), False), (("  ",), False),
     (("a\tb",), False), (("x" * 255,), True), (("x" * 256,), False),
