@@ -27,13 +27,11 @@ import threading
 import time
 from collections.abc import Iterator
 from concurrent.futures import FIRST_COMPLETED, wait
-from concurrent.futures.process import BrokenProcessPool
 from contextlib import contextmanager
 from typing import Any
 
 from psycopg_pool import ConnectionPool
 
-from nodes_import import bundle as bundles
 from nodes_import import deadletter as dl
 from nodes_import import errors, jobrows, metrics, payload, status, storage, worker
 from nodes_import.admin import Operations
@@ -52,6 +50,7 @@ from nodes_import.endings import OVERLOADED, JobEndings, qualname
 from nodes_import.jobs import ImportJob, derived_job_id
 from nodes_import.pool import WorkerPool
 from nodes_import.stoporder import POLL_S, OffsetsAndStop
+from nodes_import.submission import JobSubmission
 from nodes_import.window import DEAD_LETTER, REJECTING, RUNNING, WAITING, Heartbeat, Slot
 
 log = logging.getLogger(__name__)
@@ -66,10 +65,11 @@ DB_WAIT_S = 2.0
 INTAKE_MAX = 50
 
 
-class Daemon(JobEndings, OffsetsAndStop):
+class Daemon(JobEndings, JobSubmission, OffsetsAndStop):
     """Consumes job messages and runs them on worker processes until asked to stop.
 
-    Taking messages and starting jobs are here; ending jobs is ``endings.JobEndings``;
+    Taking messages and starting jobs are here; handing claimed jobs to the workers is
+    ``submission.JobSubmission``; ending jobs is ``endings.JobEndings``;
     commits, rebalances and the stop order are ``stoporder.OffsetsAndStop``.
     """
 
@@ -252,71 +252,6 @@ class Daemon(JobEndings, OffsetsAndStop):
             else:
                 self._claimed(slot, claim)
         self._submit_bundles(small)
-
-    def _claimed(self, slot: Slot, claim: jobrows.Claim) -> None:
-        """Act on the claim of a slot's job: skip it, wait for its lease, or submit it."""
-        if claim.outcome == jobrows.FINISHED:
-            log.info("job already finished; skipped", extra={"fields": {
-                **slot.ctx(), "status": claim.status, "ranBy": claim.holder}})
-            if claim.status == status.FAILED:
-                self._dead_letter_again(slot)
-            else:
-                self._done(slot)
-        elif claim.outcome == jobrows.HELD:
-            if slot.waiting_for != claim.holder:
-                log.info("job leased by another daemon; waiting", extra={"fields": {
-                    **slot.ctx(), "holder": claim.holder,
-                    "heartbeatAgeS": round(claim.heartbeat_age_s or 0.0, 1)}})
-            slot.waiting_for = claim.holder
-            slot.not_before = time.monotonic() + self.cfg.executor.heartbeat_interval_ms / 1e3
-        else:
-            self._submit(slot)
-
-    def _submit(self, slot: Slot) -> None:
-        assert slot.job is not None and self.pool is not None and self.heartbeat is not None
-        self.heartbeat.hold(slot.job.job_id)  # claimed: ours until done or dropped
-        try:
-            slot.future = self.pool.submit(slot.job, self.cfg.imports)
-        except BrokenProcessPool as exc:
-            self.pool.replace("the pool broke before a submission")
-            slot.state = WAITING
-            self._later(slot, "cannot submit the job; retrying", exc)
-            return
-        slot.state, slot.generation = RUNNING, self.pool.generation
-        self.running[slot.job.job_id] = slot
-        log.info("job submitted", extra={"fields": {**slot.ctx(), "inFlight": len(self.slots),
-                                                     "attempt": slot.crashes + 1}})
-
-    def _submit_bundles(self, slots: list[Slot]) -> None:
-        """New small jobs as bundles (``worker.run_bundle``): one worker call, statement and
-        commit per bundle instead of per job. As many bundles as workers, so that a burst
-        keeps every worker busy; a job that crashed a worker is never bundled again."""
-        assert self.pool is not None and self.heartbeat is not None
-        if not slots:
-            return
-        small: list[ImportJob] = []
-        for slot in slots:
-            assert slot.job is not None  # _start only passes slots with a job
-            small.append(slot.job)
-        for positions in bundles.split(small, self.cfg.executor.max_pool_size):
-            bundle, jobs = [slots[n] for n in positions], [small[n] for n in positions]
-            for job in jobs:
-                self.heartbeat.hold(job.job_id)
-            try:
-                futures = self.pool.submit_bundle(jobs, self.cfg.imports)
-            except BrokenProcessPool as exc:
-                self.pool.replace("the pool broke before a submission")
-                for slot in bundle:
-                    slot.state = WAITING
-                    self._later(slot, "cannot submit the job; retrying", exc)
-                continue
-            for slot, future in zip(bundle, futures, strict=True):
-                assert slot.job is not None
-                slot.future, slot.state = future, RUNNING
-                slot.generation = self.pool.generation
-                self.running[slot.job.job_id] = slot
-                log.info("job submitted", extra={"fields": {
-                    **slot.ctx(), "inFlight": len(self.slots), "bundle": len(bundle)}})
 
     def _reject(self, slot: Slot) -> None:
         """Backpressure ``reject``: FAIL the job as overloaded and dead-letter it."""
