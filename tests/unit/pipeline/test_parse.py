@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import gzip
+import subprocess
+import sys
 from collections.abc import Callable
 from pathlib import Path
 
@@ -122,3 +124,26 @@ def test_a_field_larger_than_a_read_block_is_refused_clearly(gz_csv: Callable) -
     path = gz_csv(b"reference_id,blob\nx," + b"a" * 300_000 + b"\n")
     with pytest.raises(SourceError, match="larger than node.import.block-size-bytes"):
         _read(path)
+
+
+@pytest.mark.parametrize(("uri", "reason"), [
+    ("mock:///bucket/users.csv.gz", "no such file: mock:///bucket/users.csv.gz"),
+    ("nosuchscheme://bucket/u.csv.gz", "cannot open nosuchscheme://bucket/u.csv.gz: Unrecognized"),
+])
+def test_a_remote_uri_goes_through_pyarrows_filesystems_and_fails_cleanly(
+        uri: str, reason: str) -> None:
+    with pytest.raises(SourceError) as caught:
+        Source(uri, allowed_roots=(), max_file_bytes=1 << 30, max_decompressed_bytes=1 << 30)
+    assert str(caught.value).startswith(reason)
+
+
+def test_reading_a_local_file_never_loads_pyarrows_remote_filesystems(gz_csv: Callable) -> None:
+    # pyarrow.fs loads the S3 and GCS support: ~30 ms of every import's start-up.
+    path = str(gz_csv("reference_id\nr1\n"))
+    code = ("import sys; from nodes_import.pipeline.source import Source; "
+            f"s = Source({path!r}, allowed_roots=('/',), "
+            "max_file_bytes=1 << 30, max_decompressed_bytes=1 << 30); s.open().read(); "
+            "print('pyarrow.fs' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         timeout=60, check=True)
+    assert out.stdout.strip() == "False"
