@@ -8,15 +8,18 @@ other job alone (``worker.run_job``). Either way each job's slot gets its own fu
 
 from __future__ import annotations
 
+import functools
 import logging
 import time
+from collections.abc import Callable
+from concurrent.futures import Future
 from concurrent.futures.process import BrokenProcessPool
 from typing import TYPE_CHECKING
 
 from nodes_import import bundle as bundles
 from nodes_import import jobrows, status
 from nodes_import.config import Config
-from nodes_import.jobs import ImportJob
+from nodes_import.jobs import ImportJob, JobOutcome
 from nodes_import.pool import WorkerPool
 from nodes_import.window import RUNNING, WAITING, Heartbeat, Slot
 
@@ -58,47 +61,47 @@ class JobSubmission:
             self._submit(slot)
 
     def _submit(self, slot: Slot) -> None:
-        assert slot.job is not None and self.pool is not None and self.heartbeat is not None
-        self.heartbeat.hold(slot.job.job_id)  # claimed: ours until done or dropped
-        try:
-            slot.future = self.pool.submit(slot.job, self.cfg.imports)
-        except BrokenProcessPool as exc:
-            self.pool.replace("the pool broke before a submission")
-            slot.state = WAITING
-            self._later(slot, "cannot submit the job; retrying", exc)
-            return
-        slot.state, slot.generation = RUNNING, self.pool.generation
-        self.running[slot.job.job_id] = slot
-        log.info("job submitted", extra={"fields": {**slot.ctx(), "inFlight": len(self.slots),
-                                                     "attempt": slot.crashes + 1}})
+        """A job alone (``worker.run_job``)."""
+        assert slot.job is not None and self.pool is not None
+        job, pool = slot.job, self.pool
+        self._hand_over([slot], lambda: [pool.submit(job, self.cfg.imports)],
+                        attempt=slot.crashes + 1)
 
     def _submit_bundles(self, slots: list[Slot]) -> None:
         """New small jobs as bundles (``worker.run_bundle``): one worker call, statement and
         commit per bundle instead of per job. As many bundles as workers, so that a burst
         keeps every worker busy; a job that crashed a worker is never bundled again."""
-        assert self.pool is not None and self.heartbeat is not None
-        if not slots:
-            return
-        small: list[ImportJob] = []
+        assert self.pool is not None
+        pool, small = self.pool, list[ImportJob]()
         for slot in slots:
             assert slot.job is not None  # _start only passes slots with a job
             small.append(slot.job)
         for positions in bundles.split(small, self.cfg.executor.max_pool_size):
-            bundle, jobs = [slots[n] for n in positions], [small[n] for n in positions]
-            for job in jobs:
-                self.heartbeat.hold(job.job_id)
-            try:
-                futures = self.pool.submit_bundle(jobs, self.cfg.imports)
-            except BrokenProcessPool as exc:
-                self.pool.replace("the pool broke before a submission")
-                for slot in bundle:
-                    slot.state = WAITING
-                    self._later(slot, "cannot submit the job; retrying", exc)
-                continue
-            for slot, future in zip(bundle, futures, strict=True):
-                assert slot.job is not None
-                slot.future, slot.state = future, RUNNING
-                slot.generation = self.pool.generation
-                self.running[slot.job.job_id] = slot
-                log.info("job submitted", extra={"fields": {
-                    **slot.ctx(), "inFlight": len(self.slots), "bundle": len(bundle)}})
+            jobs = [small[n] for n in positions]
+            self._hand_over([slots[n] for n in positions],
+                            functools.partial(pool.submit_bundle, jobs, self.cfg.imports),
+                            bundle=len(positions))
+
+    def _hand_over(self, slots: list[Slot], submit: Callable[[], list[Future[JobOutcome]]],
+                   **fields: object) -> None:
+        """Queue the slots' jobs as one worker call (``submit``), their leases held from
+        now on; each slot RUNNING with its own future, or WAITING for a retry when the
+        pool turns out broken."""
+        assert self.pool is not None and self.heartbeat is not None
+        for slot in slots:
+            assert slot.job is not None
+            self.heartbeat.hold(slot.job.job_id)  # claimed: ours until done or dropped
+        try:
+            futures = submit()
+        except BrokenProcessPool as exc:
+            self.pool.replace("the pool broke before a submission")
+            for slot in slots:
+                slot.state = WAITING
+                self._later(slot, "cannot submit the job; retrying", exc)
+            return
+        for slot, future in zip(slots, futures, strict=True):
+            assert slot.job is not None
+            slot.future, slot.state, slot.generation = future, RUNNING, self.pool.generation
+            self.running[slot.job.job_id] = slot
+            log.info("job submitted", extra={"fields": {
+                **slot.ctx(), "inFlight": len(self.slots), **fields}})

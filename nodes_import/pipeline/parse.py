@@ -252,11 +252,15 @@ def _numbered(reader: pacsv.CSVStreamingReader, invalid: list[InvalidRow], colum
         yield RawBatch(empty, pa.array([], pa.int64()), rest, stream.compressed_bytes)
 
 
+# A batch with more rows than this that are not UTF-8 records them without their text.
+MAX_INVALID_LINES = 1000
+
+
 def _as_text(table: pa.Table, numbers: pa.Array) -> tuple[pa.Table, pa.Array, list[InvalidRow]]:
     """The binary columns as strings, and the rows whose bytes are not UTF-8 as invalid.
 
-    One cast per batch validates every value (what Arrow's ``check_utf8`` costs); only a
-    batch that fails it is looked at value by value, to name its bad rows.
+    One zero-copy validation per column (what Arrow's ``check_utf8`` costs); only a column
+    that fails it is looked at value by value, to name its bad rows.
     """
     schema = pa.schema([(name, pa.string()) for name in table.column_names])
     bad_columns = [name for name, column in zip(table.column_names, table.columns)
@@ -269,10 +273,13 @@ def _as_text(table: pa.Table, numbers: pa.Array) -> tuple[pa.Table, pa.Array, li
         for index, value in enumerate(column.to_pylist()):  # rare path: a bad batch only
             if value is not None and index not in bad and not _is_utf8(value):
                 bad[index] = name
-    rows = table.to_pylist() if len(bad) <= MAX_INVALID_LINES else []
-    invalid = [InvalidRow(numbers[index].as_py(), _line(rows[index] if rows else None),
-                          f"invalid UTF-8 in column {name!r}")
-               for index, name in sorted(bad.items())]
+    indices = sorted(bad)
+    # Only the bad rows are turned into Python values, for their text.
+    lines = ([_line(row) for row in table.take(indices).to_pylist()]
+             if len(indices) <= MAX_INVALID_LINES else [""] * len(indices))
+    invalid = [InvalidRow(number, line, f"invalid UTF-8 in column {bad[index]!r}")
+               for index, number, line in zip(indices, numbers.take(indices).to_pylist(),
+                                              lines, strict=True)]
     keep = pa.array([index not in bad for index in range(table.num_rows)])
     return _viewed(table.filter(keep), schema), numbers.filter(keep), invalid
 
@@ -295,10 +302,6 @@ def _viewed(table: pa.Table, schema: pa.Schema) -> pa.Table:
          for col in table.columns], schema=schema)
 
 
-# A batch with more rows than this that are not UTF-8 records them without their text.
-MAX_INVALID_LINES = 1000
-
-
 def _is_utf8(value: bytes) -> bool:
     try:
         value.decode("utf-8")
@@ -307,10 +310,8 @@ def _is_utf8(value: bytes) -> bool:
     return True
 
 
-def _line(row: dict[str, bytes | None] | None) -> str:
+def _line(row: dict[str, bytes | None]) -> str:
     """A rejected row's fields as text (bytes that are not UTF-8 shown as U+FFFD)."""
-    if row is None:
-        return ""
     text = ",".join("" if v is None else v.decode("utf-8", "replace") for v in row.values())
     return text.replace("\x00", "\\0")[:MAX_LINE_CHARS]
 
