@@ -337,17 +337,13 @@ class Daemon(JobEndings, JobSubmission, OffsetsAndStop):
 
         Reads copies only: the main thread keeps changing these structures.
         """
-        running, pool = list(self.running.values()), self.pool
-        # Worker calls in progress (a bundle of jobs is one call). A call is "running" from
-        # when the pool queues it to a worker, which can be one more than the workers:
-        # capped at the pool size.
-        calls = {id(call) for s in running if s.future is not None and pool is not None
-                 and (call := pool.call_of(s.future)).running()}
-        busy = min(len(calls), self.cfg.executor.max_pool_size)
+        futures = [s.future for s in list(self.running.values()) if s.future is not None]
+        calls, jobs = self.pool.running(futures) if self.pool is not None else (0, 0)
+        busy = min(calls, self.cfg.executor.max_pool_size)  # capped: see WorkerPool.running
         in_flight = len(self.slots)
         snap.gauges.update({
             "executor_active_threads": busy,
-            "executor_queue_size": max(0, in_flight - busy),
+            "executor_queue_size": max(0, in_flight - jobs),  # a bundle's jobs all run
             "executor_max_workers": self.cfg.executor.max_pool_size,
             "node_import_jobs_in_flight": in_flight,
             "kafka_consumer_paused": int(self.consumer is not None and self.consumer.paused),

@@ -101,6 +101,13 @@ class WorkerPool:
         call = self._calls.get(future)
         return call if call is not None else future
 
+    def running(self, futures: list[Future[JobOutcome]]) -> tuple[int, int]:
+        """Of these jobs' futures: (worker calls running, jobs running). A bundle is one
+        call and all its jobs run while it does. A call is "running" from when the pool
+        queues it to a worker, which can be one more than the workers."""
+        calls = [id(call) for f in futures if (call := self.call_of(f)).running()]
+        return len(set(calls)), len(calls)
+
     def replace(self, reason: str) -> None:
         """Drop a broken executor and start another; a failed start is logged, not raised
         (the jobs then fail as broken again and come back here)."""

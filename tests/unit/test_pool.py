@@ -74,3 +74,6 @@ def test_a_bundled_job_is_running_exactly_while_its_bundles_call_is() -> None:
     assert all(pool.call_of(f).running() for f in futures)
     alone: Future[JobOutcome] = Future()
     assert pool.call_of(alone) is alone
+    assert pool.running([*futures, alone]) == (1, 3)  # one call, its three jobs
+    assert alone.set_running_or_notify_cancel()
+    assert pool.running([*futures, alone]) == (2, 4)
