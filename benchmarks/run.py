@@ -7,7 +7,8 @@ the same server, from the same file (see README.md). Modes:
 - (default)     1,000,000 rows, the full sweep on 250,000 rows, extras, the profile;
 - ``--large``   the default plus a 10,000,000-row fresh import (peak RSS);
 - ``--rss-rows N`` a fresh import of N rows for the client's peak RSS;
-- ``--daemon-only`` only the daemon step (``--no-daemon``: everything but it).
+- ``--daemon-only`` only the daemon step (``--no-daemon``: everything but it);
+- ``--from-json PATH`` measure nothing: print a saved run (and chart it with ``--png``).
 
 The daemon step (``benchmarks/daemon_burst.py``) runs ``nodes-import run`` on the same
 server with a local Tansu broker: 200 small jobs on 4 partitions (jobs/s, latency from
@@ -23,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import compileall
+import dataclasses
 import os
 import platform
 import sys
@@ -251,6 +253,43 @@ def chart(results: list[Result], path: Path) -> str | None:
     return str(path)
 
 
+def report(info: dict[str, Any], results: list[Result], prof: dict[str, Any] | None,
+           json_path: Path | None, png_path: Path | None) -> None:
+    """Print the table, the daemon table, the verdicts and the profile; write JSON/PNG."""
+    checks = verdicts(results)
+    print(f"\n{info['date']}  {info['machine']['cpu']}, {info['machine']['cores']} cores, "
+          f"PostgreSQL {info.get('postgres')}  ({info.get('seconds')} s)\n")
+    print(table(results))
+    if any(r.kind == "daemon" for r in results):
+        print("\n" + daemon_table(results))
+    if not checks:
+        print("\ntargets (issue 6) are judged at 1,000,000 rows or more: none judged here.")
+    else:
+        print("\ntargets (issue 6):")
+        for c in checks:
+            print(f"  [{'met' if c['met'] else 'NOT met'}] {c['target']}: {c['measured']}")
+    if prof:
+        print("\n" + profile_import.format_profile(prof))
+    if json_path:
+        json_path.write_bytes(orjson.dumps(
+            {**info, "results": [r.as_dict() for r in results], "targets": checks,
+             "profile": prof}, option=orjson.OPT_INDENT_2 | orjson.OPT_SERIALIZE_NUMPY))
+        print(f"\nJSON: {json_path}", file=sys.stderr)
+    if png_path:
+        written = chart(results, png_path)
+        print(f"PNG: {written}" if written else "PNG skipped: matplotlib is not installed "
+              "(pip install -e '.[bench]')", file=sys.stderr)
+
+
+def load(path: Path) -> tuple[dict[str, Any], list[Result], dict[str, Any] | None]:
+    """A run's JSON back as (info, results, profile): to print or chart it again."""
+    data = orjson.loads(path.read_bytes())
+    known = {f.name for f in dataclasses.fields(Result)}
+    results = [Result(**{k: v for k, v in r.items() if k in known}) for r in data["results"]]
+    info = {k: v for k, v in data.items() if k not in ("results", "targets", "profile")}
+    return info, results, data.get("profile")
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run the suite; print the table; write JSON/PNG when asked."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -271,9 +310,14 @@ def main(argv: list[str] | None = None) -> int:
                         help="per-job limit for the engine as it is, seconds")
     parser.add_argument("--json", type=Path, help="write the results here")
     parser.add_argument("--png", type=Path, help="write the chart here (needs matplotlib)")
+    parser.add_argument("--from-json", type=Path, metavar="JSON",
+                        help="measure nothing: print (and --png) a saved run's results again")
     parser.add_argument("--data-dir", type=Path, default=Path(
         os.environ.get("NODES_IMPORT_BENCH_DATA", "/tmp/nodes-import-bench")))
     args = parser.parse_args(argv)
+    if args.from_json:
+        report(*load(args.from_json), None, args.png)
+        return 0
     rows = args.rows or (100_000 if args.quick else 1_000_000)
     sweep_rows = args.sweep_rows or (50_000 if args.quick else 200_000)
     timeout = args.timeout or (25.0 if args.quick else 120.0)
@@ -353,31 +397,9 @@ def main(argv: list[str] | None = None) -> int:
     for r in with_ratios_sweep:
         if sweep_b_rate and r.ok:
             r.ratio_b = round(r.rows_per_s / sweep_b_rate, 3)
-    checks = verdicts(results)
     info["seconds"] = round(time.monotonic() - started, 1)
     info["machine"]["load_avg_end"] = os.getloadavg()
-    print(f"\n{info['date']}  {info['machine']['cpu']}, {info['machine']['cores']} cores, "
-          f"PostgreSQL {info.get('postgres')}  ({info['seconds']} s)\n")
-    print(table(results))
-    if any(r.kind == "daemon" for r in results):
-        print("\n" + daemon_table(results))
-    if not checks:
-        print("\ntargets (issue 6) are judged at 1,000,000 rows or more: none judged here.")
-    else:
-        print("\ntargets (issue 6):")
-        for c in checks:
-            print(f"  [{'met' if c['met'] else 'NOT met'}] {c['target']}: {c['measured']}")
-    if prof:
-        print("\n" + profile_import.format_profile(prof))
-    if args.json:
-        args.json.write_bytes(orjson.dumps(
-            {**info, "results": [r.as_dict() for r in results], "targets": checks,
-             "profile": prof}, option=orjson.OPT_INDENT_2 | orjson.OPT_SERIALIZE_NUMPY))
-        print(f"\nJSON: {args.json}", file=sys.stderr)
-    if args.png:
-        written = chart(results, args.png)
-        print(f"PNG: {written}" if written else "PNG skipped: matplotlib is not installed "
-              "(pip install -e '.[bench]')", file=sys.stderr)
+    report(info, results, prof, args.json, args.png)
     return 0
 
 

@@ -18,7 +18,8 @@ DOMAIN = "3f1c1a3e-2b9d-4c55-9a57-0d3c6a1f0b21"
 def _cli(*args: str, cwd: Path, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
     full_env = {k: v for k, v in os.environ.items() if not k.startswith("NODES_IMPORT_")}
     full_env.update(env or {})
-    return subprocess.run([sys.executable, "-m", "nodes_import", *args], cwd=cwd, env=full_env,
+    return subprocess.run([sys.executable, "-m", "nodes_import", *args], check=False, cwd=cwd,
+                          env=full_env,
                           capture_output=True, text=True, timeout=120)
 
 
