@@ -3,7 +3,8 @@
 A future that is done is reaped: COMPLETED is done; FAILED is dead-lettered (stage
 import) then done; a job interrupted (the database went away, or a new owner took it)
 waits for its retry; a worker that died has its pool replaced and the job retried from
-its checkpoint, up to ``max-job-crashes``. "Done" releases the slot and lets the offset
+its checkpoint, up to ``max-job-crashes`` (counted for the jobs that were on the dead
+worker only: the others that the pool's breakage interrupted resume without a mark). "Done" releases the slot and lets the offset
 be committed; "dropped" releases it without committing (the message comes back).
 """
 
@@ -104,9 +105,17 @@ class JobEndings:
         if self.pool is not None and slot.generation == self.pool.generation \
                 and not self.stopping.is_set():
             self.pool.replace("a worker process died (killed or out of memory)")
-        slot.crashes += 1
+        # Only the job(s) of the call on the dead worker count the crash; the others were
+        # interrupted because the whole pool went with it.
+        died_here = self.pool is None or slot.future is None \
+            or self.pool.died_on(slot.future, slot.generation)
+        slot.crashes += 1 if died_here else 0
         if self.stopping.is_set():
             self._drop(slot)
+        elif not died_here:
+            log.warning("job interrupted by another worker's death; it resumes on a new worker",
+                        extra={"fields": slot.ctx()})
+            slot.state, slot.not_before = WAITING, 0.0
         elif slot.crashes >= self.cfg.executor.max_job_crashes:
             self._fail(slot, f"the worker process died {slot.crashes} times while running "
                              "this job (killed or out of memory)", errors.WorkerDiedError())

@@ -4,7 +4,11 @@ A ``ProcessPoolExecutor`` with an explicit start method (spawn or forkserver: li
 runs threads in the daemon that a fork would copy half-way). Each worker process runs
 ``worker.init_worker`` once. A worker that dies breaks the whole executor; ``replace``
 starts a new one and bumps ``generation``, so the daemon replaces it once however many
-of its futures report the breakage. ``stop_jobs`` tells running jobs, through a
+of its futures report the breakage. Before the old one goes, ``replace`` notes which
+worker call was on the dead process (each worker shows its running call in a shared
+table) and kills the old executor's other workers: they ignore SIGTERM and would finish
+jobs that the daemon already runs again on the new pool. Only the jobs of the dead
+worker's call count a crash (``died_on``). ``stop_jobs`` tells running jobs, through a
 multiprocessing event, to stop after their in-flight batches. Workers log through the
 daemon: each executor gets a fresh log queue and a ``logs.WorkerLogs`` thread writing its
 lines (fresh, because a worker killed while writing can leave a queue unusable).
@@ -12,6 +16,7 @@ lines (fresh, because a worker killed while writing can leave a queue unusable).
 
 from __future__ import annotations
 
+import itertools
 import logging
 import multiprocessing
 import weakref
@@ -43,16 +48,25 @@ class WorkerPool:
         # A bundled job's future -> the worker call that runs its bundle (``is_running``).
         self._calls: weakref.WeakKeyDictionary[Future[JobOutcome], Future[Any]] = \
             weakref.WeakKeyDictionary()
+        # Each worker call's number, and the table where workers show the call they run.
+        self._call_ids: weakref.WeakKeyDictionary[Future[Any], int] = weakref.WeakKeyDictionary()
+        self._numbers = itertools.count(1)
+        self._table: Any = None
+        # A broken generation -> the calls that were on its dead worker(s); None: unknown.
+        self._died: dict[int, set[int] | None] = {}
 
     def start(self) -> None:
         """A new executor, its core workers started; ``NodesImportError`` if they cannot."""
         self.generation += 1
         self._logs = logs.WorkerLogs(self._mp.Queue())
         self._logs.start()
+        # (pid, running call) per worker process: an executor never starts more than
+        # max_workers (a dead one breaks it instead of being replaced).
+        self._table = self._mp.Array("q", 2 * self.max_workers)
         self._executor = ProcessPoolExecutor(
             max_workers=self.max_workers, mp_context=self._mp,
             initializer=worker.init_worker,
-            initargs=(self.settings, self._stop_jobs, self._logs.queue))
+            initargs=(self.settings, self._stop_jobs, self._logs.queue, self._table))
         # Started now, so the first job does not wait for a spawn.
         warm = [self._executor.submit(worker.warm_up)
                 for _ in range(min(self.core, self.max_workers))]
@@ -66,14 +80,19 @@ class WorkerPool:
         """Queue a job (raises ``BrokenProcessPool`` when the pool is broken)."""
         if self._executor is None:
             raise NodesImportError("the worker pool is not started")
-        return self._executor.submit(worker.run_job, job, cfg)
+        number = next(self._numbers)
+        future = self._executor.submit(worker.run_job, job, cfg, number)
+        self._call_ids[future] = number
+        return future
 
     def submit_bundle(self, jobs: list[ImportJob], cfg: ImportConfig) -> list[Future[JobOutcome]]:
         """Queue small jobs as ONE worker call (``worker.run_bundle``); one future per job,
         each settled with its job's outcome (or the call's exception) when the call ends."""
         if self._executor is None:
             raise NodesImportError("the worker pool is not started")
-        whole = self._executor.submit(worker.run_bundle, jobs, cfg)
+        number = next(self._numbers)
+        whole = self._executor.submit(worker.run_bundle, jobs, cfg, number)
+        self._call_ids[whole] = number
         parts: list[Future[JobOutcome]] = [Future() for _ in jobs]
 
         def spread(done: Future[list[JobOutcome]]) -> None:
@@ -108,11 +127,39 @@ class WorkerPool:
         calls = [id(call) for f in futures if (call := self.call_of(f)).running()]
         return len(set(calls)), len(calls)
 
+    def died_on(self, future: Future[JobOutcome], generation: int) -> bool:
+        """Whether this job's call ran on the worker whose death broke pool ``generation``
+        (True when that cannot be told: then every interrupted job counts the crash)."""
+        died = self._died.get(generation)
+        return died is None or self._call_ids.get(self.call_of(future)) in died
+
+    def _dead_workers_calls(self) -> set[int] | None:
+        """The calls running on this executor's processes that have exited (None: no
+        exited process found, so no way to tell). Read before anything kills the others."""
+        processes = dict(getattr(self._executor, "_processes", None) or {})
+        dead = {pid for pid, proc in processes.items() if proc.exitcode is not None}
+        if not dead or self._table is None:
+            return None
+        table = list(self._table)
+        return {table[n + 1] for n in range(0, len(table), 2)
+                if table[n] in dead and table[n + 1]}
+
+    def _kill_survivors(self) -> None:
+        """End the broken executor's live workers (no public API does): they ignore
+        SIGTERM and would finish their calls, whose jobs the daemon runs again."""
+        for proc in list((getattr(self._executor, "_processes", None) or {}).values()):
+            if proc.exitcode is None:
+                proc.kill()
+
     def replace(self, reason: str) -> None:
         """Drop a broken executor and start another; a failed start is logged, not raised
         (the jobs then fail as broken again and come back here)."""
         log.error("process pool broken; replacing it", extra={"fields": {"reason": reason}})
         if self._executor is not None:
+            self._died[self.generation] = self._dead_workers_calls()
+            for old in [g for g in self._died if g < self.generation - 8]:
+                del self._died[old]  # a slot of a long-gone generation counts the crash
+            self._kill_survivors()
             self._executor.shutdown(wait=False, cancel_futures=True)
         if self._logs is not None:  # the old workers' last lines, if the queue still works
             self._logs.stop(timeout_s=0.5)

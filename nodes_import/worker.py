@@ -1,11 +1,13 @@
-"""The process pool's entry points (worker side): ``init_worker`` and ``run_job``. Only these.
+"""The process pool's entry points (worker side): ``init_worker``, ``run_job``, ``run_bundle``.
 
 Each worker process builds its own psycopg pool once, in ``init_worker``; nothing that
 cannot cross a process boundary is ever passed in. Jobs come in as ``ImportJob`` and
 leave as ``JobOutcome`` (errors cross as data, never as live exceptions). Workers
 ignore SIGINT/SIGTERM: the daemon owns the stop order and tells running jobs to stop
-after their in-flight batches through ``stop_event``. This module must never import
-the Kafka client.
+after their in-flight batches through ``stop_event``. Each worker also writes, in a
+table shared with the daemon (``calls``), which worker call it is running: when a worker
+dies, the daemon can tell the call that was on it from the calls its death interrupted
+on the others. This module must never import the Kafka client.
 """
 
 from __future__ import annotations
@@ -16,6 +18,8 @@ import os
 import signal
 import threading
 import traceback
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -49,6 +53,10 @@ class WorkerSettings:
 _settings: WorkerSettings | None = None
 _pool: ConnectionPool | None = None
 _stop: Any = None  # a multiprocessing Event shared with the daemon
+# The daemon's table of (pid, running call id) pairs, one pair per worker process of this
+# executor (a multiprocessing Array of int64), and this process's pair in it.
+_calls: Any = None
+_call_slot: int | None = None
 
 
 def _die_with_parent() -> None:
@@ -59,10 +67,12 @@ def _die_with_parent() -> None:
         pass
 
 
-def init_worker(settings: WorkerSettings, stop_event: Any, log_queue: Any = None) -> None:
+def init_worker(settings: WorkerSettings, stop_event: Any, log_queue: Any = None,
+                calls: Any = None) -> None:
     """Executor initializer: ignore stop signals, log as JSON through the parent (its
-    ``log_queue``; stderr without one), open this process's pool."""
-    global _settings, _stop
+    ``log_queue``; stderr without one), take a pair in the ``calls`` table, open this
+    process's pool."""
+    global _settings, _stop, _calls, _call_slot
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     _die_with_parent()
@@ -74,10 +84,36 @@ def init_worker(settings: WorkerSettings, stop_event: Any, log_queue: Any = None
     metrics.prepare()
     memory.use_jemalloc()
     _settings, _stop = settings, stop_event
+    if calls is not None:
+        _calls, _call_slot = calls, _take_call_slot(calls)
     try:
         _open_pool()
     except NodesImportError as exc:  # the database is away: each job tries again
         log.warning("worker cannot reach the database yet", extra={"fields": {"error": str(exc)}})
+
+
+def _take_call_slot(calls: Any) -> int | None:
+    """The first free (pid 0) pair of the table, marked with this pid; None if all are
+    taken (more processes than the daemon planned for: its calls are then not told apart)."""
+    with calls.get_lock():
+        for n in range(0, len(calls), 2):
+            if calls[n] == 0:
+                calls[n], calls[n + 1] = os.getpid(), 0
+                return n
+    return None
+
+
+@contextmanager
+def _running(call_id: int) -> Iterator[None]:
+    """Show ``call_id`` in this process's pair of the table while the call runs."""
+    if _calls is None or _call_slot is None or not call_id:
+        yield
+        return
+    _calls[_call_slot + 1] = call_id
+    try:
+        yield
+    finally:
+        _calls[_call_slot + 1] = 0
 
 
 def _open_pool() -> ConnectionPool:
@@ -117,8 +153,14 @@ def _watch_stop(cancel: threading.Event, finished: threading.Event) -> None:
             return
 
 
-def run_job(job: ImportJob, cfg: ImportConfig) -> JobOutcome:
-    """Run one job with the engine; every error comes back inside the outcome."""
+def run_job(job: ImportJob, cfg: ImportConfig, call_id: int = 0) -> JobOutcome:
+    """Run one job with the engine; every error comes back inside the outcome.
+    ``call_id``: the daemon's number for this call (0: a call from inside this worker)."""
+    with _running(call_id):
+        return _run_job(job, cfg)
+
+
+def _run_job(job: ImportJob, cfg: ImportConfig) -> JobOutcome:
     cancel, finished = threading.Event(), threading.Event()
     watcher = threading.Thread(target=_watch_stop, args=(cancel, finished),
                                name=f"stop-watch-{job.job_id[:8]}", daemon=True)
@@ -140,14 +182,20 @@ def run_job(job: ImportJob, cfg: ImportConfig) -> JobOutcome:
         finished.set()
 
 
-def run_bundle(jobs: list[ImportJob], cfg: ImportConfig) -> list[JobOutcome]:
-    """Run small jobs together (``bundle``); one outcome per job, in order.
+def run_bundle(jobs: list[ImportJob], cfg: ImportConfig, call_id: int = 0) -> list[JobOutcome]:
+    """Run small jobs together (``bundle``); one outcome per job, in order (``call_id`` as
+    for ``run_job``).
 
     1. jobs with an ID the usual path might reject are set aside;
     2. the rest, in rounds where no group appears twice, each round one transaction;
     3. a round that is declined or fails rolls back whole: its jobs, and those set aside,
        run one by one through ``run_job`` (which resumes, retries and fences as usual).
     """
+    with _running(call_id):
+        return _run_bundle(jobs, cfg)
+
+
+def _run_bundle(jobs: list[ImportJob], cfg: ImportConfig) -> list[JobOutcome]:
     results: dict[int, JobOutcome] = {}
     # Per group, the first job that goes one by one: the group's later jobs follow it,
     # so that a group's jobs are still applied in message order.
@@ -179,7 +227,7 @@ def run_bundle(jobs: list[ImportJob], cfg: ImportConfig) -> list[JobOutcome]:
         results.update(zip(numbers, bundle.outcomes(members, written), strict=True))
     for n in range(len(jobs)):  # in message order
         if n not in results:
-            results[n] = run_job(jobs[n], cfg)
+            results[n] = _run_job(jobs[n], cfg)
     return [results[n] for n in range(len(jobs))]
 
 

@@ -265,6 +265,42 @@ def test_a_job_whose_worker_keeps_dying_is_failed_and_dead_lettered(
     assert daemon.proc.poll() is None
 
 
+def test_a_worker_death_counts_a_crash_only_for_its_own_job_and_ends_the_other_workers(
+        daemons: Daemons, kafka: KafkaTest, db: Database, tmp_path: Path) -> None:
+    """Two jobs on two workers; one worker is killed. With max-job-crashes 1, its job is
+    FAILED; the other job, interrupted only because the pool broke, resumes and COMPLETES,
+    and the other old worker is ended at once instead of finishing that job alongside."""
+    kafka.create_topic()
+    daemon = daemons.start(node={"import": {"executor": {"max-job-crashes": 1},
+                                            "batch": {"size": 5000}}})
+    jobs = {}
+    for group in ("first", "second"):
+        users = write_users(tmp_path / f"{group}.csv.gz", 150_000)
+        jobs[group] = str(uuid.uuid4())
+        kafka.send(job_message(group, file=str(users), job_id=jobs[group]))
+    wait_until(lambda: all((job_row(db, j) or {}).get("rows_committed", 0) > 0
+                           for j in jobs.values()), 60, "both jobs running")
+    busy = [c for c in psutil.Process(daemon.pid).children()  # not the resource tracker
+            if "spawn_main" in " ".join(c.cmdline())]
+    assert len(busy) == 2, [(w.pid, w.cmdline()) for w in busy]
+    busy[0].kill()
+    wait_until(lambda: not any(w.is_running() and w.status() != psutil.STATUS_ZOMBIE
+                               for w in busy[1:]), 5, "the other old worker ended")
+    rows = {}
+    for group, job in jobs.items():
+        wait_until(lambda j=job: (job_row(db, j) or {}).get("status") in ("COMPLETED", "FAILED"),
+                   120, f"job {group} ended")
+        rows[group] = job_row(db, job)
+    statuses = sorted(str(r["status"]) for r in rows.values())
+    assert statuses == ["COMPLETED", "FAILED"], rows
+    done = next(r for r in rows.values() if r["status"] == "COMPLETED")
+    assert (done["total"], done["success"], done["inserted"]) == (150_000, 150_000, 150_000)
+    failed = next(r for r in rows.values() if r["status"] == "FAILED")
+    assert "worker process died 1 times" in str(failed["error"])
+    assert daemon.events("job interrupted by another worker's death; it resumes on a new worker")
+    assert daemon.proc.poll() is None
+
+
 def test_reference_id_files_submitted_through_the_cli_are_imported(
         daemons: Daemons, kafka: KafkaTest, db: Database, tmp_path: Path) -> None:
 

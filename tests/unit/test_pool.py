@@ -77,3 +77,62 @@ def test_a_bundled_job_is_running_exactly_while_its_bundles_call_is() -> None:
     assert pool.running([*futures, alone]) == (1, 3)  # one call, its three jobs
     assert alone.set_running_or_notify_cancel()
     assert pool.running([*futures, alone]) == (2, 4)
+
+
+class _Process:
+    def __init__(self, exitcode: int | None) -> None:
+        self.exitcode, self.killed = exitcode, False
+
+    def kill(self) -> None:
+        self.killed = True
+
+
+class _Workers:
+    """Two worker processes, a future per call, and the shutdown the pool calls."""
+
+    def __init__(self, processes: dict[int, _Process]) -> None:
+        self._processes = processes
+        self.shut = False
+
+    def submit(self, *_args: Any) -> Future[Any]:
+        return Future()
+
+    def shutdown(self, **_kwargs: Any) -> None:
+        self.shut = True
+
+
+def _broken_pool(processes: dict[int, _Process], table: list[int]
+                 ) -> tuple[WorkerPool, list[Future[JobOutcome]], int]:
+    pool = WorkerPool(WorkerSettings("dbname=x", 1, 1.0), max_workers=2, core=2,
+                      start_method="spawn")
+    pool._executor = _Workers(processes)  # type: ignore[assignment]
+    alone = pool.submit(JOBS[0], ImportConfig())  # call 1
+    bundled = pool.submit_bundle(JOBS[1:], ImportConfig())  # call 2
+    pool._table = table
+    broken = pool.generation
+    pool.start = lambda: None  # type: ignore[method-assign]  # no new processes here
+    pool.replace("a worker process died")
+    return pool, [alone, *bundled], broken
+
+
+def test_only_the_jobs_of_the_call_on_the_dead_worker_count_the_crash() -> None:
+    survivor = _Process(None)
+    # pid 101 died (SIGKILL) while it ran call 2, the bundle; pid 102 was running call 1.
+    pool, (alone, *bundled), broken = _broken_pool({101: _Process(-9), 102: survivor},
+                                                   [101, 2, 102, 1])
+    assert all(pool.died_on(f, broken) for f in bundled)
+    assert not pool.died_on(alone, broken)
+    assert survivor.killed  # it would have finished a job the daemon runs again
+
+
+def test_a_worker_that_died_between_calls_marks_no_job() -> None:
+    pool, futures, broken = _broken_pool({101: _Process(-11), 102: _Process(None)},
+                                         [101, 0, 102, 1])
+    assert not any(pool.died_on(f, broken) for f in futures)
+
+
+def test_when_no_dead_worker_is_found_every_interrupted_job_counts_the_crash() -> None:
+    pool, futures, broken = _broken_pool({101: _Process(None), 102: _Process(None)},
+                                         [101, 2, 102, 1])
+    assert all(pool.died_on(f, broken) for f in futures)
+    assert all(pool.died_on(f, broken + 5) for f in futures)  # a generation never seen

@@ -25,3 +25,34 @@ def test_what_crosses_the_boundary_pickles_to_an_equal_value() -> None:
               JobOutcome("j", "FAILED", "boom", {"total_nodes": 1}, "X", "trace")]
     for value in values:
         assert pickle.loads(pickle.dumps(value)) == value
+
+
+def test_a_worker_shows_its_running_call_in_the_shared_table_and_clears_it() -> None:
+    import multiprocessing
+    import os
+
+    from nodes_import import worker
+
+    table = multiprocessing.get_context("spawn").Array("q", 4)
+    table[0] = 999  # another worker's pair
+    slot = worker._take_call_slot(table)
+    assert slot == 2 and list(table) == [999, 0, os.getpid(), 0]
+    full = multiprocessing.get_context("spawn").Array("q", 2)
+    full[0] = 999
+    assert worker._take_call_slot(full) is None
+    saved = worker._calls, worker._call_slot
+    worker._calls, worker._call_slot = table, slot
+    try:
+        with worker._running(7):
+            assert table[3] == 7
+            with worker._running(0):  # a call from inside the worker: the outer one shows
+                assert table[3] == 7
+        assert table[3] == 0
+        try:
+            with worker._running(8):
+                raise RuntimeError("the call failed")
+        except RuntimeError:
+            pass
+        assert table[3] == 0
+    finally:
+        worker._calls, worker._call_slot = saved
