@@ -374,6 +374,13 @@ def submit_cmd(ctx: click.Context, source: str | None, ids_file: str | None, gro
         group_id=group_id, domain_id=str(domain_id), file=source, node_type=node_type,
         reference_ids=_read_ids(ids_file) if ids_file else None,
         job_id=str(job_id or new_job_id()))
+    size = len(request.to_json())
+    if size > cfg.kafka.max_message_bytes:
+        # The daemon would dead-letter it unread: refuse it here, where it can be fixed.
+        _fail(f"the job message would be {size:,} bytes ({len(request.reference_ids or ())}"
+              f" reference IDs), over kafka.max-message-bytes ({cfg.kafka.max_message_bytes:,}"
+              "): split the list into several jobs, or raise that limit together with the"
+              " broker's and the topic's (and the daemon's)", EXIT_USAGE)
     try:
         publisher = Publisher(client_settings(cfg.kafka, "producer"))
         try:

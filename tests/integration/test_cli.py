@@ -106,3 +106,15 @@ def test_a_failed_job_is_resumed_only_when_asked(db: Database, tmp_path: Path) -
         ("COMPLETED", 500, 2, None)
     assert _cli("import", "users.csv.gz", "--group", "g", "--domain", DOMAIN, "--retry-failed",
                 cwd=tmp_path, env=env).returncode == 2
+
+
+def test_submit_refuses_a_reference_id_list_over_the_message_limit_before_any_broker(
+        tmp_path: Path) -> None:
+    ids = tmp_path / "ids.txt"
+    ids.write_text("".join(f"ref-{n:08d}\n" for n in range(2_000)))  # ~30 kB as JSON
+    result = _cli("submit", "--reference-ids", str(ids), "--group", "g", "--domain", DOMAIN,
+                  "--bootstrap-servers", "127.0.0.1:9", cwd=tmp_path,
+                  env={"NODES_IMPORT_KAFKA_MAX_MESSAGE_BYTES": "16384"})
+    assert result.returncode == 2, result.stderr
+    assert "(2000 reference IDs), over kafka.max-message-bytes (16,384)" in result.stderr
+    assert "split the list" in result.stderr
