@@ -11,12 +11,16 @@ Routes (GET or HEAD; anything else is 405):
 - ``/jobs/{id}``: one job, with its progress and its first rejected rows.
 
 Errors are JSON ``{"error": ...}``: 400 for a bad id or parameter, 404 for an unknown
-path or job, 503 when the database does not answer. Nothing here ever shows a DSN.
+path or job, 503 when the database does not answer. Nothing here ever shows a DSN. With
+``admin.token`` set, every route but the two probes needs ``Authorization: Bearer <token>``
+(401 otherwise): Prometheus sends it with ``authorization: {credentials: ...}``.
 ``Operations`` wires the API and the housekeeping thread into the daemon.
 """
 
 from __future__ import annotations
 
+import hmac
+import ipaddress
 import logging
 import threading
 import uuid
@@ -55,7 +59,11 @@ class HttpError(Exception):
         self.code, self.message = code, message
 
 
-_REASONS = {200: "OK", 400: "Bad Request", 404: "Not Found", 405: "Method Not Allowed",
+# Routes that answer without the token: probes (systemd, a load balancer) carry none.
+OPEN_PATHS = ("/healthz", "/readyz")
+
+_REASONS = {200: "OK", 400: "Bad Request", 401: "Unauthorized", 404: "Not Found",
+            405: "Method Not Allowed",
             500: "Internal Server Error", 503: "Service Unavailable"}
 
 
@@ -64,8 +72,10 @@ class AdminApp:
 
     def __init__(self, *, pool: ConnectionPool | None = None,
                  readiness: Readiness | None = None,
-                 collectors: Iterable[Any] = (), db_timeout_s: float = DB_TIMEOUT_S) -> None:
+                 collectors: Iterable[Any] = (), db_timeout_s: float = DB_TIMEOUT_S,
+                 token: str | None = None) -> None:
         self.pool = pool
+        self._token = f"Bearer {token}".encode() if token else None
         self.db_timeout_s = db_timeout_s
         self.readiness = readiness
         self.registry = metrics.registry(collectors)
@@ -75,6 +85,7 @@ class AdminApp:
         try:
             if method not in ("GET", "HEAD"):
                 raise HttpError(405, f"method {method} not allowed: this API is read-only")
+            self._authorize(environ)
             code, content_type, body = self._route(environ)
         except HttpError as exc:
             code, content_type, body = exc.code, JSON, _json({"error": exc.message})
@@ -89,8 +100,18 @@ class AdminApp:
                    ("Cache-Control", "no-store")]
         if code == 405:
             headers.append(("Allow", "GET, HEAD"))
+        if code == 401:
+            headers.append(("WWW-Authenticate", 'Bearer realm="nodes-import"'))
         start_response(f"{code} {_REASONS.get(code, '')}", headers)
         return [] if method == "HEAD" else [body]
+
+    def _authorize(self, environ: dict[str, Any]) -> None:
+        """With a token configured, refuse (401) a request without it, probes excepted."""
+        if self._token is None or environ.get("PATH_INFO") in OPEN_PATHS:
+            return
+        given = environ.get("HTTP_AUTHORIZATION", "").encode("latin-1", "replace")
+        if not hmac.compare_digest(given, self._token):  # constant time: no timing oracle
+            raise HttpError(401, "missing or wrong bearer token (admin.token)")
 
     def _route(self, environ: dict[str, Any]) -> tuple[int, str, bytes]:
         path = environ.get("PATH_INFO", "/") or "/"
@@ -258,7 +279,7 @@ class Operations:
                  scrape: Callable[[metrics.Scrape], None]) -> None:
         self.ops, self.owner = ops, owner
         self.app = AdminApp(readiness=readiness, collectors=[metrics.ScrapeCollector(
-            [scrape, self._scrape_jobs], on_error=_scrape_failed)])
+            [scrape, self._scrape_jobs], on_error=_scrape_failed)], token=ops.admin_token)
         self.server: AdminServer | None = None
         self.pool: ConnectionPool | None = None
         self.housekeeper: Housekeeper | None = None
@@ -268,6 +289,10 @@ class Operations:
         if self.ops.admin_enabled:
             self.server = AdminServer(self.app, self.ops.admin_host, self.ops.admin_port)
             self.server.start()
+            if not self.ops.admin_token and not _loopback(self.ops.admin_host):
+                log.warning("admin API open to the network without a token; set admin.token "
+                            "(or NODES_IMPORT_ADMIN_TOKEN)", extra={"fields": {
+                                "host": self.ops.admin_host}})
 
     def attach(self, dsn: str, connect_timeout_s: float) -> None:
         """2. Open the pool; start housekeeping."""
@@ -301,6 +326,16 @@ class Operations:
             pct = metrics.progress_percentage(row)
             if row["claimed_by"] == self.owner and pct is not None:
                 snap.progress[row["id"]] = pct
+
+
+def _loopback(host: str) -> bool:
+    """Whether ``host`` is a loopback address or localhost (0.0.0.0, a name: not)."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 def _scrape_failed(exc: BaseException) -> None:

@@ -92,6 +92,7 @@ KEYS: dict[str, tuple[Any, Any]] = {
     "admin.enabled": (bool, True),
     "admin.host": (str, "127.0.0.1"),
     "admin.port": (int, 9400),
+    "admin.token": ("str?", None),
     "metrics.labels.group": (bool, True),
     "metrics.labels.domain": (bool, True),
     "metrics.multiproc-dir": ("str?", None),
@@ -138,7 +139,7 @@ class ImportConfig:
 class DatabaseConfig:
     """Where PostgreSQL is. ``dsn=None`` means the embedded server."""
 
-    dsn: str | None = None
+    dsn: str | None = field(default=None, repr=False)
     embedded_dir: str = ""
     pool_max_size: int = 4
     connect_timeout_ms: int = 10_000
@@ -153,8 +154,8 @@ class KafkaConfig:
     group_id: str = "nodes-import-group"
     dlq_topic: str = "users-import-dlq"
     concurrency: int = 4
-    consumer_properties: Mapping[str, Any] = field(default_factory=dict)
-    producer_properties: Mapping[str, Any] = field(default_factory=dict)
+    consumer_properties: Mapping[str, Any] = field(default_factory=dict, repr=False)
+    producer_properties: Mapping[str, Any] = field(default_factory=dict, repr=False)
     startup_timeout_ms: int = 15_000
     submit_topic: str = "nodes-import-users"
     max_message_bytes: int = 1 << 20  # a larger job message is dead-lettered unread
@@ -187,6 +188,8 @@ class OperationsConfig:
     admin_enabled: bool = True
     admin_host: str = "127.0.0.1"
     admin_port: int = 9400
+    # When set, every route but /healthz and /readyz needs "Authorization: Bearer <token>".
+    admin_token: str | None = field(default=None, repr=False)
     group_label: bool = True  # node_import_success/failures carry the job's group
     domain_label: bool = True  # ... and its domain
     multiproc_dir: str | None = None  # None: a private temp dir per daemon run
@@ -205,7 +208,9 @@ class Config:
     kafka: KafkaConfig
     executor: ExecutorConfig
     imports: ImportConfig
-    values: Mapping[str, Any]  # the flat, validated key -> value map (for `config show`)
+    # The flat, validated key -> value map. Out of repr (as every field that can hold a
+    # secret: DSN, client properties, admin token), so a logged config shows none.
+    values: Mapping[str, Any] = field(repr=False)
     operations: OperationsConfig = field(default_factory=OperationsConfig)
 
 
@@ -424,6 +429,7 @@ def build(values: Mapping[str, Any], environ: Mapping[str, str]) -> Config:
         admin_enabled=v["admin.enabled"],
         admin_host=v["admin.host"],
         admin_port=v["admin.port"],
+        admin_token=v["admin.token"] or None,
         group_label=v["metrics.labels.group"],
         domain_label=v["metrics.labels.domain"],
         multiproc_dir=v["metrics.multiproc-dir"] or None,

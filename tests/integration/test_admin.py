@@ -181,3 +181,45 @@ def test_run_with_a_taken_admin_port_exits_1_before_touching_anything(tmp_path: 
     assert result.returncode == 1
     assert f"admin API cannot listen on 127.0.0.1:{port}" in result.stderr
     assert "s3cret" not in result.stderr
+
+
+def test_with_a_token_every_route_but_the_probes_needs_it(db: Database) -> None:
+    server = AdminServer(AdminApp(pool=db.pool, token="s3cret-token"), "127.0.0.1", 0)
+    port = server.start()
+    try:
+        for path in ("/metrics", "/jobs", f"/jobs/{uuid.uuid4()}", "/nowhere"):
+            refused = request(port, path)
+            assert refused.status == 401, path
+            assert refused.headers["WWW-Authenticate"].startswith("Bearer")
+            assert "s3cret" not in refused.body.decode()
+            wrong = request(port, path, headers={"Authorization": "Bearer s3cret-tokem"})
+            assert wrong.status == 401, path
+        good = {"Authorization": "Bearer s3cret-token"}
+        assert request(port, "/metrics", headers=good).status == 200
+        assert request(port, "/jobs", headers=good).status == 200
+        assert request(port, "/nowhere", headers=good).status == 404
+        assert request(port, "/healthz").status == 200  # probes carry no token
+        assert request(port, "/readyz").status == 200
+    finally:
+        server.close()
+
+
+def test_a_daemon_config_reads_the_token_from_the_environment_and_never_shows_it() -> None:
+    from nodes_import import config as config_mod
+
+    cfg = config_mod.load(None, {}, environ={
+        "NODES_IMPORT_ADMIN_TOKEN": "from-env",
+        "NODES_IMPORT_DATABASE_DSN": "postgresql://u:db-secret@h/d",
+        "NODES_IMPORT_KAFKA_CONSUMER_PROPERTIES": "{sasl.password: kafka-secret}"})
+    assert cfg.operations.admin_token == "from-env"
+    assert cfg.kafka.consumer_properties["sasl.password"] == "kafka-secret"
+    for secret in ("from-env", "db-secret", "kafka-secret"):
+        assert secret not in repr(cfg), secret
+    assert config_mod.load(None, {}, environ={}).operations.admin_token is None
+
+
+def test_only_loopback_hosts_count_as_private_for_the_no_token_warning() -> None:
+    from nodes_import.admin import _loopback
+
+    assert all(_loopback(h) for h in ("127.0.0.1", "127.0.0.2", "::1", "localhost"))
+    assert not any(_loopback(h) for h in ("0.0.0.0", "::", "10.0.0.1", "admin.example"))
