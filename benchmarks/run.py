@@ -5,7 +5,7 @@ the same server, from the same file (see README.md). Modes:
 
 - ``--quick``   100,000 rows, a 3x3 sweep on 50,000 rows, no profile: < 3 minutes;
 - (default)     1,000,000 rows, the full sweep on 250,000 rows, extras, the profile;
-- ``--large``   the default plus a 10,000,000-row fresh import (peak RSS);
+- ``--large``   the default plus a 10,000,000-row fresh import (peak RSS) and B on that file;
 - ``--rss-rows N`` a fresh import of N rows for the client's peak RSS;
 - ``--daemon-only`` only the daemon step (``--no-daemon``: everything but it);
 - ``--from-json PATH`` measure nothing: print a saved run (and chart it with ``--png``).
@@ -99,6 +99,21 @@ def with_ratios(results: list[Result]) -> list[Result]:
         if b and r.ok and b.rows_per_s:
             r.ratio_b = round(r.rows_per_s / b.rows_per_s, 3)
     return results
+
+
+def big_b_name(rows: int) -> str:
+    return f"{B_NAME}, {rows:,} rows"
+
+
+def large_ratios(results: list[Result], rows: int) -> None:
+    """The large import's ratio to B of the same large file (B slows too as its indexes
+    outgrow the cache), when the run measured it; B of 1M rows otherwise."""
+    big_b = next((r for r in results if r.name == big_b_name(rows) and r.ok), None)
+    if not rows or big_b is None or not big_b.rows_per_s:
+        return
+    for r in results:
+        if r.kind == "scenario" and r.rows == rows and r.ok:
+            r.ratio_b = round(r.rows_per_s / big_b.rows_per_s, 3)
 
 
 def verdicts(results: list[Result]) -> list[dict[str, Any]]:
@@ -363,6 +378,12 @@ def main(argv: list[str] | None = None) -> int:
             results += imports.run_all(server, args.data_dir, rows, timeout_s=timeout,
                                        extras=not args.quick and not proposal,
                                        rss_rows=0 if proposal else rss_rows)
+            if rss_rows and not proposal and not args.no_baselines:
+                step(f"B on the {rss_rows:,}-row file (the large import's ratio)")
+                big_b = baselines.copy_b(server, baselines.prepare(
+                    generate.ensure(args.data_dir, "new", rss_rows), only_b=True))
+                big_b.name = big_b_name(rss_rows)
+                results.append(big_b)
         if not args.no_daemon:
             step("daemon: small-job burst, large jobs at once")
             try:
@@ -389,6 +410,7 @@ def main(argv: list[str] | None = None) -> int:
             except Exception as exc:  # noqa: BLE001  # the figures so far still get reported
                 prof = {"skipped": f"profile failed: {type(exc).__name__}: {exc}"}
     with_ratios([r for r in results if r.kind != "sweep"])
+    large_ratios(results, rss_rows)
     for r in results:
         if r.kind == "daemon" and r.params.get("small"):
             r.ratio_b = None  # 5 IDs a job: per-job overhead, not a load rate

@@ -49,3 +49,17 @@ def test_a_saved_run_loads_back_with_the_same_verdicts(tmp_path: Path) -> None:
     assert [r.as_dict() for r in loaded] == [r.as_dict() for r in results]
     assert verdicts(loaded) == verdicts(results)
     assert info["postgres"] == "18.6" and "results" not in info and profile is None
+
+
+def test_the_large_import_is_judged_against_b_of_its_own_file() -> None:
+    from benchmarks.run import big_b_name, large_ratios
+
+    results = _run(fresh_cpu_s=1.0) + [
+        Result(big_b_name(10_000_000), "baseline", 10_000_000, 160.0),
+        Result("fresh import 10,000,000 rows", "scenario", 10_000_000, 200.0),
+    ]
+    with_ratios(results)
+    assert results[-1].ratio_b == 0.4  # against B of 1M rows (125k rows/s)
+    large_ratios(results, 10_000_000)
+    assert results[-1].ratio_b == 0.8  # against B of the same 10M rows (62.5k rows/s)
+    assert next(r for r in results if r.name == "fresh import").ratio_b == 0.8  # 1M: as was
