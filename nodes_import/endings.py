@@ -3,9 +3,10 @@
 A future that is done is reaped: COMPLETED is done; FAILED is dead-lettered (stage
 import) then done; a job interrupted (the database went away, or a new owner took it)
 waits for its retry; a worker that died has its pool replaced and the job retried from
-its checkpoint, up to ``max-job-crashes`` (counted for the jobs that were on the dead
-worker only: the others that the pool's breakage interrupted resume without a mark). "Done" releases the slot and lets the offset
-be committed; "dropped" releases it without committing (the message comes back).
+its checkpoint, up to ``max-job-crashes`` (counted only for the jobs that were on the
+dead worker: the others the pool's breakage interrupted resume without a mark). "Done"
+releases the slot and lets the offset be committed; "dropped" releases it without
+committing (the message comes back).
 """
 
 from __future__ import annotations
