@@ -402,33 +402,45 @@ def dlq() -> None:
 @click.option("--job-id", type=click.UUID, help="Only the dead letters of this job.")
 @click.option("--new-job-id", is_flag=True, help="Give each replayed message a fresh jobId "
               "(needed to re-run a job that FAILED under its own jobId).")
+@click.option("--from-beginning", is_flag=True, help="Read the dead-letter topic from its "
+              "start, not from where the last replay stopped.")
 @click.option("--bootstrap-servers", help="Kafka HOST:PORT list.")
 @click.pass_context
 def dlq_replay(ctx: click.Context, limit: int | None, job_id: Any, new_job_id: bool,
-               bootstrap_servers: str | None) -> None:
+               from_beginning: bool, bootstrap_servers: str | None) -> None:
     """Re-publish dead letters to the topics they came from."""
     from nodes_import import deadletter
     from nodes_import.consumer import Publisher, client_settings
 
     cfg = _load(ctx, **{"kafka.bootstrap-servers": bootstrap_servers})
     timeout_s = cfg.kafka.startup_timeout_ms / 1000.0
+    settings, topic = client_settings(cfg.kafka, "consumer"), cfg.kafka.dlq_topic
+    group = deadletter.replay_group(cfg.kafka.group_id)
+    handled: set[tuple[int, int]] = set()
     try:
-        letters = deadletter.read_letters(client_settings(cfg.kafka, "consumer"),
-                                          cfg.kafka.dlq_topic, timeout_s=timeout_s)
+        before = deadletter.replayed_up_to(settings, topic, group, timeout_s=timeout_s)
+        letters = deadletter.read_letters(settings, topic, timeout_s=timeout_s,
+                                          start=None if from_beginning else before)
         publisher = Publisher(client_settings(cfg.kafka, "producer"))
         try:
             done = deadletter.replay(
                 letters, publisher, limit=limit, job_id=str(job_id) if job_id else None,
-                new_job_id=new_job_id, on_skip=lambda d, why: click.echo(
+                new_job_id=new_job_id, handled=handled, on_skip=lambda d, why: click.echo(
                     f"skipped {d.topic}/{d.partition}/{d.offset}: {why}", err=True))
         finally:
             publisher.close()
+            # What went out is recorded even when a later letter failed to.
+            deadletter.mark_replayed(settings, topic, group,
+                                     deadletter.handled_up_to(letters, handled, before),
+                                     timeout_s=timeout_s)
     except NodesImportError as exc:
         _fail(str(exc))
     for r in done:
         fresh = f" as job {r.new_job_id}" if r.new_job_id else ""
         click.echo(f"replayed job {r.job_id or '-'} to {r.topic}/{r.partition}/{r.offset}{fresh}")
-    click.echo(f"{len(done)} of {len(letters)} dead letters replayed")
+    since = "" if from_beginning or not any(before.values()) else \
+        " (after those handled by earlier replays; --from-beginning for all)"
+    click.echo(f"{len(done)} of {len(letters)} dead letters replayed{since}")
 
 
 @main.command("demo")

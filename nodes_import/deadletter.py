@@ -6,7 +6,11 @@ an operator can understand and replay it without the logs. Header values are UTF
 
 ``replay`` re-publishes dead letters to the topic they came from, without the error
 headers and with ``__nodes-import.replayed-from``; ``new_job_id`` swaps the payload's
-``jobId`` so a job that FAILED under its old id runs again.
+``jobId`` so a job that FAILED under its old id runs again. What was replayed is kept as
+the committed offsets of a consumer group of its own (``replay_group``): each partition's
+offset moves past the letters handled in a row from where the last replay stopped, so the
+next replay starts after them; a letter left out (another ``job_id``, past ``limit``)
+stops the offset there, to be replayed later.
 """
 
 from __future__ import annotations
@@ -125,18 +129,62 @@ class DeadLetterWriter:
 REPLAY_IDLE_S = 0.5
 
 
+def replay_group(group_id: str) -> str:
+    """The consumer group whose committed offsets record what ``dlq replay`` handled."""
+    return f"{group_id}-dlq-replay"
+
+
+def _replay_consumer(settings: Mapping[str, Any], group: str | None) -> Consumer:
+    return Consumer({**settings,
+                     "group.id": group or f"nodes-import-dlq-reader-{uuid.uuid4().hex[:8]}",
+                     "enable.auto.commit": False, "enable.partition.eof": True})
+
+
+def replayed_up_to(settings: Mapping[str, Any], topic: str, group: str, *,
+                   timeout_s: float) -> dict[int, int]:
+    """Per partition of ``topic``, the first offset a replay has not handled yet (0: none)."""
+    consumer = _replay_consumer(settings, group)
+    try:
+        meta = consumer.list_topics(topic, timeout=timeout_s).topics.get(topic)
+        if meta is None or meta.error is not None or not meta.partitions:
+            return {}
+        committed = consumer.committed([TopicPartition(topic, p) for p in meta.partitions],
+                                       timeout=timeout_s)
+        return {tp.partition: max(tp.offset, 0) for tp in committed}
+    except KafkaException as exc:
+        raise BrokerError(f"cannot read what was replayed from {topic}: {exc.args[0]}") from exc
+    finally:
+        consumer.close()
+
+
+def mark_replayed(settings: Mapping[str, Any], topic: str, group: str,
+                  offsets: Mapping[int, int], *, timeout_s: float) -> None:
+    """Record ``offsets`` (partition -> next offset to replay) as the group's commits."""
+    if not offsets:
+        return
+    consumer = _replay_consumer(settings, group)
+    try:
+        consumer.commit(offsets=[TopicPartition(topic, p, o) for p, o in offsets.items()],
+                        asynchronous=False)
+    except KafkaException as exc:
+        raise BrokerError(f"cannot record what was replayed from {topic}: {exc.args[0]}") from exc
+    finally:
+        consumer.close()
+
+
 def read_letters(settings: Mapping[str, Any], topic: str, *, timeout_s: float,
-                 idle_s: float = REPLAY_IDLE_S) -> list[Delivery]:
-    """Every dead letter on ``topic``, from the beginning (no group offsets are used)."""
-    conf = {**settings, "group.id": f"nodes-import-dlq-reader-{uuid.uuid4().hex[:8]}",
-            "enable.auto.commit": False, "enable.partition.eof": True}
-    consumer = Consumer(conf)
+                 idle_s: float = REPLAY_IDLE_S,
+                 start: Mapping[int, int] | None = None) -> list[Delivery]:
+    """The dead letters on ``topic`` from ``start`` (partition -> offset; default: the
+    beginning) to the end. Reads by assignment: no group membership, nothing committed."""
+    consumer = _replay_consumer(settings, None)
     letters: list[Delivery] = []
     try:
         meta = consumer.list_topics(topic, timeout=timeout_s).topics.get(topic)
         if meta is None or meta.error is not None or not meta.partitions:
             return letters
-        consumer.assign([TopicPartition(topic, p, 0) for p in meta.partitions])
+        consumer.assign([TopicPartition(topic, p, (start or {}).get(p, 0))
+                         for p in meta.partitions])
         at_end: set[int] = set()
         last = time.monotonic()
         while time.monotonic() - last < (idle_s if len(at_end) == len(meta.partitions)
@@ -168,11 +216,31 @@ class Replayed:
     new_job_id: str | None
 
 
+def handled_up_to(letters: list[Delivery], handled: set[tuple[int, int]],
+                  start: Mapping[int, int]) -> dict[int, int]:
+    """Per partition, the offset after the letters handled in a row from its first letter
+    (partitions whose first letter was not handled are left out: nothing to record)."""
+    out: dict[int, int] = {}
+    blocked: set[int] = set()
+    for letter in sorted(letters, key=lambda d: (d.partition, d.offset)):
+        if letter.partition in blocked:
+            continue
+        if (letter.partition, letter.offset) in handled:
+            out[letter.partition] = letter.offset + 1
+        else:
+            blocked.add(letter.partition)
+    return {p: o for p, o in out.items() if o > start.get(p, 0)}  # never backwards
+
+
 def replay(letters: list[Delivery], publisher: Publisher, *, limit: int | None,
            job_id: str | None, new_job_id: bool,
-           on_skip: Callable[[Delivery, str], None] | None = None) -> list[Replayed]:
-    """Re-publish dead letters (matching ``job_id`` if given) to their original topics."""
+           on_skip: Callable[[Delivery, str], None] | None = None,
+           handled: set[tuple[int, int]] | None = None) -> list[Replayed]:
+    """Re-publish dead letters (matching ``job_id`` if given) to their original topics.
+    ``handled`` collects (partition, offset) of each letter replayed or skipped for good
+    (it can never be replayed), once its new message is acknowledged."""
     done: list[Replayed] = []
+    handled = handled if handled is not None else set()
     for letter in letters:
         if limit is not None and len(done) >= limit:
             break
@@ -183,15 +251,17 @@ def replay(letters: list[Delivery], publisher: Publisher, *, limit: int | None,
         if not topic:
             if on_skip:
                 on_skip(letter, "no original-topic header")
+            handled.add((letter.partition, letter.offset))
             continue
         value, fresh = letter.value, None
         if new_job_id:
             fresh = str(uuid.uuid4())
             try:
                 value = payload.with_job_id(letter.value or b"", fresh)
-            except PayloadError as exc:
+            except PayloadError as exc:  # not a JSON object: never a job, whatever its id
                 if on_skip:
                     on_skip(letter, f"cannot set a new jobId: {exc}")
+                handled.add((letter.partition, letter.offset))
                 continue
         headers = [(k, v) for k, v in letter.headers
                    if not k.startswith(PREFIX) and k != REPLAYED_FROM]
@@ -199,4 +269,5 @@ def replay(letters: list[Delivery], publisher: Publisher, *, limit: int | None,
                         f"{letter.topic}/{letter.partition}/{letter.offset}".encode()))
         partition, offset = publisher.send(topic, value, key=letter.key, headers=headers)
         done.append(Replayed(info.get(H_JOB_ID), topic, partition, offset, fresh))
+        handled.add((letter.partition, letter.offset))
     return done

@@ -72,3 +72,13 @@ def test_replay_with_a_new_job_id_rewrites_the_payload_and_respects_the_limit() 
     done = dl.replay(letters, publisher, limit=2, job_id=None, new_job_id=True)  # type: ignore[arg-type]
     assert len(done) == 2 and all(r.new_job_id for r in done)
     assert orjson.loads(publisher.sent[0][1] or b"")["jobId"] == done[0].new_job_id
+
+
+def test_replay_progress_moves_past_letters_handled_in_a_row_and_never_backwards() -> None:
+    letters = [Delivery("dlq", p, o, None, b"") for p, o in
+               [(0, 5), (1, 0), (0, 6), (0, 7), (1, 1), (2, 3)]]
+    handled = {(0, 5), (0, 6), (1, 1), (2, 3)}  # (0, 7) and (1, 0) were left out
+    assert dl.handled_up_to(letters, handled, {}) == {0: 7, 2: 4}
+    # Partition 2 was recorded further on already (a --from-beginning replay): kept.
+    assert dl.handled_up_to(letters, handled, {0: 5, 2: 9}) == {0: 7}
+    assert dl.handled_up_to(letters, set(), {}) == {}
