@@ -11,7 +11,12 @@ the database design is timed; this favours the baselines):
 - ``seed-design``: the seed LLD as written: 500-row batches, each CREATE TEMP TABLE +
   COPY + nodes upsert + node_metadata upsert + commit, on 4 threads/connections;
 - ``naive``: psycopg ``executemany`` of one INSERT ... ON CONFLICT per row (nodes and its
-  metadata in one statement), 1,000 rows a transaction, one connection.
+  metadata in one statement), 1,000 rows a transaction, one connection;
+- ``client floor``: no database at all: a Python process that imports pyarrow and ISA-L and
+  reads the gzipped CSV through the same reader settings as the engine (1 MiB blocks, every
+  column a string), then exits. Its CPU is what any importer built on these libraries spends
+  on this machine; the engine's client CPU divided by it travels between machines, where
+  seconds do not.
 
 Run alone: ``python -m benchmarks.baselines --rows 200000``.
 """
@@ -23,6 +28,7 @@ import gzip
 import io
 import queue
 import resource
+import sys
 import threading
 import time
 from dataclasses import dataclass
@@ -33,7 +39,7 @@ import pyarrow as pa
 import pyarrow.csv as pacsv
 
 from benchmarks import generate
-from benchmarks.harness import DOMAIN, GROUP, BenchServer, Result, meter
+from benchmarks.harness import DOMAIN, GROUP, BenchServer, Result, meter, run_cli
 from nodes_import import storage
 from nodes_import.pipeline.encode import metadata_json
 
@@ -169,6 +175,34 @@ def raw_copy(server: BenchServer, data: Prepared) -> Result:
     return result
 
 
+FLOOR_NAME = "client floor (read + parse, no database)"
+_FLOOR = """
+import sys
+import pyarrow as pa, pyarrow.csv as pacsv
+from isal import igzip
+with igzip.open(sys.argv[1], "rb") as head:
+    names = head.readline().decode().strip().split(",")
+with igzip.open(sys.argv[1], "rb") as stream:
+    reader = pacsv.open_csv(
+        pa.PythonFile(stream, mode="r"),
+        read_options=pacsv.ReadOptions(use_threads=False, block_size=1 << 20),
+        convert_options=pacsv.ConvertOptions(column_types={n: pa.string() for n in names},
+                                             strings_can_be_null=True, null_values=[""]))
+    print(sum(batch.num_rows for batch in reader))
+"""
+
+
+def client_floor(path: Path, rows: int) -> Result:
+    """The CPU of reading and parsing ``path`` alone, in a fresh process (see the module doc)."""
+    result = Result(FLOOR_NAME, "baseline", rows, 0, path.stat().st_size)
+    wall, cpu, rss, out = run_cli([str(path)], program=[sys.executable, "-c", _FLOOR])
+    if int(out.strip().splitlines()[-1]) != rows:
+        raise RuntimeError(f"the floor read {out.strip()} rows of {rows}")
+    result.seconds, result.client_cpu_s = wall, round(cpu, 2)
+    result.client_peak_rss_mb = round(rss, 1)
+    return result
+
+
 def copy_b(server: BenchServer, data: Prepared, id_function: str = "uuidv7()") -> Result:
     """B: one COPY into a nodes-shaped table with its three indexes."""
     schema = server.new_schema("b")
@@ -254,7 +288,7 @@ def run_all(server: BenchServer, path: Path, *, slow: bool = True,
             extra_b: bool = False) -> list[Result]:
     """Every baseline on ``path``; ``slow=False`` skips seed and naive (the sweep only)."""
     data = prepare(path)
-    results = [raw_copy(server, data), copy_b(server, data)]
+    results = [client_floor(path, data.rows), raw_copy(server, data), copy_b(server, data)]
     if extra_b:
         results.append(copy_b(server, data, "gen_random_uuid()"))
     if slow:

@@ -96,9 +96,22 @@ def with_ratios(results: list[Result]) -> list[Result]:
     """Set ratio_b on every result from the B of the same run."""
     b = next((r for r in results if r.name == B_NAME), None)
     for r in results:
-        if b and r.ok and b.rows_per_s:
+        if b and r.ok and b.rows_per_s and r.name != baselines.FLOOR_NAME:  # no database
             r.ratio_b = round(r.rows_per_s / b.rows_per_s, 3)
     return results
+
+
+def client_floor_ratios(results: list[Result]) -> list[str]:
+    """Each 1M-row-or-more import's client CPU over the floor of the same run: the share of
+    the client's CPU that is the engine's own, comparable between machines."""
+    floor = next((r for r in results if r.name == baselines.FLOOR_NAME and r.client_cpu_s), None)
+    if floor is None or not floor.client_cpu_s:
+        return []
+    per_row = floor.client_cpu_s / floor.rows
+    return [f"{r.name}: {r.client_cpu_s:.2f} s = {r.client_cpu_s / (per_row * r.rows):.2f}x "
+            f"the floor ({per_row * r.rows:.2f} s)"
+            for r in results if r.kind == "scenario" and r.ok and r.client_cpu_s
+            and r.rows >= 1_000_000]
 
 
 def big_b_name(rows: int) -> str:
@@ -231,7 +244,8 @@ def chart(results: list[Result], path: Path) -> str | None:
         import matplotlib.pyplot as plt
     except ImportError:
         return None
-    main = [r for r in results if r.kind in ("baseline", "scenario")]
+    main = [r for r in results if r.kind in ("baseline", "scenario")
+            and r.name != baselines.FLOOR_NAME]  # no database: not a load rate
     swept = [r for r in results if r.kind == "sweep" and "batch_size" in r.params]
     fig, axes = plt.subplots(1, 2 if swept else 1, figsize=(15 if swept else 9, 6.5),
                              squeeze=False)
@@ -283,6 +297,11 @@ def report(info: dict[str, Any], results: list[Result], prof: dict[str, Any] | N
         print("\ntargets (issue 6):")
         for c in checks:
             print(f"  [{'met' if c['met'] else 'NOT met'}] {c['target']}: {c['measured']}")
+    floor = client_floor_ratios(results)
+    if floor:
+        print("\nclient CPU against this machine's floor (read + parse alone, same run):")
+        for line in floor:
+            print(f"  {line}")
     if prof:
         print("\n" + profile_import.format_profile(prof))
     if json_path:

@@ -63,3 +63,17 @@ def test_the_large_import_is_judged_against_b_of_its_own_file() -> None:
     large_ratios(results, 10_000_000)
     assert results[-1].ratio_b == 0.8  # against B of the same 10M rows (62.5k rows/s)
     assert next(r for r in results if r.name == "fresh import").ratio_b == 0.8  # 1M: as was
+
+
+def test_client_cpu_is_also_told_as_a_multiple_of_the_same_runs_read_floor() -> None:
+    from benchmarks.baselines import FLOOR_NAME
+    from benchmarks.run import client_floor_ratios
+
+    results = _run(fresh_cpu_s=0.9) + [
+        Result(FLOOR_NAME, "baseline", 1_000_000, 0.3, client_cpu_s=0.3),
+        Result("fresh import 10,000,000 rows", "scenario", 10_000_000, 150.0, client_cpu_s=7.5),
+    ]
+    assert client_floor_ratios(results) == [
+        "fresh import: 0.90 s = 3.00x the floor (0.30 s)",
+        "fresh import 10,000,000 rows: 7.50 s = 2.50x the floor (3.00 s)"]
+    assert client_floor_ratios(results[:-2]) == []  # no floor measured: nothing claimed
