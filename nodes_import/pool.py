@@ -19,8 +19,10 @@ from __future__ import annotations
 import itertools
 import logging
 import multiprocessing
+import time
 import weakref
 from concurrent.futures import Future, ProcessPoolExecutor
+from multiprocessing import connection as mp_connection
 from typing import Any
 
 from nodes_import import logs, worker
@@ -32,6 +34,9 @@ log = logging.getLogger(__name__)
 
 # How long the core workers may take to start (spawn + imports: ~1 s measured).
 WARM_UP_TIMEOUT_S = 60.0
+# After a worker death, how long the other workers may take to be seen dead too before the
+# live ones count as survivors (killed, their jobs not marked).
+DEATH_GRACE_S = 0.5
 
 
 class WorkerPool:
@@ -135,8 +140,17 @@ class WorkerPool:
 
     def _dead_workers_calls(self) -> set[int] | None:
         """The calls running on this executor's processes that have exited (None: no
-        exited process found, so no way to tell). Read before anything kills the others."""
+        exited process found, so no way to tell). Read before anything kills the others.
+
+        Waits up to ``DEATH_GRACE_S`` for the live ones to exit too: several workers
+        killed at once die one after the other (a large process takes a while to free its
+        memory), and one seen alive now may be dying. A survivor that finishes its call
+        in that time exits cleanly with its call cleared: it marks nothing."""
         processes = dict(getattr(self._executor, "_processes", None) or {})
+        deadline = time.monotonic() + DEATH_GRACE_S
+        while (alive := [p for p in processes.values() if p.exitcode is None]) \
+                and (left := deadline - time.monotonic()) > 0:
+            mp_connection.wait([p.sentinel for p in alive], timeout=left)
         dead = {pid for pid, proc in processes.items() if proc.exitcode is not None}
         if not dead or self._table is None:
             return None

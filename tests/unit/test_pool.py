@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import os
+import threading
+import time
 from concurrent.futures import Future
 from concurrent.futures.process import BrokenProcessPool
 from typing import Any
 
 import pytest
 
+from nodes_import import pool as pool_module
 from nodes_import.config import ImportConfig
 from nodes_import.jobs import ImportJob, JobOutcome
 from nodes_import.pool import WorkerPool
@@ -82,9 +86,24 @@ def test_a_bundled_job_is_running_exactly_while_its_bundles_call_is() -> None:
 class _Process:
     def __init__(self, exitcode: int | None) -> None:
         self.exitcode, self.killed = exitcode, False
+        self.sentinel, self._end = os.pipe()  # readable (at EOF) once "exited"
 
     def kill(self) -> None:
         self.killed = True
+
+
+class _Dying(_Process):
+    """Killed with the other one, but seen alive at first: it exits ``after_s`` later."""
+
+    def __init__(self, after_s: float) -> None:
+        super().__init__(None)
+
+        def die() -> None:
+            time.sleep(after_s)
+            self.exitcode = -9
+            os.close(self._end)
+
+        threading.Thread(target=die, daemon=True).start()
 
 
 class _Workers:
@@ -115,6 +134,11 @@ def _broken_pool(processes: dict[int, _Process], table: list[int]
     return pool, [alone, *bundled], broken
 
 
+@pytest.fixture(autouse=True)
+def _short_grace(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(pool_module, "DEATH_GRACE_S", 0.3)
+
+
 def test_only_the_jobs_of_the_call_on_the_dead_worker_count_the_crash() -> None:
     survivor = _Process(None)
     # pid 101 died (SIGKILL) while it ran call 2, the bundle; pid 102 was running call 1.
@@ -136,3 +160,13 @@ def test_when_no_dead_worker_is_found_every_interrupted_job_counts_the_crash() -
                                          [101, 2, 102, 1])
     assert all(pool.died_on(f, broken) for f in futures)
     assert all(pool.died_on(f, broken + 5) for f in futures)  # a generation never seen
+
+
+def test_a_worker_that_dies_a_moment_after_the_first_is_still_counted_dead() -> None:
+    # Both killed at once; the busy one (call 2) frees its memory first and is seen alive.
+    dying = _Dying(after_s=0.05)
+    pool, (alone, *bundled), broken = _broken_pool({101: _Process(-9), 102: dying},
+                                                   [101, 1, 102, 2])
+    assert pool.died_on(alone, broken)
+    assert all(pool.died_on(f, broken) for f in bundled)
+    assert not dying.killed
