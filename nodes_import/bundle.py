@@ -41,7 +41,7 @@ from nodes_import.config import ImportConfig
 from nodes_import.errors import StorageError
 from nodes_import.jobs import BUNDLE_MAX_IDS, ImportJob, JobOutcome
 from nodes_import.jobstate import WATCHDOG_GRACE_S
-from nodes_import.pipeline.encode import MAX_REFERENCE_ID_CHARS
+from nodes_import.pipeline.validate import MAX_REFERENCE_ID_CHARS
 
 log = logging.getLogger(__name__)
 

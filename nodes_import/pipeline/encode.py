@@ -1,8 +1,8 @@
 """Encode: a parsed batch -> validated, partitioned COPY payloads. Vectorised throughout.
 
 Per batch, with pyarrow compute kernels only (no Python loop over rows):
-1. reject rows that PostgreSQL would refuse or that make no node (blank reference_id,
-   over-long values, NUL bytes), keeping their row numbers and reasons;
+1. set aside the rows PostgreSQL would refuse or that make no node (``validate``: blank
+   reference_id, over-long values, NUL bytes), keeping their row numbers and reasons;
 2. split rows by a hash of reference_id into key partitions, so one key always goes
    to the same writer connection and "the last occurrence in the file wins" holds
    even with several batches in flight;
@@ -16,25 +16,20 @@ pay for escaping, only batches with empty cells for dropping keys. Text format r
 than CSV: CSV would double every quote of the JSON (a third more bytes to send and
 parse) and needs a CSV writer pass; text format needs escaping only for backslash, tab,
 LF and CR, which JSON already escapes inside its strings.
-Only rejected rows (rare by definition) are touched one by one, to describe them.
 """
 
 from __future__ import annotations
 
-import csv
 import functools
-import io
 from dataclasses import dataclass
 
 import orjson
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from nodes_import.pipeline.parse import MAX_LINE_CHARS, REFERENCE_ID, TYPE, InvalidRow, RawBatch
+from nodes_import.pipeline.parse import REFERENCE_ID, TYPE, RawBatch
+from nodes_import.pipeline.validate import Rejected, from_invalid, reject_mask, rejected_rows
 
-# Column limits of the schema (nodes.reference_id VARCHAR(255), nodes.type VARCHAR(64)).
-MAX_REFERENCE_ID_CHARS = 255
-MAX_TYPE_CHARS = 64
 # Knuth's multiplicative hash constant: spreads the key's last bytes over partitions.
 _HASH_MULTIPLIER = pa.scalar(2654435761, pa.uint32())
 # JSON escapes for control characters other than \n, \r, \t (NUL is rejected earlier).
@@ -53,23 +48,12 @@ def _lit(value: str | int) -> pa.Scalar:
     return pa.scalar(value, pa.string() if isinstance(value, str) else pa.int64())
 
 
-_TRUE, _FALSE = pa.scalar(True), pa.scalar(False)
 
 
 def _join(*pieces: pa.Array | pa.ChunkedArray | str, skip_nulls: bool = False) -> pa.Array:
     """``binary_join_element_wise`` of arrays and constants; the last piece is the separator."""
     args = [_lit(p) if isinstance(p, str) else p for p in pieces]
     return pc.binary_join_element_wise(*args, null_handling="skip" if skip_nulls else "emit_null")
-
-
-@dataclass(frozen=True)
-class Rejected:
-    """A row that will not be imported, and why."""
-
-    row_number: int
-    reference_id: str | None
-    reason: str
-    line: str
 
 
 @dataclass
@@ -291,76 +275,6 @@ def _partition_of(refs: pa.Array, partitions: int) -> pa.Array:
     return pc.modulo(hashed, partitions)
 
 
-def _too_long(column: pa.Array | pa.ChunkedArray, chars: int) -> pa.Array | None:
-    """Values longer than ``chars`` characters, or None when none can be: a value of at
-    most ``chars`` bytes has at most ``chars`` characters (one cheap max over lengths)."""
-    if (pc.max(pc.binary_length(column)).as_py() or 0) <= chars:
-        return None
-    return pc.fill_null(pc.greater(pc.utf8_length(column), _lit(chars)), _FALSE)
-
-
-def _reject_mask(table: pa.Table, max_field_bytes: int, scans: dict[str, _Scan]) -> pa.Array:
-    refs = table.column(REFERENCE_ID)
-    # Blank: null, empty or only whitespace (utf8_is_space stops at the first other
-    # character, far cheaper than trimming every value).
-    bad = pc.or_(pc.fill_null(pc.equal(pc.binary_length(refs), _lit(0)), _TRUE),
-                 pc.fill_null(pc.utf8_is_space(refs), _FALSE))
-    checks = [(refs, MAX_REFERENCE_ID_CHARS)]
-    if TYPE in table.column_names:
-        checks.append((table.column(TYPE), MAX_TYPE_CHARS))
-    for column, chars in checks:
-        too_long = _too_long(column, chars)
-        if too_long is not None:
-            bad = pc.or_(bad, too_long)
-    for name, column in zip(table.column_names, table.columns):
-        if scans[name].controls:  # NUL is a control byte: test values only then
-            bad = pc.or_(bad, pc.fill_null(pc.match_substring(column, "\x00"), _FALSE))
-        if (pc.max(pc.binary_length(column)).as_py() or 0) > max_field_bytes:
-            too_big = pc.greater(pc.binary_length(column), _lit(max_field_bytes))
-            bad = pc.or_(bad, pc.fill_null(too_big, _FALSE))
-    return bad.combine_chunks() if isinstance(bad, pa.ChunkedArray) else bad
-
-
-def _describe(row: dict[str, str | None], max_field_bytes: int) -> str:
-    ref = row.get(REFERENCE_ID)
-    if ref is None or not ref.strip():
-        return "blank reference_id"
-    if len(ref) > MAX_REFERENCE_ID_CHARS:
-        return f"reference_id longer than {MAX_REFERENCE_ID_CHARS} characters"
-    node_type = row.get(TYPE)
-    if node_type is not None and len(node_type) > MAX_TYPE_CHARS:
-        return f"type longer than {MAX_TYPE_CHARS} characters"
-    for name, value in row.items():
-        if value is not None and "\x00" in value:
-            return f"NUL byte in column {name!r}"
-    for name, value in row.items():
-        if value is not None and len(value.encode()) > max_field_bytes:
-            return f"value in column {name!r} longer than {max_field_bytes} bytes"
-    return "rejected"
-
-
-def _as_line(values: list[str | None]) -> str:
-    out = io.StringIO()
-    csv.writer(out, lineterminator="").writerow(["" if v is None else v for v in values])
-    return out.getvalue().replace("\x00", "\\0")[:MAX_LINE_CHARS]
-
-
-def _rejected_rows(table: pa.Table, numbers: pa.Array, mask: pa.Array,
-                   max_field_bytes: int) -> list[Rejected]:
-    rows = table.filter(mask).to_pylist()
-    nums = numbers.filter(mask).to_pylist()
-    out = []
-    for number, row in zip(nums, rows):
-        ref = row.get(REFERENCE_ID)
-        out.append(Rejected(number, None if ref is None else ref.replace("\x00", "\\0")[:255],
-                            _describe(row, max_field_bytes), _as_line(list(row.values()))))
-    return out
-
-
-def _from_invalid(rows: list[InvalidRow]) -> list[Rejected]:
-    return [Rejected(r.row_number, None, r.reason, r.line.replace("\x00", "\\0")) for r in rows]
-
-
 def staged_columns(header: list[str]) -> list[str]:
     """The staging-table columns a file with this header fills, in COPY order."""
     columns = ["row_number", "reference_id"]
@@ -398,12 +312,13 @@ def encode_batch(batch: RawBatch, header: list[str], partitions: int,
             part = part.filter(keep) if part is not None else None
     # One scan of each column's bytes for the whole batch (see _copy_lines).
     scans = {name: _scan(column) for name, column in zip(table.column_names, table.columns)}
-    mask = _reject_mask(table, max_field_bytes, scans)
+    mask = reject_mask(table, max_field_bytes,
+                       {name for name, scan in scans.items() if scan.controls})
     any_bad = pc.any(mask).as_py() or False
-    rejected = _rejected_rows(table, numbers, mask, max_field_bytes) if any_bad else []
+    rejected = rejected_rows(table, numbers, mask, max_field_bytes) if any_bad else []
     rejected_parts = (part.filter(mask).to_pylist() if any_bad and part is not None
                       else [0] * len(rejected))
-    invalid = _from_invalid(batch.invalid)
+    invalid = from_invalid(batch.invalid)
     if skip_through is not None:
         invalid = [r for r in invalid if r.row_number > skip_through[0]]
     if any_bad:
