@@ -50,7 +50,7 @@ class WorkerPool:
         self._executor: ProcessPoolExecutor | None = None
         self._logs: logs.WorkerLogs | None = None
         self.generation = 0
-        # A bundled job's future -> the worker call that runs its bundle (``is_running``).
+        # A bundled job's future -> the worker call that runs its bundle (``call_of``).
         self._calls: weakref.WeakKeyDictionary[Future[JobOutcome], Future[Any]] = \
             weakref.WeakKeyDictionary()
         # Each worker call's number, and the table where workers show the call they run.
@@ -146,7 +146,7 @@ class WorkerPool:
         killed at once die one after the other (a large process takes a while to free its
         memory), and one seen alive now may be dying. A survivor that finishes its call
         in that time exits cleanly with its call cleared: it marks nothing."""
-        processes = dict(getattr(self._executor, "_processes", None) or {})
+        processes = self._processes()
         deadline = time.monotonic() + DEATH_GRACE_S
         while (alive := [p for p in processes.values() if p.exitcode is None]) \
                 and (left := deadline - time.monotonic()) > 0:
@@ -158,10 +158,14 @@ class WorkerPool:
         return {table[n + 1] for n in range(0, len(table), 2)
                 if table[n] in dead and table[n + 1]}
 
-    def _kill_survivors(self) -> None:
-        """End the broken executor's live workers (no public API does): they ignore
-        SIGTERM and would finish their calls, whose jobs the daemon runs again."""
-        for proc in list((getattr(self._executor, "_processes", None) or {}).values()):
+    def _processes(self) -> dict[int, Any]:
+        """The executor's worker processes by pid (a copy; no public API gives them)."""
+        return dict(getattr(self._executor, "_processes", None) or {})
+
+    def _kill_workers(self) -> None:
+        """End the executor's live workers, busy or not (no public API does): they ignore
+        SIGTERM; after a breakage they would finish calls whose jobs run again elsewhere."""
+        for proc in self._processes().values():
             if proc.exitcode is None:
                 proc.kill()
 
@@ -173,7 +177,7 @@ class WorkerPool:
             self._died[self.generation] = self._dead_workers_calls()
             for old in [g for g in self._died if g < self.generation - 8]:
                 del self._died[old]  # a slot of a long-gone generation counts the crash
-            self._kill_survivors()
+            self._kill_workers()
             self._executor.shutdown(wait=False, cancel_futures=True)
         if self._logs is not None:  # the old workers' last lines, if the queue still works
             self._logs.stop(timeout_s=0.5)
@@ -192,8 +196,7 @@ class WorkerPool:
         if self._executor is None:
             return
         if kill:
-            for proc in list(getattr(self._executor, "_processes", {}).values()):
-                proc.kill()  # no public API ends busy workers
+            self._kill_workers()
         self._executor.shutdown(wait=True, cancel_futures=True)
         self._executor = None
         if self._logs is not None:

@@ -165,10 +165,7 @@ class CsvReader:
         except SourceError:
             raise
         except (pa.ArrowInvalid, OSError, UnicodeDecodeError) as exc:
-            message = _arrow_message(exc)
-            if message.startswith(_UTF8_MESSAGE) and types is not None:
-                raise _NotUtf8(f"cannot read the CSV: {message}") from exc
-            raise SourceError(f"cannot read the CSV: {message}") from exc
+            raise _read_error("the CSV", exc, utf8_retry=types is not None) from exc
 
     def _read_header(self) -> list[str]:
         stream = self._source.open()
@@ -326,13 +323,18 @@ def _guarded(reader: pacsv.CSVStreamingReader) -> Iterator[pa.RecordBatch]:
         except SourceError:
             raise
         except (pa.ArrowInvalid, OSError) as exc:
-            message = _arrow_message(exc)
-            if message.startswith(_UTF8_MESSAGE):
-                raise _NotUtf8(f"cannot read the CSV: {message}") from exc
-            raise SourceError(f"cannot read the CSV: {message}") from exc
+            raise _read_error("the CSV", exc) from exc
 
 
 _UTF8_MESSAGE = "invalid UTF-8 data"
+
+
+def _read_error(what: str, exc: BaseException, *, utf8_retry: bool = True) -> SourceError:
+    """Arrow's read error as ours: ``_NotUtf8`` (read again as binary) when a value is not
+    UTF-8 and that retry applies, a ``SourceError`` with the reason otherwise."""
+    message = _arrow_message(exc)
+    kind = _NotUtf8 if utf8_retry and message.startswith(_UTF8_MESSAGE) else SourceError
+    return kind(f"cannot read {what}: {message}")
 
 
 def _arrow_message(exc: BaseException) -> str:
@@ -385,9 +387,6 @@ class IdFileReader:
         except SourceError:
             raise
         except (pa.ArrowInvalid, OSError) as exc:
-            message = _arrow_message(exc)
-            if message.startswith(_UTF8_MESSAGE):
-                raise _NotUtf8(f"cannot read the ID file: {message}") from exc
-            raise SourceError(f"cannot read the ID file: {message}") from exc
+            raise _read_error("the ID file", exc) from exc
         finally:
             stream.close()
