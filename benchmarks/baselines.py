@@ -40,8 +40,8 @@ import pyarrow.csv as pacsv
 
 from benchmarks import generate
 from benchmarks.harness import DOMAIN, GROUP, BenchServer, Result, meter, run_cli
-from nodes_import import storage
 from nodes_import.pipeline.encode import metadata_json
+from nodes_import.store import connection
 
 # COPY write size: large enough that per-call overhead is nil.
 _COPY_CHUNK = 1 << 20
@@ -228,7 +228,7 @@ def _engine_schema(server: BenchServer, prefix: str) -> tuple[str, str]:
     schema = server.new_schema(prefix)
     dsn = server.schema_dsn(schema)
     with psycopg.connect(dsn) as conn:
-        storage.init_schema(conn)
+        connection.init_schema(conn)
     return schema, dsn
 
 

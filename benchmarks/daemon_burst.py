@@ -41,7 +41,7 @@ import yaml
 from confluent_kafka import Producer
 from confluent_kafka.admin import AdminClient, NewTopic
 
-from nodes_import.embedded import LocalBroker
+from nodes_import.cli.local import LocalBroker
 
 DOMAIN = "3f1c1a3e-2b9d-4c55-9a57-0d3c6a1f0b21"
 TOPIC = "bench-users"

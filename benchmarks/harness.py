@@ -1,7 +1,7 @@
 """What every benchmark shares: a throwaway PostgreSQL, measured runs, and their figures.
 
 - ``BenchServer``: an embedded PostgreSQL 18 in a temp dir, deleted at the end, set up
-  for bulk loads like ``nodes_import/embedded.py`` does (``max_wal_size``) plus
+  for bulk loads like ``nodes_import/cli/local.py`` does (``max_wal_size``) plus
   ``pg_stat_statements`` (the server-side split). Autovacuum stays on as on any real
   server (``autovacuum=False`` turns it off: the cold-statistics case, see README);
   the harness also runs ``VACUUM ANALYZE`` + ``CHECKPOINT`` between phases so every

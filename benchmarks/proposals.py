@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import sys
 
-from nodes_import import batchwrite, storage
+from nodes_import.store import batchwrite, connection
 
 _PLAIN_JOIN = """    LEFT JOIN nodes n ON n.reference_id = s.reference_id AND n.group_id = {group}
     LEFT JOIN node_metadata m ON m.node_id = n.id"""
@@ -60,7 +60,7 @@ def _skip_stage_analyze() -> None:
 
     def patched(self: psycopg.Cursor, query: object, *args: object, **kwargs: object) -> object:
         text = query.as_string(self.connection) if hasattr(query, "as_string") else str(query)
-        if text.startswith("ANALYZE") and storage.STAGE_TABLE in text:
+        if text.startswith("ANALYZE") and connection.STAGE_TABLE in text:
             return self
         return execute(self, query, *args, **kwargs)  # type: ignore[arg-type]
 

@@ -13,11 +13,11 @@ from pathlib import Path
 import pytest
 from psycopg_pool import ConnectionPool
 
-from nodes_import import engine
-from nodes_import.admin import AdminApp, AdminServer
 from nodes_import.config import ImportConfig, RetryConfig
+from nodes_import.daemon.admin import AdminApp, AdminServer
 from nodes_import.errors import NodesImportError
 from nodes_import.jobs import ImportJob
+from nodes_import.worker import engine
 from tests.fixtures.http import request, samples
 from tests.fixtures.postgres import Database
 
@@ -219,7 +219,7 @@ def test_a_daemon_config_reads_the_token_from_the_environment_and_never_shows_it
 
 
 def test_only_loopback_hosts_count_as_private_for_the_no_token_warning() -> None:
-    from nodes_import.admin import _loopback
+    from nodes_import.daemon.admin import _loopback
 
     assert all(_loopback(h) for h in ("127.0.0.1", "127.0.0.2", "::1", "localhost"))
     assert not any(_loopback(h) for h in ("0.0.0.0", "::", "10.0.0.1", "admin.example"))

@@ -12,11 +12,11 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from nodes_import import bundle, engine, jobrows, storage
 from nodes_import.config import ImportConfig, RetryConfig
+from nodes_import.daemon.pool import WorkerPool
 from nodes_import.jobs import ImportJob, new_job_id
-from nodes_import.pool import WorkerPool
-from nodes_import.worker import WorkerSettings
+from nodes_import.store import connection, jobrows
+from nodes_import.worker import WorkerSettings, bundle, engine
 from tests.fixtures.postgres import Database
 
 DOMAINS = ("3f1c1a3e-2b9d-4c55-9a57-0d3c6a1f0b21", "9a0e7c55-1b2d-4e6f-8a9b-0c1d2e3f4a5b")
@@ -45,7 +45,7 @@ def _claim(db: Database, jobs: list[ImportJob], owner: str = OWNER) -> None:
 def _write(db: Database, jobs: list[ImportJob]) -> bundle.Written:
     with db.pool.connection() as conn:
         return bundle.write(conn, jobs, owner=OWNER, timeout_ms=10_000,
-                            new_id=storage.new_id_function(conn))
+                            new_id=connection.new_id_function(conn))
 
 
 def _job_row(db: Database, job_id: str) -> dict[str, Any]:

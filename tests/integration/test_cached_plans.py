@@ -15,9 +15,9 @@ import uuid
 import psycopg
 import pyarrow as pa
 
-from nodes_import import batchwrite, jobrows, storage
 from nodes_import.pipeline import encode
 from nodes_import.pipeline.parse import RawBatch
+from nodes_import.store import batchwrite, connection, jobrows
 from tests.fixtures.postgres import Database
 
 DOMAIN = "3f1c1a3e-2b9d-4c55-9a57-0d3c6a1f0b21"
@@ -46,8 +46,8 @@ def test_a_grown_table_is_not_scanned_per_row_by_plans_cached_when_it_was_small(
                            node_type="USER", source="test")
         jobrows.start_job(conn, job_id=job_id, partitions=1, source_bytes=None)
     writer = psycopg.connect(db.dsn)
-    storage._configure(writer)
-    new_id = storage.new_id_function(writer)
+    connection._configure(writer)
+    new_id = connection.new_id_function(writer)
 
     def write(part: encode.EncodedPart) -> batchwrite.PartResult:
         result = batchwrite.write_part(

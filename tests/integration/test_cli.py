@@ -9,7 +9,7 @@ from pathlib import Path
 
 import orjson
 
-from nodes_import.sample import write_users
+from nodes_import.cli.sample import write_users
 from tests.fixtures.postgres import Database
 
 DOMAIN = "3f1c1a3e-2b9d-4c55-9a57-0d3c6a1f0b21"

@@ -9,9 +9,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from psycopg import sql
 
-from nodes_import import storage
 from nodes_import.pipeline import encode
 from nodes_import.pipeline.parse import RawBatch
+from nodes_import.store import connection
 from tests.fixtures.postgres import Database
 
 # Anything PostgreSQL can store: no NUL (rejected by the encoder), no lone surrogates.
@@ -24,13 +24,13 @@ def _staged(db: Database, part: encode.EncodedPart) -> list[tuple[Any, ...]]:
     columns = encode.staged_columns(HEADER)
     with db.pool.connection() as conn, conn.transaction(), conn.cursor() as cur:
         statement = sql.SQL("COPY {} ({}) FROM STDIN (FORMAT text)").format(
-            sql.Identifier(storage.STAGE_TABLE), sql.SQL(", ").join(map(sql.Identifier, columns)))
+            sql.Identifier(connection.STAGE_TABLE), sql.SQL(", ").join(map(sql.Identifier, columns)))
         with cur.copy(statement) as copy:
             for piece in part.payload:
                 copy.write(piece)
         return cur.execute(sql.SQL("SELECT row_number, reference_id, node_type, metadata FROM {}"
                                    " ORDER BY row_number").format(
-            sql.Identifier(storage.STAGE_TABLE))).fetchall()
+            sql.Identifier(connection.STAGE_TABLE))).fetchall()
 
 
 @settings(max_examples=60, deadline=None,

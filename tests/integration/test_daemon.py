@@ -17,9 +17,9 @@ import psutil
 import psycopg
 import pytest
 
-from nodes_import import deadletter as dl
+from nodes_import.cli.sample import write_reference_ids, write_users
 from nodes_import.jobs import derived_job_id
-from nodes_import.sample import write_reference_ids, write_users
+from nodes_import.kafka import deadletter as dl
 from tests.fixtures.daemon import Daemons
 from tests.fixtures.kafka import KafkaTest, wait_until
 from tests.fixtures.postgres import Database
@@ -121,7 +121,7 @@ def test_malformed_messages_are_dead_lettered_with_their_reason_and_the_consumer
         assert info[dl.H_STAGE] == stage, (offset, info)
         assert reason in info[dl.H_MESSAGE], (offset, info[dl.H_MESSAGE])
         assert info[dl.H_TOPIC] == kafka.topic and info[dl.H_PARTITION] == "0"
-        assert info[dl.H_CLASS] == "nodes_import.payload.MessageRejected"
+        assert info[dl.H_CLASS] == "nodes_import.kafka.payload.MessageRejected"
         assert info[dl.H_GROUP] == kafka.group_id and info[dl.TYPE_ID] == "NodeExchange"
         assert dl.H_TIMESTAMP in info and dl.H_INSTANCE in info
         assert letter.key == b"k1" and (letter.value or b"") == (value or b"")

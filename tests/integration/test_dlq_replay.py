@@ -11,7 +11,7 @@ from pathlib import Path
 import orjson
 import yaml
 
-from nodes_import import deadletter as dl
+from nodes_import.kafka import deadletter as dl
 from tests.fixtures.kafka import KafkaTest
 
 DOMAIN = "3f1c1a3e-2b9d-4c55-9a57-0d3c6a1f0b21"

@@ -5,11 +5,11 @@ from __future__ import annotations
 import dataclasses
 from pathlib import Path
 
-from nodes_import import engine
+from nodes_import.cli.sample import write_users
 from nodes_import.config import ImportConfig, RetryConfig
-from nodes_import.engine import Progress
 from nodes_import.jobs import ImportJob, new_job_id
-from nodes_import.sample import write_users
+from nodes_import.worker import engine
+from nodes_import.worker.engine import Progress
 from tests.fixtures.postgres import Database
 
 DOMAIN = "3f1c1a3e-2b9d-4c55-9a57-0d3c6a1f0b21"

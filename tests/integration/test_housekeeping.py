@@ -12,10 +12,10 @@ from pathlib import Path
 import click
 import pytest
 
-from nodes_import import jobrows
-from nodes_import.cli import Duration
+from nodes_import.cli.imports import Duration
 from nodes_import.config import OperationsConfig
-from nodes_import.housekeeping import Housekeeper
+from nodes_import.daemon.housekeeping import Housekeeper
+from nodes_import.store import jobrows
 from tests.fixtures.postgres import Database
 
 DOMAIN = "3f1c1a3e-2b9d-4c55-9a57-0d3c6a1f0b21"
@@ -111,7 +111,7 @@ def test_a_long_running_job_is_warned_about_once(db: Database,
     stuck = add_job(db, "PROCESSING", started_hours_ago=2)
     add_job(db, "PROCESSING", started_hours_ago=0)
     keeper = Housekeeper(db.pool, OperationsConfig(long_running_warning_ms=3_600_000))
-    with caplog.at_level(logging.WARNING, logger="nodes_import.housekeeping"):
+    with caplog.at_level(logging.WARNING, logger="nodes_import.daemon.housekeeping"):
         assert keeper.check_long_running() == [stuck]
         assert keeper.check_long_running() == [stuck]
     warnings = [r for r in caplog.records if r.getMessage() == "job running for longer than expected"]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import uuid
 
-from nodes_import import jobrows
+from nodes_import.store import jobrows
 from tests.fixtures.postgres import Database
 
 DOMAIN = "3f1c1a3e-2b9d-4c55-9a57-0d3c6a1f0b21"

@@ -6,9 +6,9 @@ import signal
 import uuid
 from pathlib import Path
 
+from nodes_import.cli.sample import write_users
 from nodes_import.config import KafkaConfig
-from nodes_import.consumer import JobConsumer, client_settings
-from nodes_import.sample import write_users
+from nodes_import.kafka.consumer import JobConsumer, client_settings
 from tests.fixtures.daemon import Daemons
 from tests.fixtures.http import free_port, request, scrape, total
 from tests.fixtures.kafka import TEST_CONSUMER, KafkaTest, wait_until

@@ -11,9 +11,9 @@ import uuid
 
 import pyarrow as pa
 
-from nodes_import import batchwrite, jobrows, storage
 from nodes_import.pipeline import encode
 from nodes_import.pipeline.parse import RawBatch
+from nodes_import.store import batchwrite, connection, jobrows
 from tests.fixtures.postgres import Database
 
 DOMAIN = "3f1c1a3e-2b9d-4c55-9a57-0d3c6a1f0b21"
@@ -38,7 +38,7 @@ def test_a_part_written_twice_is_counted_once(db: Database) -> None:
         jobrows.create_job(conn, job_id=job_id, group_id="g", domain_id=DOMAIN,
                            node_type="USER", source="test")
         jobrows.start_job(conn, job_id=job_id, partitions=1, source_bytes=None)
-        new_id = storage.new_id_function(conn)
+        new_id = connection.new_id_function(conn)
 
     def write(part: encode.EncodedPart) -> batchwrite.PartResult:
         with db.pool.connection() as conn:

@@ -5,23 +5,23 @@ from __future__ import annotations
 import psycopg
 import pytest
 
-from nodes_import import storage
+from nodes_import.store import connection
 from tests.fixtures.postgres import Database
 
 
 def _settings(conn: psycopg.Connection) -> dict[str, str]:
     return {name: conn.execute("SELECT current_setting(%s)", (name,)).fetchone()[0]
-            for name in storage.SESSION_SETTINGS}
+            for name in connection.SESSION_SETTINGS}
 
 
 def test_pooled_connections_carry_the_session_settings_across_rollbacks(db: Database) -> None:
-    assert storage.SESSION_SETTINGS == {"jit": "off", "work_mem": "32MB"}
+    assert connection.SESSION_SETTINGS == {"jit": "off", "work_mem": "32MB"}
     with db.pool.connection() as conn:
-        assert _settings(conn) == storage.SESSION_SETTINGS
+        assert _settings(conn) == connection.SESSION_SETTINGS
         with pytest.raises(psycopg.errors.DivisionByZero):
             conn.execute("SELECT 1 / 0")
         conn.rollback()
-        assert _settings(conn) == storage.SESSION_SETTINGS
+        assert _settings(conn) == connection.SESSION_SETTINGS
 
 
 def test_other_sessions_keep_the_servers_settings(db: Database) -> None:

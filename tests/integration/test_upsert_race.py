@@ -15,9 +15,9 @@ import uuid
 import psycopg
 import pyarrow as pa
 
-from nodes_import import batchwrite, jobrows, storage
 from nodes_import.pipeline import encode
 from nodes_import.pipeline.parse import RawBatch
+from nodes_import.store import batchwrite, connection, jobrows
 from tests.fixtures.postgres import Database
 
 DOMAIN = "3f1c1a3e-2b9d-4c55-9a57-0d3c6a1f0b21"
@@ -45,7 +45,7 @@ def test_a_key_inserted_concurrently_is_updated_not_lost(db: Database) -> None:
             results.append(batchwrite.write_part(
                 conn, job_id=job_id, group_id=group, domain_id=DOMAIN, default_type="USER",
                 columns=encode.staged_columns(HEADER), part=part, bytes_read=0,
-                timeout_ms=30_000, new_id=storage.new_id_function(conn)))
+                timeout_ms=30_000, new_id=connection.new_id_function(conn)))
 
     writer = threading.Thread(target=write)
     writer.start()

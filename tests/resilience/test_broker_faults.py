@@ -22,8 +22,8 @@ from pathlib import Path
 
 import pytest
 
-from nodes_import.embedded import BROKER_READY
-from nodes_import.sample import write_users
+from nodes_import.cli.local import BROKER_READY
+from nodes_import.cli.sample import write_users
 from tests.fixtures.daemon import Daemons
 from tests.fixtures.faultproxy import FaultProxy
 from tests.fixtures.http import free_port

@@ -7,7 +7,7 @@ import time
 import uuid
 from pathlib import Path
 
-from nodes_import.sample import write_users
+from nodes_import.cli.sample import write_users
 from tests.fixtures.daemon import Daemons
 from tests.fixtures.faultproxy import FaultProxy, through
 from tests.fixtures.http import free_port, request, scrape, total

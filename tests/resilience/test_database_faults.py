@@ -18,10 +18,11 @@ import psycopg
 import pytest
 from psycopg_pool import ConnectionPool
 
-from nodes_import import engine, storage
+from nodes_import.cli.sample import write_users
 from nodes_import.config import ImportConfig, RetryConfig
 from nodes_import.jobs import ImportJob, new_job_id
-from nodes_import.sample import write_users
+from nodes_import.store import connection
+from nodes_import.worker import engine
 from tests.fixtures.faultproxy import FaultProxy, through
 from tests.fixtures.postgres import Database
 
@@ -35,7 +36,7 @@ pytestmark = pytest.mark.slow
 @pytest.fixture()
 def proxied(db: Database, pg_proxy: FaultProxy) -> Iterator[ConnectionPool]:
     """A pool on the test schema whose every connection goes through the proxy."""
-    pool = storage.open_pool(through(pg_proxy, db.dsn), max_size=4, timeout_s=3)
+    pool = connection.open_pool(through(pg_proxy, db.dsn), max_size=4, timeout_s=3)
     try:
         yield pool
     finally:
@@ -123,7 +124,7 @@ def test_a_database_away_longer_than_the_retry_budget_fails_the_job_and_a_rerun_
         db: Database, pg_proxy: FaultProxy, proxied: ConnectionPool, tmp_path: Path) -> None:
     path = write_users(tmp_path / "u.csv.gz", 20_000)
     job = _job(path)
-    impatient = storage.open_pool(through(pg_proxy, db.dsn), max_size=3, timeout_s=1)
+    impatient = connection.open_pool(through(pg_proxy, db.dsn), max_size=3, timeout_s=1)
     # A batch's retry budget: 4 attempts, each waiting at most 1 s for a connection, with
     # 0.1 + 0.2 + 0.4 s of backoff: ~3.7 s. The database stays away for 8 s, so the
     # writers give up; the job's end is retried 3x longer (~17 s) and gets recorded.

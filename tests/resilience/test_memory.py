@@ -15,7 +15,7 @@ from pathlib import Path
 import orjson
 import pytest
 
-from nodes_import.sample import write_reference_ids, write_users
+from nodes_import.cli.sample import write_reference_ids, write_users
 from tests.fixtures.postgres import Database
 
 RSS_BOUND_MB = 300
@@ -28,12 +28,14 @@ pytestmark = pytest.mark.slow
 # child's peak RSS from getrusage once it has exited.
 _RUN_ID_LIST = """
 import sys, orjson
-from nodes_import import config, engine, storage
+from nodes_import import config
+from nodes_import.worker import engine
+from nodes_import.store import connection
 from nodes_import.jobs import ImportJob, new_job_id
 count = int(sys.argv[2])
 ids = tuple(f"user-{n:09d}" for n in range(count))  # as a parsed message would hold them
 cfg = config.load(environ={})
-pool = storage.open_pool(sys.argv[1], max_size=3)
+pool = connection.open_pool(sys.argv[1], max_size=3)
 out = engine.run_import(ImportJob(new_job_id(), "mem", sys.argv[3], reference_ids=ids),
                         cfg.imports, pool)
 print(orjson.dumps(out.row, default=str).decode())

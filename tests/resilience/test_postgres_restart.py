@@ -19,10 +19,11 @@ from typing import Any
 import psycopg
 import pytest
 
-from nodes_import import engine, storage
+from nodes_import.cli.sample import write_users
 from nodes_import.config import ImportConfig, RetryConfig
 from nodes_import.jobs import ImportJob, new_job_id
-from nodes_import.sample import write_users
+from nodes_import.store import connection
+from nodes_import.worker import engine
 
 HEAVY = os.environ.get("NODES_IMPORT_HEAVY_TESTS") == "1"
 DOMAIN = "3f1c1a3e-2b9d-4c55-9a57-0d3c6a1f0b21"
@@ -64,9 +65,9 @@ def test_postgres_restarted_twice_mid_import_loses_and_doubles_nothing(
     rows = 2_000_000 if HEAVY else 200_000
     path = write_users(tmp_path / "u.csv.gz", rows)
     dsn = str(private_server.get_uri())
-    pool = storage.open_pool(dsn, max_size=3, timeout_s=10)
+    pool = connection.open_pool(dsn, max_size=3, timeout_s=10)
     with pool.connection() as conn:
-        storage.init_schema(conn)
+        connection.init_schema(conn)
     cfg = ImportConfig(batch_size=5_000, max_parallel_futures=2,
                        allowed_roots=(str(tmp_path),),
                        retry=RetryConfig(max_attempts=6, initial_interval_ms=200,

@@ -16,7 +16,7 @@ from nodes_import import logs
 def _worker_main(queue: Any) -> None:
     """A spawned stand-in for a worker process: set up as ``init_worker`` does, then log."""
     logs.setup_worker(queue, "INFO")
-    log = logging.getLogger("nodes_import.engine")
+    log = logging.getLogger("nodes_import.worker.engine")
     log.debug("not sent: below the level")
     log.info("job started", extra={"fields": {"jobId": "j1", "lock": threading.Lock()}})
     try:

@@ -131,9 +131,9 @@ def test_private_directories_of_dead_daemons_are_swept_and_live_ones_kept(
 
 
 def test_each_retry_of_a_transient_error_is_counted() -> None:
-    from nodes_import import retry
     from nodes_import.config import RetryConfig
     from nodes_import.errors import TransientStorageError
+    from nodes_import.store import retry
 
     calls = []
 

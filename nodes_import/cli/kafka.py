@@ -1,0 +1,119 @@
+"""The Kafka-side commands of ``nodes-import``: ``submit`` (one job message) and ``dlq``
+(the dead-letter topic). Registered on ``cli.main`` when ``cli`` is imported; the Kafka
+client is imported inside each command, so the other commands never load it."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import click
+
+from nodes_import.cli.common import EXIT_USAGE, fail, load
+from nodes_import.errors import NodesImportError
+from nodes_import.jobs import new_job_id
+
+
+def _read_ids(path: str) -> tuple[str, ...]:
+    import gzip
+
+    opener: Any = gzip.open if path.endswith(".gz") else open
+    with opener(path, "rt", encoding="utf-8") as handle:
+        return tuple(line.strip() for line in handle if line.strip())
+
+
+@click.command("submit")
+@click.argument("source", required=False)
+@click.option("--reference-ids", "ids_file", type=click.Path(exists=True, dir_okay=False),
+              help="File of reference IDs, one per line: sent inline as referenceIds.")
+@click.option("--group", "group_id", required=True, help="Group the nodes belong to.")
+@click.option("--domain", "domain_id", required=True, type=click.UUID, help="Domain UUID.")
+@click.option("--type", "node_type", default=None, help="Node type (default USER).")
+@click.option("--topic", help="Topic (default: kafka.submit-topic, nodes-import-users).")
+@click.option("--job-id", type=click.UUID, help="The idempotency key (default: a new one).")
+@click.option("--bootstrap-servers", help="Kafka HOST:PORT list.")
+@click.pass_context
+def submit_cmd(ctx: click.Context, source: str | None, ids_file: str | None, group_id: str,
+               domain_id: Any, node_type: str | None, topic: str | None, job_id: Any,
+               bootstrap_servers: str | None) -> None:
+    """Send one job message (a file SOURCE, or --reference-ids FILE); prints its jobId."""
+    from pathlib import Path
+
+    from nodes_import.kafka.consumer import Publisher, client_settings, submit
+    from nodes_import.kafka.payload import NodeExchange
+
+    if (source is None) == (ids_file is None):
+        raise click.UsageError("give exactly one of SOURCE or --reference-ids FILE")
+    cfg = load(ctx, **{"kafka.bootstrap-servers": bootstrap_servers})
+    if source is not None and "://" not in source and Path(source).exists():
+        source = str(Path(source).resolve())  # the daemon may run in another directory
+    request = NodeExchange(
+        group_id=group_id, domain_id=str(domain_id), file=source, node_type=node_type,
+        reference_ids=_read_ids(ids_file) if ids_file else None,
+        job_id=str(job_id or new_job_id()))
+    size = len(request.to_json())
+    if size > cfg.kafka.max_message_bytes:
+        # The daemon would dead-letter it unread: refuse it here, where it can be fixed.
+        fail(f"the job message would be {size:,} bytes ({len(request.reference_ids or ())}"
+              f" reference IDs), over kafka.max-message-bytes ({cfg.kafka.max_message_bytes:,}"
+              "): split the list into several jobs, or raise that limit together with the"
+              " broker's and the topic's (and the daemon's)", EXIT_USAGE)
+    try:
+        publisher = Publisher(client_settings(cfg.kafka, "producer"))
+        try:
+            submit(publisher, topic or cfg.kafka.submit_topic, request)
+        finally:
+            publisher.close()
+    except NodesImportError as exc:
+        fail(str(exc))
+    click.echo(request.job_id)
+
+
+@click.group()
+def dlq() -> None:
+    """The dead-letter topic."""
+
+
+@dlq.command("replay")
+@click.option("--limit", type=click.IntRange(1), help="Replay at most N dead letters.")
+@click.option("--job-id", type=click.UUID, help="Only the dead letters of this job.")
+@click.option("--new-job-id", is_flag=True, help="Give each replayed message a fresh jobId "
+              "(needed to re-run a job that FAILED under its own jobId).")
+@click.option("--from-beginning", is_flag=True, help="Read the dead-letter topic from its "
+              "start, not from where the last replay stopped.")
+@click.option("--bootstrap-servers", help="Kafka HOST:PORT list.")
+@click.pass_context
+def dlq_replay(ctx: click.Context, limit: int | None, job_id: Any, new_job_id: bool,
+               from_beginning: bool, bootstrap_servers: str | None) -> None:
+    """Re-publish dead letters to the topics they came from."""
+    from nodes_import.kafka import deadletter
+    from nodes_import.kafka.consumer import Publisher, client_settings
+
+    cfg = load(ctx, **{"kafka.bootstrap-servers": bootstrap_servers})
+    timeout_s = cfg.kafka.startup_timeout_ms / 1000.0
+    settings, topic = client_settings(cfg.kafka, "consumer"), cfg.kafka.dlq_topic
+    group = deadletter.replay_group(cfg.kafka.group_id)
+    handled: set[tuple[int, int]] = set()
+    try:
+        before = deadletter.replayed_up_to(settings, topic, group, timeout_s=timeout_s)
+        letters = deadletter.read_letters(settings, topic, timeout_s=timeout_s,
+                                          start=None if from_beginning else before)
+        publisher = Publisher(client_settings(cfg.kafka, "producer"))
+        try:
+            done = deadletter.replay(
+                letters, publisher, limit=limit, job_id=str(job_id) if job_id else None,
+                new_job_id=new_job_id, handled=handled, on_skip=lambda d, why: click.echo(
+                    f"skipped {d.topic}/{d.partition}/{d.offset}: {why}", err=True))
+        finally:
+            publisher.close()
+            # What went out is recorded even when a later letter failed to.
+            deadletter.mark_replayed(settings, topic, group,
+                                     deadletter.handled_up_to(letters, handled, before),
+                                     timeout_s=timeout_s)
+    except NodesImportError as exc:
+        fail(str(exc))
+    for r in done:
+        fresh = f" as job {r.new_job_id}" if r.new_job_id else ""
+        click.echo(f"replayed job {r.job_id or '-'} to {r.topic}/{r.partition}/{r.offset}{fresh}")
+    since = "" if from_beginning or not any(before.values()) else \
+        " (after those handled by earlier replays; --from-beginning for all)"
+    click.echo(f"{len(done)} of {len(letters)} dead letters replayed{since}")

@@ -1,0 +1,83 @@
+"""What one running job shares between the engine's reader and writer threads (worker
+side): its progress, its fatal error, its deadline, and the way to borrow a connection."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from psycopg_pool import ConnectionPool
+
+from nodes_import.config import ImportConfig
+from nodes_import.errors import NodesImportError
+from nodes_import.jobs import ImportJob
+from nodes_import.store import batchwrite, connection
+
+# Encoded batches waiting per writer: enough to overlap parsing with writing, few enough
+# to keep memory at a handful of batches whatever the file size.
+QUEUE_DEPTH = 2
+TIMEOUT_MESSAGE = "Timeout exceeded"
+# How long past its statement_timeout a batch may wait for the server's answer before the
+# connection is presumed stalled and dropped.
+WATCHDOG_GRACE_S = 5.0
+
+
+@dataclass
+class Progress:
+    """A job's running figures, as the engine knows them (the CLI's progress bar)."""
+
+    rows_read: int = 0
+    rows_committed: int = 0
+    failed: int = 0
+    bytes_read: int = 0
+    source_bytes: int | None = None
+    started: float = 0.0
+
+
+class JobState:
+    """The state one ``run_import`` call shares between its reader and writer threads."""
+
+    def __init__(self, job: ImportJob, cfg: ImportConfig, pool: ConnectionPool,
+                 on_progress: Callable[[Progress], None] | None,
+                 cancel: threading.Event | None) -> None:
+        self.job, self.cfg, self.pool = job, cfg, pool
+        self.on_progress = on_progress
+        self.cancel = cancel or threading.Event()
+        self.progress = Progress(started=time.monotonic())
+        self.deadline = self.progress.started + cfg.global_timeout_ms / 1000.0
+        self.fatal: NodesImportError | None = None
+        self.lock = threading.Lock()
+        self.ctx = {"jobId": job.job_id, "groupId": job.group_id, "domainId": job.domain_id}
+        self.columns: list[str] = []
+        self.new_id = "gen_random_uuid()"
+
+    def fail(self, exc: NodesImportError) -> None:
+        with self.lock:
+            if self.fatal is None:
+                self.fatal = exc
+
+    def stopping(self) -> bool:
+        return self.fatal is not None or self.cancel.is_set()
+
+    def remaining_ms(self) -> int:
+        return int((self.deadline - time.monotonic()) * 1000)
+
+    def committed(self, result: batchwrite.PartResult, bytes_read: int) -> None:
+        with self.lock:
+            self.progress.rows_committed += result.success + result.failed
+            self.progress.failed += result.failed
+            self.progress.bytes_read = max(self.progress.bytes_read, bytes_read)
+            snapshot = Progress(**vars(self.progress))
+        if self.on_progress is not None:
+            self.on_progress(snapshot)
+
+
+def with_conn(state: JobState, fn: Callable[[Any], Any]) -> Any:
+    # Wait for a connection no longer than the pool's own timeout (the configured connect
+    # timeout): each retry attempt must fail fast while the database is away.
+    timeout_s = max(0.1, min(state.pool.timeout, state.remaining_ms() / 1000.0))
+    with connection.wrapped(), state.pool.connection(timeout=timeout_s) as conn:
+        return fn(conn)
