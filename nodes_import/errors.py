@@ -1,12 +1,13 @@
-"""The one exception tree of nodes-import.
+"""The one exception tree of nodes-import, and the one way to name an exception's type.
 
 Third-party errors are wrapped where they happen (``raise ... from exc``) so callers
 only ever branch on these classes:
 
 - ``PayloadError``: the message or the file is bad. The job is FAILED and dead-lettered;
   never retried.
-- ``TransientStorageError``: the database went away, a deadlock, a serialization
-  failure, a timeout. The only class the retry policy retries.
+- ``TransientStorageError``: a deadlock, a serialization failure, a timeout; its
+  subclass ``ConnectionLostError``: the database link itself went away. The only
+  classes the retry policy retries.
 - ``StorageError``: any other database failure (a data error): not retried.
 """
 
@@ -37,6 +38,12 @@ class TransientStorageError(StorageError):
     """A database failure that may succeed when tried again (connection, deadlock...)."""
 
 
+class ConnectionLostError(TransientStorageError):
+    """The database link itself failed, not the data: refused, reset, stalled, the server
+    shutting down or out of connection slots. Raised where the link fails (``classify``,
+    the watchdog, ``open_pool``); the breaker and the engine check it with isinstance."""
+
+
 class LeaseLostError(StorageError):
     """Another daemon took the job over (``claimed_by`` changed): this runner's batch was
     rolled back and it must stop without ending the job. Never retried."""
@@ -60,3 +67,9 @@ class OverloadedError(NodesImportError):
 
 class WorkerDiedError(NodesImportError):
     """The worker process running a job died (killed, out of memory) too many times."""
+
+
+def type_name(exc: BaseException) -> str:
+    """``module.QualName`` of an exception: the one format of every ``error_type`` (the
+    job outcome, the dead letter's class header)."""
+    return f"{type(exc).__module__}.{type(exc).__qualname__}"

@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import uuid
 from dataclasses import dataclass, field
+from enum import StrEnum
 from typing import Any
+
+from nodes_import import status
 
 # The `source` recorded for jobs whose nodes come from a list of reference IDs.
 REFERENCE_IDS_SOURCE = "reference-ids"
@@ -50,18 +53,48 @@ class ImportJob:
                 and not self.resume_failed)
 
 
+class Ending(StrEnum):
+    """How one run of a job ended, as the runner saw it: what the daemon decides on."""
+
+    COMPLETED = "completed"  # the job row is COMPLETED
+    FAILED = "failed"  # the job row is FAILED (dead-lettered by the daemon)
+    OUTAGE = "outage"  # the database link went away: resumes from its checkpoint later
+    LEASE_LOST = "lease-lost"  # another runner owns the job now; its end is theirs
+    STOPPED = "stopped"  # interrupted by the stop order: resumes on the next start
+    NOT_STARTED = "not-started"  # could not start (or record its crash): tried again later
+
+    @property
+    def terminal(self) -> bool:
+        """The job row is COMPLETED or FAILED: this job is over."""
+        return self in (Ending.COMPLETED, Ending.FAILED)
+
+
 @dataclass(frozen=True)
 class JobOutcome:
-    """How a job ended, as the worker saw it (the database row is the truth)."""
+    """How a job ended, as the worker saw it (the database row is the truth).
+
+    ``ending`` says how this run ended; ``status`` is the job row's status as this runner
+    last saw it (PENDING or PROCESSING when the run did not end the job).
+    """
 
     job_id: str
     status: str
     error: str | None = None
     row: dict[str, Any] = field(default_factory=dict)
-    # Set when an exception ended the job in the worker: its class and stack trace (the
-    # dead letter's error headers).
+    # Set when an exception ended the job in the worker: its class (``errors.type_name``)
+    # and stack trace (the dead letter's error headers).
     error_type: str | None = None
     stack_trace: str | None = None
+    ending: Ending = field(kw_only=True)
+
+    @classmethod
+    def ended(cls, job_id: str, row: dict[str, Any], error: str | None = None,
+              **fields: Any) -> JobOutcome:
+        """The outcome of a run that left the job ``row`` COMPLETED or FAILED (a row
+        that is not COMPLETED counts as FAILED)."""
+        final = status.COMPLETED if row.get("status") == status.COMPLETED else status.FAILED
+        ending = Ending.COMPLETED if final == status.COMPLETED else Ending.FAILED
+        return cls(job_id, final, error, row, ending=ending, **fields)
 
 
 def new_job_id() -> str:

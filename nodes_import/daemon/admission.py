@@ -19,7 +19,7 @@ from collections.abc import Callable
 
 from nodes_import.config import ExecutorConfig
 from nodes_import.daemon.breaker import CLOSED, STATE_VALUES, CircuitBreaker
-from nodes_import.errors import StorageError, TransientStorageError
+from nodes_import.errors import ConnectionLostError, StorageError
 from nodes_import.kafka.consumer import JobConsumer
 from nodes_import.logs import redact_dsn
 from nodes_import.store import connection
@@ -37,9 +37,7 @@ PAUSE_AFTER_S = 0.5
 def is_outage(exc: BaseException) -> bool:
     """The database is unreachable (not: the data was refused). Only these count towards
     opening the breaker: a bad row must not stop the service."""
-    if isinstance(exc, OSError):
-        return True
-    return isinstance(exc, TransientStorageError) and connection.is_connection_failure(exc)
+    return isinstance(exc, (OSError, ConnectionLostError))
 
 
 class Admission:

@@ -20,10 +20,10 @@ from typing import TYPE_CHECKING, Any
 
 from nodes_import import errors, metrics, status
 from nodes_import.config import Config
-from nodes_import.daemon.admission import Admission, is_outage
+from nodes_import.daemon.admission import Admission
 from nodes_import.daemon.pool import WorkerPool
 from nodes_import.daemon.window import DEAD_LETTER, RUNNING, WAITING, Heartbeat, Slot
-from nodes_import.jobs import JobOutcome
+from nodes_import.jobs import Ending, JobOutcome
 from nodes_import.kafka import deadletter as dl
 from nodes_import.kafka.consumer import OffsetTracker
 from nodes_import.store import jobrows
@@ -34,11 +34,6 @@ OVERLOADED = "System overloaded"  # the seed's reason for a rejected job
 # A job interrupted because the database went away is resumed from its checkpoint (once
 # the breaker lets jobs start again) this many times at most, then FAILED.
 MAX_OUTAGE_RESUMES = 10
-
-
-def qualname(exc: BaseException) -> str:
-    """``module.Class`` of an exception (the dead letter's class header)."""
-    return f"{type(exc).__module__}.{type(exc).__qualname__}"
 
 
 class JobEndings:
@@ -76,10 +71,10 @@ class JobEndings:
 
     def _finished(self, slot: Slot, outcome: JobOutcome) -> None:
         assert slot.job is not None
-        if outcome.status == status.COMPLETED:
+        if outcome.ending is Ending.COMPLETED:
             self.admission.database_ok()
             self._done(slot)
-        elif outcome.status == status.FAILED:
+        elif outcome.ending is Ending.FAILED:
             self._dead_letter(slot, dl.Failure(
                 dl.STAGE_IMPORT, outcome.error or "FAILED",
                 outcome.error_type or "nodes_import.errors.NodesImportError",
@@ -92,11 +87,13 @@ class JobEndings:
     def _interrupted(self, slot: Slot, outcome: JobOutcome) -> None:
         """Not finished: retried (from its checkpoint) once the breaker lets jobs start; a
         job the database failed ``MAX_OUTAGE_RESUMES`` times is FAILED after all."""
-        exc = errors.TransientStorageError(outcome.error or "the job did not finish")
-        if is_outage(exc):
+        error = outcome.error or "the job did not finish"
+        exc: errors.NodesImportError = errors.TransientStorageError(error)
+        if outcome.ending is Ending.OUTAGE:
+            exc = errors.ConnectionLostError(error)
             slot.outage_resumes += 1
             if slot.outage_resumes > MAX_OUTAGE_RESUMES:
-                self._fail(slot, str(exc), exc)
+                self._fail(slot, error, exc)
                 return
         slot.state = WAITING
         self._later(slot, "job not finished (the database went away?); it resumes from its "
@@ -139,7 +136,7 @@ class JobEndings:
             self._later(slot, "cannot record the failure; retrying the job", db_exc)
             return
         trace = "".join(traceback.format_exception(exc)) if exc.__traceback__ else None
-        self._dead_letter(slot, dl.Failure(dl.STAGE_IMPORT, error, qualname(exc), trace,
+        self._dead_letter(slot, dl.Failure(dl.STAGE_IMPORT, error, errors.type_name(exc), trace,
                                         job.job_id, dl.counts_of(row)))
 
     def _dead_letter(self, slot: Slot, failure: dl.Failure) -> None:

@@ -36,7 +36,7 @@ from nodes_import import errors, metrics, status, worker
 from nodes_import.config import Config
 from nodes_import.daemon.admin import Operations
 from nodes_import.daemon.admission import Admission
-from nodes_import.daemon.endings import OVERLOADED, JobEndings, qualname
+from nodes_import.daemon.endings import OVERLOADED, JobEndings
 from nodes_import.daemon.pool import WorkerPool
 from nodes_import.daemon.stoporder import POLL_S, OffsetsAndStop
 from nodes_import.daemon.submission import JobSubmission
@@ -197,7 +197,7 @@ class Daemon(JobEndings, JobSubmission, OffsetsAndStop):
                                     max_reference_ids=self.cfg.imports.max_reference_ids,
                                     max_message_bytes=self.cfg.kafka.max_message_bytes)
         except payload.MessageRejected as exc:
-            self._dead_letter(slot, dl.Failure(exc.stage, str(exc), qualname(exc)))
+            self._dead_letter(slot, dl.Failure(exc.stage, str(exc), errors.type_name(exc)))
             return None
         slot.job = ImportJob(
             job_id=request.job_id or derived_job_id(delivery.topic, delivery.partition,
@@ -273,7 +273,7 @@ class Daemon(JobEndings, JobSubmission, OffsetsAndStop):
             return
         log.warning("job rejected: window full", extra={"fields": {
             **slot.ctx(), "inFlight": len(self.slots), "capacity": self.capacity}})
-        self._dead_letter(slot, dl.Failure(dl.STAGE_BACKPRESSURE, OVERLOADED, qualname(
+        self._dead_letter(slot, dl.Failure(dl.STAGE_BACKPRESSURE, OVERLOADED, errors.type_name(
             errors.OverloadedError()), job_id=job.job_id, counts=dl.counts_of(row)))
 
     def _later(self, slot: Slot, message: str, exc: BaseException, *,

@@ -20,43 +20,43 @@ import psycopg
 from psycopg import sql
 from psycopg_pool import ConnectionPool, PoolTimeout
 
-from nodes_import.errors import StorageError, TransientStorageError
+from nodes_import.errors import ConnectionLostError, StorageError, TransientStorageError
 
 log = logging.getLogger(__name__)
 
 STAGE_TABLE = "nodes_import_stage"
-# SQLSTATEs worth another try: the server went away or chose a victim.
+# SQLSTATEs worth another try: the server chose a victim or gave up on a statement.
 _TRANSIENT_SQLSTATES = {
     "40001",  # serialization_failure
     "40P01",  # deadlock_detected
     "57014",  # query_canceled (statement_timeout)
+    "55P03",  # lock_not_available
+}
+# SQLSTATEs of the link itself (besides class 08, connection_exception): the server is
+# going away or takes no new connection. Transient, and an outage for the breaker.
+_CONNECTION_SQLSTATES = {
     "57P01",  # admin_shutdown
     "57P02",  # crash_shutdown
     "57P03",  # cannot_connect_now
     "53300",  # too_many_connections
-    "55P03",  # lock_not_available
 }
 
 
 def classify(exc: BaseException) -> StorageError:
-    """Wrap a psycopg error as transient (retried) or not."""
+    """Wrap a psycopg error: ``ConnectionLostError`` (the link), ``TransientStorageError``
+    (worth another try) or ``StorageError`` (the data: not retried)."""
     if isinstance(exc, StorageError):
         return exc
     sqlstate = getattr(exc, "sqlstate", None)
     if isinstance(exc, (psycopg.OperationalError, PoolTimeout)) and sqlstate is None:
-        return TransientStorageError(f"database connection failed: {_first_line(exc)}")
-    if sqlstate in _TRANSIENT_SQLSTATES or (sqlstate or "").startswith("08"):
+        return ConnectionLostError(f"database connection failed: {_first_line(exc)}")
+    if sqlstate in _CONNECTION_SQLSTATES or (sqlstate or "").startswith("08"):
+        return ConnectionLostError(f"{_first_line(exc)} (SQLSTATE {sqlstate})")
+    if sqlstate in _TRANSIENT_SQLSTATES:
         return TransientStorageError(f"{_first_line(exc)} (SQLSTATE {sqlstate})")
     if isinstance(exc, psycopg.InterfaceError):
-        return TransientStorageError(f"database connection unusable: {_first_line(exc)}")
+        return ConnectionLostError(f"database connection unusable: {_first_line(exc)}")
     return StorageError(f"{_first_line(exc)}" + (f" (SQLSTATE {sqlstate})" if sqlstate else ""))
-
-
-def is_connection_failure(exc: BaseException) -> bool:
-    """True when the error is the database link itself, not the data."""
-    return isinstance(exc, TransientStorageError) and (
-        "connection" in str(exc) or "SQLSTATE 57P" in str(exc) or "SQLSTATE 08" in str(exc)
-    )
 
 
 def _first_line(exc: BaseException) -> str:
@@ -131,7 +131,7 @@ def open_pool(dsn: str, *, max_size: int, timeout_s: float = 30.0,
         pool.open(wait=True, timeout=timeout_s)
     except PoolTimeout as exc:
         pool.close()
-        raise TransientStorageError(
+        raise ConnectionLostError(
             f"cannot connect to PostgreSQL within {timeout_s:.0f}s") from exc
     return pool
 
@@ -196,7 +196,7 @@ def watchdog(conn: psycopg.Connection[Any], seconds: float) -> Iterator[None]:
         yield
     except StorageError as exc:
         if fired.is_set():
-            raise TransientStorageError(
+            raise ConnectionLostError(
                 f"database connection stalled for {seconds:.0f}s; connection dropped") from exc
         raise
     finally:

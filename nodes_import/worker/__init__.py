@@ -28,8 +28,8 @@ from psycopg_pool import ConnectionPool
 
 from nodes_import import logs, metrics, status
 from nodes_import.config import ImportConfig
-from nodes_import.errors import NodesImportError
-from nodes_import.jobs import ImportJob, JobOutcome
+from nodes_import.errors import ConnectionLostError, NodesImportError, type_name
+from nodes_import.jobs import Ending, ImportJob, JobOutcome
 from nodes_import.pipeline import memory
 from nodes_import.store import connection, jobrows
 from nodes_import.worker import bundle, engine
@@ -171,14 +171,16 @@ def _run_job(job: ImportJob, cfg: ImportConfig) -> JobOutcome:
     watcher.start()
     try:
         outcome = engine.run_import(job, cfg, _open_pool(), cancel=cancel)
-        if outcome.status == status.PROCESSING and outcome.error_type is not None:
-            _reset_pool()  # interrupted by a database outage
+        if outcome.ending is Ending.OUTAGE:
+            _reset_pool()  # its connections went with the database
         return outcome
     except NodesImportError as exc:
-        # The database stayed away before the job started: not terminal, retried later.
+        # The job could not start (the database stayed away): not terminal, tried again
+        # later; an outage when the link itself failed.
         _reset_pool()
-        return JobOutcome(job.job_id, status.PENDING, str(exc), {},
-                          error_type=type(exc).__name__, stack_trace=traceback.format_exc())
+        ending = Ending.OUTAGE if isinstance(exc, ConnectionLostError) else Ending.NOT_STARTED
+        return JobOutcome(job.job_id, status.PENDING, str(exc), {}, error_type=type_name(exc),
+                          stack_trace=traceback.format_exc(), ending=ending)
     except Exception as exc:  # a bug: FAIL the job rather than lose it silently
         log.exception("job crashed", extra={"fields": {"jobId": job.job_id}})
         return _fail(job, exc)
@@ -245,9 +247,7 @@ def _fail(job: ImportJob, exc: Exception) -> JobOutcome:
                                      error=error) or {}
     except Exception:  # the database is gone too: the daemon retries the job later
         log.exception("cannot record the crash", extra={"fields": {"jobId": job.job_id}})
-        return JobOutcome(job.job_id, status.PENDING, error, {},
-                          error_type=f"{type(exc).__module__}.{type(exc).__name__}",
-                          stack_trace=trace)
-    return JobOutcome(job.job_id, str(row.get("status", status.FAILED)), error, row,
-                      error_type=f"{type(exc).__module__}.{type(exc).__name__}",
-                      stack_trace=trace)
+        return JobOutcome(job.job_id, status.PENDING, error, {}, error_type=type_name(exc),
+                          stack_trace=trace, ending=Ending.NOT_STARTED)
+    return JobOutcome.ended(job.job_id, {"status": status.FAILED, **row}, error,
+                            error_type=type_name(exc), stack_trace=trace)

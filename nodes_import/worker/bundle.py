@@ -39,7 +39,7 @@ from psycopg.rows import dict_row
 from nodes_import import metrics, status
 from nodes_import.config import ImportConfig
 from nodes_import.errors import StorageError
-from nodes_import.jobs import BUNDLE_MAX_IDS, ImportJob, JobOutcome
+from nodes_import.jobs import BUNDLE_MAX_IDS, Ending, ImportJob, JobOutcome
 from nodes_import.pipeline.validate import MAX_REFERENCE_ID_CHARS
 from nodes_import.store import connection, jobrows
 from nodes_import.worker.jobstate import WATCHDOG_GRACE_S
@@ -212,5 +212,5 @@ def outcomes(jobs: Sequence[ImportJob], written: Written) -> list[JobOutcome]:
             "total": size, "success": row["success_count"], "failed": row["failed_count"],
             "inserted": row["inserted_count"], "updated": row["updated_count"],
             "unchanged": row["unchanged_count"], "bundle": len(jobs)}})
-        out.append(JobOutcome(job.job_id, status.COMPLETED, None, row))
+        out.append(JobOutcome(job.job_id, status.COMPLETED, None, row, ending=Ending.COMPLETED))
     return out

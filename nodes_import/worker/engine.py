@@ -31,6 +31,7 @@ from psycopg_pool import ConnectionPool
 from nodes_import import metrics, status
 from nodes_import.config import ImportConfig
 from nodes_import.errors import (
+    ConnectionLostError,
     JobRejectedError,
     JobTimeoutError,
     LeaseLostError,
@@ -38,8 +39,9 @@ from nodes_import.errors import (
     PayloadError,
     StorageError,
     TransientStorageError,
+    type_name,
 )
-from nodes_import.jobs import BUNDLE_MAX_IDS, ImportJob, JobOutcome
+from nodes_import.jobs import BUNDLE_MAX_IDS, Ending, ImportJob, JobOutcome
 from nodes_import.pipeline import encode
 from nodes_import.pipeline.parse import CsvReader, IdFileReader, RawBatch, id_list_batches
 from nodes_import.pipeline.source import Source
@@ -93,7 +95,7 @@ def _write_one(state: JobState, part: encode.EncodedPart, bytes_read: int) -> No
     try:
         result = retry.call(state.cfg.retry, attempt, context=state.ctx)
     except TransientStorageError as exc:
-        if connection.is_connection_failure(exc) or state.remaining_ms() <= 0:
+        if isinstance(exc, ConnectionLostError) or state.remaining_ms() <= 0:
             state.fail(JobTimeoutError(TIMEOUT_MESSAGE) if state.remaining_ms() <= 0 else exc)
             return
         result = _fail_part(state, part, bytes_read, f"batch failed after retries: {exc}")
@@ -242,7 +244,8 @@ def _ended(state: JobState, row: dict[str, Any], final: str, error: str | None,
         # fenced: another daemon took the job over; it records the end, not us
         log.warning("job taken over by another runner; its end is theirs to record",
                     extra={"fields": {**state.ctx, "claimedBy": row.get("claimed_by")}})
-        return JobOutcome(job.job_id, status.PROCESSING, "lease lost", row)
+        return JobOutcome(job.job_id, status.PROCESSING, "lease lost", row,
+                          ending=Ending.LEASE_LOST)
     duration = round(time.monotonic() - state.progress.started, 3)
     fields = {**state.ctx, "status": row.get("status", final), "durationS": duration,
               "total": row.get("total_nodes"), "success": row.get("success_count"),
@@ -254,10 +257,10 @@ def _ended(state: JobState, row: dict[str, Any], final: str, error: str | None,
             extra={"fields": fields})
     metrics.job_finished(str(row.get("status", final)), duration, error_kind)
     # The exception that failed the job: the dead letter's class and stack trace headers.
-    error_type = None if exc is None else f"{type(exc).__module__}.{type(exc).__qualname__}"
+    error_type = None if exc is None else type_name(exc)
     trace = "".join(traceback.format_exception(exc)) if exc is not None else None
-    return JobOutcome(job.job_id, str(row.get("status", final)), error, row,
-                      error_type=error_type, stack_trace=trace)
+    return JobOutcome.ended(job.job_id, {"status": final, **row}, error,
+                            error_type=error_type, stack_trace=trace)
 
 
 def _write_small(state: JobState, batch: RawBatch, header: list[str]) -> JobOutcome | None:
@@ -357,7 +360,7 @@ def run_import(job: ImportJob, cfg: ImportConfig, pool: ConnectionPool, *,
     if checkpoint is None:
         row = with_conn(state, lambda conn: jobrows.get_job(conn, job.job_id)) or {}
         log.info("job already finished; skipped", extra={"fields": state.ctx})
-        return JobOutcome(job.job_id, str(row.get("status")), row.get("error"), row)
+        return JobOutcome.ended(job.job_id, row, row.get("error"))
     log.info("job started", extra={"fields": {**state.ctx, "source": job.source_label,
                                               "partitions": len(checkpoint),
                                               "resumeFrom": checkpoint if any(checkpoint) else None}})
@@ -391,18 +394,19 @@ def run_import(job: ImportJob, cfg: ImportConfig, pool: ConnectionPool, *,
     if isinstance(state.fatal, LeaseLostError):  # the new owner ends the job, not us
         log.warning("job taken over by another runner; stopped", extra={"fields": {
             **state.ctx, "error": str(state.fatal)}})
-        return JobOutcome(job.job_id, status.PROCESSING, str(state.fatal), {})
-    if state.fatal is not None and not job.fail_on_outage \
-            and connection.is_connection_failure(state.fatal):  # the daemon resumes it later
+        return JobOutcome(job.job_id, status.PROCESSING, str(state.fatal), {},
+                          ending=Ending.LEASE_LOST)
+    if isinstance(state.fatal, ConnectionLostError) and not job.fail_on_outage:
+        # the daemon resumes it from its checkpoint once the database answers
         log.warning("job interrupted: the database went away", extra={"fields": {
             **state.ctx, "error": str(state.fatal)}})
         return JobOutcome(job.job_id, status.PROCESSING, str(state.fatal), {},
-                          error_type=f"{type(state.fatal).__module__}.{type(state.fatal).__name__}")
+                          error_type=type_name(state.fatal), ending=Ending.OUTAGE)
     if state.fatal is not None:
         return _finish(state, status.FAILED, str(state.fatal), type(state.fatal).__name__,
                        state.fatal)
     if state.cancel.is_set():
         log.info("job interrupted; it resumes from its checkpoint", extra={"fields": state.ctx})
         row = with_conn(state, lambda conn: jobrows.get_job(conn, job.job_id)) or {}
-        return JobOutcome(job.job_id, status.PROCESSING, None, row)
+        return JobOutcome(job.job_id, status.PROCESSING, None, row, ending=Ending.STOPPED)
     return _finish(state, status.COMPLETED, None)

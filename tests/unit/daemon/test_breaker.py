@@ -10,7 +10,7 @@ from nodes_import.config import ExecutorConfig
 from nodes_import.daemon import admission
 from nodes_import.daemon.admission import Admission
 from nodes_import.daemon.breaker import CLOSED, HALF_OPEN, OPEN, CircuitBreaker
-from nodes_import.errors import StorageError, TransientStorageError
+from nodes_import.errors import ConnectionLostError, StorageError, TransientStorageError
 
 
 class FakeClock:
@@ -132,7 +132,7 @@ def test_only_outages_count_towards_the_breaker_never_refused_data() -> None:
     gate.database_failed(StorageError("value too long for type character varying(255)"))
     gate.database_failed(TransientStorageError("deadlock detected (SQLSTATE 40P01)"))
     assert gate.allows_jobs
-    gate.database_failed(TransientStorageError("database connection failed: refused"))
+    gate.database_failed(ConnectionLostError("database connection failed: refused"))
     assert not gate.allows_jobs
     assert admission.is_outage(ConnectionRefusedError())
 
@@ -143,7 +143,7 @@ def test_consumption_pauses_while_the_breaker_is_open_and_resumes_once_closed(
     gate = _admission(clock)
     gate.steer(consumer, 0)  # type: ignore[arg-type]
     assert consumer.calls == []
-    gate.database_failed(TransientStorageError("database connection failed: refused"))
+    gate.database_failed(ConnectionLostError("database connection failed: refused"))
     gate.steer(consumer, 0)  # type: ignore[arg-type]
     assert consumer.paused and gate.gauge() == 1
     assert gate.readiness() and "circuit breaker open" in gate.readiness()  # type: ignore[operator]

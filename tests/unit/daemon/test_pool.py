@@ -14,7 +14,7 @@ import pytest
 from nodes_import.config import ImportConfig
 from nodes_import.daemon import pool as pool_module
 from nodes_import.daemon.pool import WorkerPool
-from nodes_import.jobs import ImportJob, JobOutcome
+from nodes_import.jobs import Ending, ImportJob, JobOutcome
 from nodes_import.worker import WorkerSettings
 
 
@@ -43,7 +43,7 @@ def test_each_job_gets_its_own_outcome_in_order() -> None:
     pool, executor = _pool()
     futures = pool.submit_bundle(JOBS, ImportConfig())
     assert not any(f.done() for f in futures)
-    executor.call.set_result([JobOutcome(j.job_id, "COMPLETED") for j in JOBS])
+    executor.call.set_result([JobOutcome(j.job_id, "COMPLETED", ending=Ending.COMPLETED) for j in JOBS])
     assert [f.result(0).job_id for f in futures] == ["j0", "j1", "j2"]
 
 
@@ -64,7 +64,7 @@ def test_a_bundle_cancelled_before_it_started_cancels_every_job() -> None:
 def test_too_few_outcomes_is_an_error_for_every_job_not_a_silent_loss() -> None:
     pool, executor = _pool()
     futures = pool.submit_bundle(JOBS, ImportConfig())
-    executor.call.set_result([JobOutcome("j0", "COMPLETED")])
+    executor.call.set_result([JobOutcome("j0", "COMPLETED", ending=Ending.COMPLETED)])
     with pytest.raises(RuntimeError, match="1 outcomes for 3 jobs"):
         futures[2].result(0)
 

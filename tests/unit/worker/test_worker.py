@@ -7,7 +7,7 @@ import subprocess
 import sys
 
 from nodes_import.config import ImportConfig
-from nodes_import.jobs import ImportJob, JobOutcome
+from nodes_import.jobs import Ending, ImportJob, JobOutcome
 from nodes_import.worker import WorkerSettings
 
 
@@ -22,7 +22,8 @@ def test_importing_the_worker_and_the_cli_never_loads_the_kafka_client() -> None
 def test_what_crosses_the_boundary_pickles_to_an_equal_value() -> None:
     values = [ImportJob("j", "g", "d", reference_ids=("a", "b"), claimed_by="h:1"),
               ImportConfig(), WorkerSettings("dbname=x", 3, 1.5),
-              JobOutcome("j", "FAILED", "boom", {"total_nodes": 1}, "X", "trace")]
+              JobOutcome("j", "FAILED", "boom", {"total_nodes": 1}, "X", "trace",
+                             ending=Ending.FAILED)]
     for value in values:
         assert pickle.loads(pickle.dumps(value)) == value
 
