@@ -1,21 +1,25 @@
 """Configuration: the only module that reads YAML and the environment.
 
-Every setting has a dotted key (``node.import.batch.size``), a type and a default.
-Sources are layered, later ones winning:
+Every setting has a dotted key (``node.import.batch.size``), a type, a default and a meaning,
+declared once, on the dataclass field that holds it. Sources are layered, later ones winning:
 
-1. built-in defaults (``KEYS`` below, mirrored in the repository's ``config.yaml``),
-2. the config file (``--config`` or ``NODES_IMPORT_CONFIG``), nested YAML,
+1. the built-in defaults (the repository's ``config.yaml`` lists every key with its default),
+2. the config file (``--config FILE`` or ``NODES_IMPORT_CONFIG``), nested YAML,
 3. the environment: ``NODES_IMPORT_`` + the key upper-cased with ``.`` and ``-`` as ``_``
    (``NODES_IMPORT_NODE_IMPORT_BATCH_SIZE=20000``); ``NODES_IMPORT_DSN`` is short for
-   ``database.dsn``,
-4. command-line flags (passed in as ``overrides``).
+   ``database.dsn``. There an int may hold ``_`` (``20_000``), a bool is ``1``, ``true``,
+   ``yes``, ``on`` or ``0``, ``false``, ``no``, ``off``, a list is ``:``-separated paths and
+   a mapping is YAML (``{security.protocol: SASL_SSL}``),
+4. command-line flags (``--dsn``, ``--bootstrap-servers``, ``--admin-port``, ...).
 
-An unknown key or a value of the wrong type is a ``ConfigError`` naming the key.
+An unknown key, a refused key, or a value of the wrong type or out of range stops start-up
+with an error naming the key (exit 2).
 """
 
 from __future__ import annotations
 
 import os
+import sys
 import tempfile
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -25,78 +29,22 @@ from typing import Any
 import yaml
 
 from nodes_import.errors import ConfigError
+from nodes_import.settings import (
+    MAPPING,
+    Retired,
+    Setting,
+    build_dataclass,
+    reference_tables,
+    setting,
+    table_row,
+    walk,
+)
 
 ENV_PREFIX = "NODES_IMPORT_"
 # Short names for the settings operators set most often.
 ENV_ALIASES = {"NODES_IMPORT_DSN": "database.dsn"}
-
-_MAPPING = "mapping"  # a free-form mapping passed through (librdkafka properties)
-_STR_LIST = "list[str]"
-
-# key -> (type, default). Types: int, float, str, bool, "str?" (optional str),
-# _STR_LIST, _MAPPING.
-KEYS: dict[str, tuple[Any, Any]] = {
-    # -- database
-    "database.dsn": ("str?", None),
-    "database.embedded-dir": ("str?", None),
-    "database.pool.max-size": (int, 4),
-    "database.connect-timeout.ms": (int, 10_000),
-    # -- kafka (the seed's consumer plus the daemon's settings)
-    "kafka.bootstrap-servers": ("str?", None),
-    "kafka.topic-pattern": (str, "^.*-users"),
-    "kafka.group-id": (str, "nodes-import-group"),
-    "kafka.dlq-topic": (str, "users-import-dlq"),
-    "kafka.consumer.concurrency": (int, 4),
-    "kafka.consumer.properties": (_MAPPING, {}),
-    "kafka.producer.properties": (_MAPPING, {}),
-    "kafka.startup-timeout.ms": (int, 15_000),
-    "kafka.submit-topic": (str, "nodes-import-users"),
-    "kafka.max-message-bytes": (int, 1 << 20),
-    # -- the import engine (seed section 8, and this service's additions)
-    "node.import.timeout.ms": (int, 120_000),
-    "node.import.global.timeout.ms": (int, 3_600_000),
-    "node.import.executor.core-pool-size": (int, 2),
-    "node.import.executor.max-pool-size": (int, 2),
-    "node.import.executor.queue-capacity": (int, 100),
-    "node.import.backpressure": (str, "pause"),
-    "node.import.drain-timeout.ms": (int, 30_000),
-    "node.import.executor.start-method": (str, "spawn"),
-    "node.import.executor.max-job-crashes": (int, 3),
-    "node.import.lease-timeout.ms": (int, 30_000),
-    "node.import.heartbeat-interval.ms": (int, 5_000),
-    "node.import.breaker.failure-threshold": (int, 3),
-    "node.import.breaker.probe-initial.ms": (int, 1_000),
-    "node.import.breaker.probe-max.ms": (int, 30_000),
-    "node.import.batch.size": (int, 35_000),
-    "node.import.block-size-bytes": (int, 1 << 20),
-    "node.import.retry.max-attempts": (int, 3),
-    "node.import.retry.initial-interval": (int, 1000),
-    "node.import.retry.multiplier": (float, 2.0),
-    "node.import.retry.max-interval": (int, 10_000),
-    "node.import.max-parallel-futures": (int, 2),
-    "node.import.max-reject-ratio": (float, 1.0),
-    "node.import.max-file-bytes": (int, 10 << 30),
-    "node.import.max-decompressed-bytes": (int, 100 << 30),
-    "node.import.max-reference-ids": (int, 10_000_000),
-    "node.import.max-rows": (int, 100_000_000),
-    "node.import.max-columns": (int, 1000),
-    "node.import.max-field-bytes": (int, 1 << 20),
-    "node.import.allowed-roots": (_STR_LIST, []),
-    "node.import.default-node-type": (str, "USER"),
-    # -- operations (issue 4): housekeeping, the admin HTTP API, metrics
-    "node.import.retention.enabled": (bool, False),
-    "node.import.retention.days": (int, 30),
-    "node.import.retention.interval.ms": (int, 3_600_000),
-    "node.import.retention.batch-size": (int, 500),
-    "node.import.long-running-warning.ms": (int, 1_800_000),
-    "admin.enabled": (bool, True),
-    "admin.host": (str, "127.0.0.1"),
-    "admin.port": (int, 9400),
-    "admin.token": ("str?", None),
-    "metrics.labels.group": (bool, True),
-    "metrics.labels.domain": (bool, True),
-    "metrics.multiproc-dir": ("str?", None),
-}
+# How the reference is regenerated; its first line says so.
+REGENERATE = "python -m nodes_import.config > docs/configuration.md"
 
 BACKPRESSURE_MODES = ("pause", "reject")
 # fork is excluded: librdkafka runs threads in the daemon, and a forked child inherits them
@@ -104,114 +52,13 @@ BACKPRESSURE_MODES = ("pause", "reject")
 START_METHODS = ("spawn", "forkserver")
 
 
-@dataclass(frozen=True)
-class RetryConfig:
-    """tenacity policy for transient database errors (seed section 3.7)."""
-
-    max_attempts: int = 3
-    initial_interval_ms: int = 1000
-    multiplier: float = 2.0
-    max_interval_ms: int = 10_000
-
-
-@dataclass(frozen=True)
-class ImportConfig:
-    """How one job is read and written. Crosses the process boundary: primitives only."""
-
-    batch_size: int = 35_000
-    block_size_bytes: int = 1 << 20
-    max_parallel_futures: int = 2
-    batch_timeout_ms: int = 120_000
-    global_timeout_ms: int = 3_600_000
-    max_reject_ratio: float = 1.0
-    max_file_bytes: int = 10 << 30
-    max_decompressed_bytes: int = 100 << 30
-    max_reference_ids: int = 10_000_000
-    max_rows: int = 100_000_000
-    max_columns: int = 1000
-    max_field_bytes: int = 1 << 20
-    allowed_roots: tuple[str, ...] = ()
-    default_node_type: str = "USER"
-    retry: RetryConfig = field(default_factory=RetryConfig)
-
-
-@dataclass(frozen=True)
-class DatabaseConfig:
-    """Where PostgreSQL is. ``dsn=None`` means the embedded server."""
-
-    dsn: str | None = field(default=None, repr=False)
-    embedded_dir: str = ""
-    pool_max_size: int = 4
-    connect_timeout_ms: int = 10_000
-
-
-@dataclass(frozen=True)
-class KafkaConfig:
-    """The daemon's Kafka edge. ``bootstrap_servers=None`` means the local broker."""
-
-    bootstrap_servers: str | None = None
-    topic_pattern: str = "^.*-users"
-    group_id: str = "nodes-import-group"
-    dlq_topic: str = "users-import-dlq"
-    concurrency: int = 4
-    consumer_properties: Mapping[str, Any] = field(default_factory=dict, repr=False)
-    producer_properties: Mapping[str, Any] = field(default_factory=dict, repr=False)
-    startup_timeout_ms: int = 15_000
-    submit_topic: str = "nodes-import-users"
-    max_message_bytes: int = 1 << 20  # a larger job message is dead-lettered unread
-
-
-@dataclass(frozen=True)
-class ExecutorConfig:
-    """The daemon's process pool and its bounded queue."""
-
-    core_pool_size: int = 2
-    max_pool_size: int = 2
-    queue_capacity: int = 100
-    backpressure: str = "pause"
-    drain_timeout_ms: int = 30_000
-    start_method: str = "spawn"
-    max_job_crashes: int = 3
-    lease_timeout_ms: int = 30_000
-    heartbeat_interval_ms: int = 5_000
-    # The database circuit breaker (breaker.py): consecutive failures that open it, and the
-    # probe backoff while it is open.
-    breaker_failure_threshold: int = 3
-    breaker_probe_initial_ms: int = 1_000
-    breaker_probe_max_ms: int = 30_000
-
-
-@dataclass(frozen=True)
-class OperationsConfig:
-    """The parent's operations side: admin HTTP API, metrics, housekeeping."""
-
-    admin_enabled: bool = True
-    admin_host: str = "127.0.0.1"
-    admin_port: int = 9400
-    # When set, every route but /healthz and /readyz needs "Authorization: Bearer <token>".
-    admin_token: str | None = field(default=None, repr=False)
-    group_label: bool = True  # node_import_success/failures carry the job's group
-    domain_label: bool = True  # ... and its domain
-    multiproc_dir: str | None = None  # None: a private temp dir per daemon run
-    retention_enabled: bool = False
-    retention_days: int = 30
-    retention_interval_ms: int = 3_600_000
-    retention_batch_size: int = 500
-    long_running_warning_ms: int = 1_800_000
-
-
-@dataclass(frozen=True)
-class Config:
-    """The whole configuration, frozen once loaded."""
-
-    database: DatabaseConfig
-    kafka: KafkaConfig
-    executor: ExecutorConfig
-    imports: ImportConfig
-    # The flat, validated key -> value map. Out of repr (as every field that can hold a
-    # secret: DSN, client properties, admin token), so a logged config shows none.
-    values: Mapping[str, Any] = field(repr=False)
-    operations: OperationsConfig = field(default_factory=OperationsConfig)
+# Keys of the original design, refused rather than silently ignored.
+RETIRED_KEYS: dict[str, Retired] = {
+    "kafka.consumer.concurrency": Retired(
+        "node.import.executor.max-pool-size",
+        "the daemon consumes with one Kafka consumer per process (more daemons consume "
+        "more partitions) and runs its jobs on a pool of worker processes"),
+}
 
 
 def default_allowed_roots() -> tuple[str, ...]:
@@ -225,12 +72,271 @@ def default_embedded_dir(environ: Mapping[str, str]) -> str:
     return str(Path(base) / "nodes-import" / "pgdata")
 
 
+def _allowed_roots(value: list[str], environ: Mapping[str, str]) -> tuple[str, ...]:
+    roots = tuple(str(Path(root).expanduser().resolve()) for root in value)
+    return roots or default_allowed_roots()
+
+
+def _embedded_dir(value: str | None, environ: Mapping[str, str]) -> str:
+    return value or default_embedded_dir(environ)
+
+
+# -- the settings, one field per key ------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class RetryConfig:
+    """The tenacity backoff for transient database errors (seed section 3.7)."""
+
+    max_attempts: int = setting("node.import.retry.max-attempts", 3, doc="""
+        Attempts at a database operation that fails with a transient error (lost connection,
+        deadlock, serialization failure, timeout), the first one included.""")
+    initial_interval_ms: int = setting("node.import.retry.initial-interval", 1000, doc="""
+        Wait before the first retry, in milliseconds.""")
+    multiplier: float = setting("node.import.retry.multiplier", 2.0, minimum=1.0, doc="""
+        Factor the wait grows by after each retry.""")
+    max_interval_ms: int = setting("node.import.retry.max-interval", 10_000, doc="""
+        Longest wait between retries, in milliseconds.""")
+
+
+@dataclass(frozen=True)
+class ImportConfig:
+    """How one job is read and written. Crosses the process boundary: primitives only."""
+
+    batch_size: int = setting("node.import.batch.size", 35_000, doc="""
+        Rows per batch, split over the key partitions (one transaction each). The seed's 500
+        is 2x slower; 35,000 sits in the flat part of the throughput sweep (~20k to 100k) at
+        ~200 MB peak RSS (`benchmarks/README.md`, "Defaults").""")
+    block_size_bytes: int = setting("node.import.block-size-bytes", 1 << 20, doc="""
+        pyarrow CSV read block (1 MiB). pyarrow reads several blocks ahead, so this sets the
+        reader's memory; a single row larger than a block fails the job.""")
+    max_parallel_futures: int = setting("node.import.max-parallel-futures", 2, doc="""
+        Key partitions, i.e. writer connections, per job (2 cores: one per core).""")
+    batch_timeout_ms: int = setting("node.import.timeout.ms", 120_000, doc="""
+        Per-batch `statement_timeout` (a 50k-row batch takes ~1-3 s): a slower batch is
+        cancelled and retried, then its rows are recorded as failed and the job goes on.""")
+    global_timeout_ms: int = setting("node.import.global.timeout.ms", 3_600_000, doc="""
+        Whole job: past it the job is FAILED `Timeout exceeded`.""")
+    max_reject_ratio: float = setting("node.import.max-reject-ratio", 1.0, minimum=0,
+                                      maximum=1, doc="""
+        Fail the job once rejected/read rows pass this ratio (1.0: never).""")
+    max_file_bytes: int = setting("node.import.max-file-bytes", 10 << 30, doc="""
+        Stored (compressed) size limit, 10 GiB: past it the job is FAILED before reading.""")
+    max_decompressed_bytes: int = setting("node.import.max-decompressed-bytes", 100 << 30,
+                                          doc="""
+        Decompressed size limit, 100 GiB: the job is FAILED as soon as the stream passes it
+        (GZIP bombs stop early).""")
+    max_reference_ids: int = setting("node.import.max-reference-ids", 10_000_000, doc="""
+        Reference IDs per job; past it the job is FAILED.""")
+    max_rows: int = setting("node.import.max-rows", 100_000_000, doc="""
+        Data rows per file; past it the job is FAILED.""")
+    max_columns: int = setting("node.import.max-columns", 1000, doc="""
+        Header columns; more and the job is FAILED before any row.""")
+    max_field_bytes: int = setting("node.import.max-field-bytes", 1 << 20, doc="""
+        One cell, 1 MiB; a longer one rejects its row.""")
+    allowed_roots: tuple[str, ...] = setting("node.import.allowed-roots", [],
+                                             resolve=_allowed_roots, doc="""
+        Local files are read only under these directories, after resolving symlinks and `..`;
+        `[]`: the current directory and the system temp dir.""")
+    default_node_type: str = setting("node.import.default-node-type", "USER", doc="""
+        Type of the nodes of a row without a `type` cell, in a job whose message names no
+        `nodeType`.""")
+    retry: RetryConfig = field(default_factory=RetryConfig)
+
+
+@dataclass(frozen=True)
+class DatabaseConfig:
+    """Where PostgreSQL is. ``dsn=None`` means the embedded server."""
+
+    dsn: str | None = setting("database.dsn", None, secret=True, doc="""
+        PostgreSQL >= 14 connection string (libpq URI or key=value; `sslmode` and the other
+        libpq parameters pass through). null: the embedded PostgreSQL (local use).""")
+    embedded_dir: str = setting("database.embedded-dir", None, resolve=_embedded_dir,
+                                field_default="", doc="""
+        Where the embedded PostgreSQL cluster lives; null: `$XDG_DATA_HOME/nodes-import/pgdata`
+        (`~/.local/share/nodes-import/pgdata` without `XDG_DATA_HOME`).""")
+    pool_max_size: int = setting("database.pool.max-size", 4, doc="""
+        Connections per process (the daemon, each worker).""")
+    connect_timeout_ms: int = setting("database.connect-timeout.ms", 10_000, doc="""
+        Start-up fails past this when the database does not answer; new connections time out
+        after it.""")
+
+
+@dataclass(frozen=True)
+class KafkaConfig:
+    """The daemon's Kafka edge. ``bootstrap_servers=None`` means the local broker."""
+
+    bootstrap_servers: str | None = setting("kafka.bootstrap-servers", None, doc="""
+        Kafka `HOST:PORT[,...]`. null: a local Tansu broker started by `run` (local use only:
+        it keeps topics in memory).""")
+    topic_pattern: str = setting("kafka.topic-pattern", "^.*-users", doc="""
+        Regular expression of the job topics (`^` added if missing); new topics are seen on
+        the next metadata refresh (`topic.metadata.refresh.interval.ms`, librdkafka default
+        5 min).""")
+    group_id: str = setting("kafka.group-id", "nodes-import-group", doc="""
+        Consumer group shared by all daemons (`<group-id>-dlq-replay` records what
+        `dlq replay` replayed).""")
+    dlq_topic: str = setting("kafka.dlq-topic", "users-import-dlq", doc="""
+        Dead-letter topic of rejected messages and FAILED jobs (must not match
+        `kafka.topic-pattern`).""")
+    consumer_properties: Mapping[str, Any] = setting("kafka.consumer.properties", {},
+                                                     secret=True, doc="""
+        librdkafka consumer properties, passed through (`security.protocol`, `sasl.*`,
+        `ssl.*`, `session.timeout.ms`, ...); default `auto.offset.reset=earliest`.
+        `enable.auto.commit` and `enable.auto.offset.store` are always false (a warning if
+        set): at-least-once rests on committing only finished jobs.""")
+    producer_properties: Mapping[str, Any] = setting("kafka.producer.properties", {},
+                                                     secret=True, doc="""
+        librdkafka producer properties (dead letters, `submit`), passed through; defaults
+        `enable.idempotence=true`, `acks=all`, `linger.ms=5`.""")
+    startup_timeout_ms: int = setting("kafka.startup-timeout.ms", 15_000, doc="""
+        Start-up fails past this when the broker does not answer.""")
+    submit_topic: str = setting("kafka.submit-topic", "nodes-import-users", doc="""
+        Where `nodes-import submit` produces unless `--topic` says (must match
+        `kafka.topic-pattern`).""")
+    max_message_bytes: int = setting("kafka.max-message-bytes", 1 << 20, doc="""
+        A larger job message is dead-lettered unread, and `submit` refuses it. 1 MiB is Kafka's
+        own default limit (~25,000 reference IDs of 36 characters); raise it together with the
+        broker's and the topic's.""")
+
+
+@dataclass(frozen=True)
+class ExecutorConfig:
+    """The daemon's process pool, its bounded window of jobs, leases and circuit breaker."""
+
+    core_pool_size: int = setting("node.import.executor.core-pool-size", 2, doc="""
+        Worker processes started (and warmed up) at start-up.""")
+    max_pool_size: int = setting("node.import.executor.max-pool-size", 2, doc="""
+        Worker processes per daemon, each running one job (or one bundle of small jobs) at a
+        time.""")
+    queue_capacity: int = setting("node.import.executor.queue-capacity", 100, doc="""
+        Jobs accepted but not finished per daemon (running or waiting for a worker): the
+        backpressure window.""")
+    backpressure: str = setting("node.import.backpressure", "pause",
+                                choices=BACKPRESSURE_MODES, doc="""
+        When the window is full: `pause` the partitions until there is room (no job fails
+        because the service is busy), or `reject` (the seed's: the job is FAILED
+        `System overloaded` and dead-lettered).""")
+    drain_timeout_ms: int = setting("node.import.drain-timeout.ms", 30_000, doc="""
+        On SIGTERM, how long running jobs may take to commit their in-flight batch; past it
+        the workers are killed and their open batch rolls back.""")
+    start_method: str = setting("node.import.executor.start-method", "spawn",
+                                choices=START_METHODS, doc="""
+        How worker processes start; never `fork`: librdkafka runs threads in the daemon.""")
+    max_job_crashes: int = setting("node.import.executor.max-job-crashes", 3, doc="""
+        A job whose worker process dies this often is FAILED.""")
+    lease_timeout_ms: int = setting("node.import.lease-timeout.ms", 30_000, doc="""
+        A job whose daemon stopped renewing its lease this long may be taken over.""")
+    heartbeat_interval_ms: int = setting("node.import.heartbeat-interval.ms", 5_000, doc="""
+        How often a daemon renews the leases of its jobs; at most half of
+        `node.import.lease-timeout.ms`.""")
+    # The database circuit breaker (daemon/breaker.py): consecutive failures that open it,
+    # and the probe backoff while it is open.
+    breaker_failure_threshold: int = setting("node.import.breaker.failure-threshold", 3, doc="""
+        Consecutive database outage errors (not data errors) that open the circuit breaker:
+        no job starts and consumption pauses while it is open.""")
+    breaker_probe_initial_ms: int = setting("node.import.breaker.probe-initial.ms", 1_000,
+                                            doc="""
+        First probe of the database this long after the breaker opens; doubles after each
+        failed probe.""")
+    breaker_probe_max_ms: int = setting("node.import.breaker.probe-max.ms", 30_000, doc="""
+        Longest wait between probes; at least `node.import.breaker.probe-initial.ms`.""")
+
+
+@dataclass(frozen=True)
+class OperationsConfig:
+    """The parent's operations side: admin HTTP API, metrics, housekeeping."""
+
+    admin_enabled: bool = setting("admin.enabled", True, doc="""
+        Serve the admin HTTP API of `nodes-import run` (`/metrics`, `/healthz`, `/readyz`,
+        `/jobs`).""")
+    admin_host: str = setting("admin.host", "127.0.0.1", doc="""
+        Address of the admin API; `0.0.0.0` lets a remote Prometheus scrape it (the API is
+        read-only).""")
+    admin_port: int = setting("admin.port", 9400, maximum=65535, doc="""
+        Port of the admin API (also `nodes-import run --admin-port N`).""")
+    admin_token: str | None = setting("admin.token", None, secret=True, doc="""
+        A bearer token every route but `/healthz` and `/readyz` requires
+        (`Authorization: Bearer <token>`); null: none.""")
+    group_label: bool = setting("metrics.labels.group", True, doc="""
+        `node_import_success`/`node_import_failures` carry the job's group: one series per
+        group per worker process; switch off when there are many groups (the label is then
+        empty).""")
+    domain_label: bool = setting("metrics.labels.domain", True, doc="""
+        ... and the job's domain; switch off when there are many domains.""")
+    multiproc_dir: str | None = setting("metrics.multiproc-dir", None, doc="""
+        Directory of the Prometheus multiprocess files; null: a private temp dir per daemon
+        run. A configured one is emptied of old files at start and stop: two daemons must
+        never share it.""")
+    retention_enabled: bool = setting("node.import.retention.enabled", False, doc="""
+        The daemon deletes old COMPLETED/FAILED jobs itself (as `nodes-import jobs purge`
+        does).""")
+    retention_days: int = setting("node.import.retention.days", 30, doc="""
+        Jobs that finished more than this many days ago are deleted.""")
+    retention_interval_ms: int = setting("node.import.retention.interval.ms", 3_600_000,
+                                         doc="""
+        How often the daemon looks (and once at start).""")
+    retention_batch_size: int = setting("node.import.retention.batch-size", 500, doc="""
+        Jobs deleted per transaction.""")
+    long_running_warning_ms: int = setting("node.import.long-running-warning.ms", 1_800_000,
+                                           doc="""
+        A PROCESSING job older than this is logged as a warning (once per job and daemon
+        run).""")
+
+
+@dataclass(frozen=True)
+class Config:
+    """The whole configuration, frozen once loaded.
+
+    A field whose type is a dataclass is a section; its fields declare the keys.
+    """
+
+    database: DatabaseConfig
+    kafka: KafkaConfig
+    executor: ExecutorConfig
+    imports: ImportConfig
+    # The flat, validated key -> value map. Out of repr (as every field that can hold a
+    # secret: DSN, client properties, admin token), so a logged config shows none.
+    values: Mapping[str, Any] = field(repr=False)
+    operations: OperationsConfig = field(default_factory=OperationsConfig)
+
+
+# -- derived from the fields ---------------------------------------------------------------
+
+
+# key -> its Setting, in declaration order; attribute path under Config -> Setting.
+PATHS: dict[tuple[str, ...], Setting] = {p: s for p, s in walk(Config) if isinstance(s, Setting)}
+SETTINGS: dict[str, Setting] = {spec.key: spec for spec in PATHS.values()}
+if len(SETTINGS) != len(PATHS):  # pragma: no cover - a declaration error, caught at import
+    raise AssertionError("a configuration key is declared on two fields")
+
+# key -> (type, default). Types: int, float, str, bool, "str?" (optional str), "list[str]",
+# "mapping".
+KEYS: dict[str, tuple[Any, Any]] = {key: (s.kind, s.default) for key, s in SETTINGS.items()}
+
+
+def env_name(key: str) -> str:
+    """The environment variable of ``key``: ``NODES_IMPORT_`` + KEY with ``.``/``-`` as ``_``."""
+    return ENV_PREFIX + key.upper().replace(".", "_").replace("-", "_")
+
+
+def env_key_map() -> dict[str, str]:
+    """Environment variable name -> dotted key."""
+    names = {env_name(key): key for key in SETTINGS}
+    names.update(ENV_ALIASES)
+    return names
+
+
+# -- loading -------------------------------------------------------------------------------
+
+
 def flatten(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
     """Nested YAML mapping -> dotted keys. Free-form mappings stay whole."""
     flat: dict[str, Any] = {}
     for name, value in tree.items():
         key = f"{prefix}{name}"
-        if KEYS.get(key, (None,))[0] == _MAPPING:
+        spec = SETTINGS.get(key)
+        if spec is not None and spec.kind == MAPPING:
             flat[key] = value
         elif isinstance(value, Mapping):
             flat.update(flatten(value, key + "."))
@@ -239,65 +345,8 @@ def flatten(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
     return flat
 
 
-def _coerce(key: str, value: Any, *, from_text: bool) -> Any:
-    kind = KEYS[key][0]
-    if value is None:
-        if kind == "str?":
-            return None
-        raise ConfigError(f"{key}: a value is required")
-    try:
-        if kind == "str?" or kind is str:
-            if not isinstance(value, str):
-                raise TypeError
-            return value
-        if kind is bool:
-            if from_text and isinstance(value, str):
-                if value.lower() in ("1", "true", "yes", "on"):
-                    return True
-                if value.lower() in ("0", "false", "no", "off"):
-                    return False
-            if not isinstance(value, bool):
-                raise TypeError
-            return value
-        if kind is int:
-            if from_text and isinstance(value, str):
-                return int(value.replace("_", ""))
-            if isinstance(value, bool) or not isinstance(value, int):
-                raise TypeError
-            return value
-        if kind is float:
-            if from_text and isinstance(value, str):
-                return float(value)
-            if isinstance(value, bool) or not isinstance(value, (int, float)):
-                raise TypeError
-            return float(value)
-        if kind == _STR_LIST:
-            if from_text and isinstance(value, str):
-                return [part for part in value.split(os.pathsep) if part]
-            if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
-                raise TypeError
-            return list(value)
-        if kind == _MAPPING:
-            if from_text and isinstance(value, str):
-                value = yaml.safe_load(value) or {}
-            if not isinstance(value, Mapping):
-                raise TypeError
-            return {str(k): v for k, v in value.items()}
-    except (TypeError, ValueError) as exc:
-        name = kind if isinstance(kind, str) else kind.__name__
-        raise ConfigError(f"{key}: expected {name}, got {value!r}") from exc
-    raise AssertionError(f"unhandled config type {kind!r}")
-
-
-def env_key_map() -> dict[str, str]:
-    """Environment variable name -> dotted key."""
-    names = {ENV_PREFIX + key.upper().replace(".", "_").replace("-", "_"): key for key in KEYS}
-    names.update(ENV_ALIASES)
-    return names
-
-
 def read_file(path: str | os.PathLike[str]) -> dict[str, Any]:
-    """Load a YAML config file into dotted keys, rejecting unknown ones."""
+    """Load a YAML config file into dotted keys, rejecting unknown and refused ones."""
     try:
         with open(path, encoding="utf-8") as handle:
             tree = yaml.safe_load(handle) or {}
@@ -308,10 +357,22 @@ def read_file(path: str | os.PathLike[str]) -> dict[str, Any]:
     if not isinstance(tree, Mapping):
         raise ConfigError(f"config file {path}: the top level must be a mapping")
     flat = flatten(tree)
-    unknown = sorted(set(flat) - set(KEYS))
+    refused = sorted(set(flat) & set(RETIRED_KEYS))
+    if refused:
+        raise ConfigError(f"config file {path}: {RETIRED_KEYS[refused[0]].message(refused[0])}")
+    unknown = sorted(set(flat) - set(SETTINGS))
     if unknown:
         raise ConfigError(f"config file {path}: unknown key(s): {', '.join(unknown)}")
-    return {key: _coerce(key, value, from_text=False) for key, value in flat.items()}
+    return {key: SETTINGS[key].coerce(value, from_text=False) for key, value in flat.items()}
+
+
+def read_environment(environ: Mapping[str, str]) -> dict[str, Any]:
+    """The keys set in the environment, coerced from text; a refused key is an error."""
+    for key, retired in RETIRED_KEYS.items():
+        if env_name(key) in environ:
+            raise ConfigError(f"{env_name(key)}: {retired.message(key)}")
+    return {key: SETTINGS[key].coerce(environ[name], from_text=True)
+            for name, key in env_key_map().items() if name in environ}
 
 
 def load(
@@ -321,43 +382,25 @@ def load(
 ) -> Config:
     """Build the configuration from defaults, file, environment and flags."""
     env = os.environ if environ is None else environ
-    values: dict[str, Any] = {key: default for key, (_, default) in KEYS.items()}
+    values: dict[str, Any] = {key: spec.default for key, spec in SETTINGS.items()}
     path = path or env.get("NODES_IMPORT_CONFIG")
     if path:
         values.update(read_file(path))
-    for name, key in env_key_map().items():
-        if name in env:
-            values[key] = _coerce(key, env[name], from_text=True)
+    values.update(read_environment(env))
     for key, value in (overrides or {}).items():
-        if key not in KEYS:
+        if key in RETIRED_KEYS:
+            raise ConfigError(RETIRED_KEYS[key].message(key))
+        if key not in SETTINGS:
             raise ConfigError(f"unknown key: {key}")
         if value is not None:
-            values[key] = _coerce(key, value, from_text=False)
+            values[key] = SETTINGS[key].coerce(value, from_text=False)
     return build(values, env)
 
 
 def _check(values: Mapping[str, Any]) -> None:
-    positive = [k for k, (kind, _) in KEYS.items() if kind is int]
-    for key in positive:
-        if values[key] <= 0:
-            raise ConfigError(f"{key}: must be positive, got {values[key]}")
-    ratio = values["node.import.max-reject-ratio"]
-    if not 0.0 <= ratio <= 1.0:
-        raise ConfigError(f"node.import.max-reject-ratio: must be within 0..1, got {ratio}")
-    if values["node.import.retry.multiplier"] < 1.0:
-        raise ConfigError("node.import.retry.multiplier: must be at least 1.0")
-    if values["node.import.backpressure"] not in BACKPRESSURE_MODES:
-        raise ConfigError(
-            f"node.import.backpressure: one of {', '.join(BACKPRESSURE_MODES)}, "
-            f"got {values['node.import.backpressure']!r}"
-        )
-    if values["node.import.executor.start-method"] not in START_METHODS:
-        raise ConfigError(
-            f"node.import.executor.start-method: one of {', '.join(START_METHODS)}, "
-            f"got {values['node.import.executor.start-method']!r}"
-        )
-    if values["admin.port"] > 65535:
-        raise ConfigError(f"admin.port: must be at most 65535, got {values['admin.port']}")
+    """Each key's own checks, then the rules that tie two keys together."""
+    for key, spec in SETTINGS.items():
+        spec.check(values[key])
     if values["node.import.heartbeat-interval.ms"] * 2 > values["node.import.lease-timeout.ms"]:
         raise ConfigError("node.import.heartbeat-interval.ms: must be at most half of "
                           "node.import.lease-timeout.ms, or live leases expire")
@@ -369,74 +412,35 @@ def _check(values: Mapping[str, Any]) -> None:
 def build(values: Mapping[str, Any], environ: Mapping[str, str]) -> Config:
     """Validated flat values -> the frozen ``Config``."""
     _check(values)
-    v = values
-    roots = tuple(str(Path(r).expanduser().resolve()) for r in v["node.import.allowed-roots"])
-    imports = ImportConfig(
-        batch_size=v["node.import.batch.size"],
-        block_size_bytes=v["node.import.block-size-bytes"],
-        max_parallel_futures=v["node.import.max-parallel-futures"],
-        batch_timeout_ms=v["node.import.timeout.ms"],
-        global_timeout_ms=v["node.import.global.timeout.ms"],
-        max_reject_ratio=v["node.import.max-reject-ratio"],
-        max_file_bytes=v["node.import.max-file-bytes"],
-        max_decompressed_bytes=v["node.import.max-decompressed-bytes"],
-        max_reference_ids=v["node.import.max-reference-ids"],
-        max_rows=v["node.import.max-rows"],
-        max_columns=v["node.import.max-columns"],
-        max_field_bytes=v["node.import.max-field-bytes"],
-        allowed_roots=roots or default_allowed_roots(),
-        default_node_type=v["node.import.default-node-type"],
-        retry=RetryConfig(
-            max_attempts=v["node.import.retry.max-attempts"],
-            initial_interval_ms=v["node.import.retry.initial-interval"],
-            multiplier=v["node.import.retry.multiplier"],
-            max_interval_ms=v["node.import.retry.max-interval"],
-        ),
-    )
-    database = DatabaseConfig(
-        dsn=v["database.dsn"] or None,
-        embedded_dir=v["database.embedded-dir"] or default_embedded_dir(environ),
-        pool_max_size=v["database.pool.max-size"],
-        connect_timeout_ms=v["database.connect-timeout.ms"],
-    )
-    kafka = KafkaConfig(
-        bootstrap_servers=v["kafka.bootstrap-servers"] or None,
-        topic_pattern=v["kafka.topic-pattern"],
-        group_id=v["kafka.group-id"],
-        dlq_topic=v["kafka.dlq-topic"],
-        concurrency=v["kafka.consumer.concurrency"],
-        consumer_properties=dict(v["kafka.consumer.properties"]),
-        producer_properties=dict(v["kafka.producer.properties"]),
-        startup_timeout_ms=v["kafka.startup-timeout.ms"],
-        submit_topic=v["kafka.submit-topic"],
-        max_message_bytes=v["kafka.max-message-bytes"],
-    )
-    executor = ExecutorConfig(
-        core_pool_size=v["node.import.executor.core-pool-size"],
-        max_pool_size=v["node.import.executor.max-pool-size"],
-        queue_capacity=v["node.import.executor.queue-capacity"],
-        backpressure=v["node.import.backpressure"],
-        drain_timeout_ms=v["node.import.drain-timeout.ms"],
-        start_method=v["node.import.executor.start-method"],
-        max_job_crashes=v["node.import.executor.max-job-crashes"],
-        lease_timeout_ms=v["node.import.lease-timeout.ms"],
-        heartbeat_interval_ms=v["node.import.heartbeat-interval.ms"],
-        breaker_failure_threshold=v["node.import.breaker.failure-threshold"],
-        breaker_probe_initial_ms=v["node.import.breaker.probe-initial.ms"],
-        breaker_probe_max_ms=v["node.import.breaker.probe-max.ms"],
-    )
-    operations = OperationsConfig(
-        admin_enabled=v["admin.enabled"],
-        admin_host=v["admin.host"],
-        admin_port=v["admin.port"],
-        admin_token=v["admin.token"] or None,
-        group_label=v["metrics.labels.group"],
-        domain_label=v["metrics.labels.domain"],
-        multiproc_dir=v["metrics.multiproc-dir"] or None,
-        retention_enabled=v["node.import.retention.enabled"],
-        retention_days=v["node.import.retention.days"],
-        retention_interval_ms=v["node.import.retention.interval.ms"],
-        retention_batch_size=v["node.import.retention.batch-size"],
-        long_running_warning_ms=v["node.import.long-running-warning.ms"],
-    )
-    return Config(database, kafka, executor, imports, dict(values), operations)
+    config: Config = build_dataclass(Config, values, environ, {"values": dict(values)})
+    return config
+
+
+# -- the reference -------------------------------------------------------------------------
+
+
+def reference_markdown() -> str:
+    """docs/configuration.md: one table per section, from the field declarations."""
+    aliases = {key: name for name, key in ENV_ALIASES.items()}
+
+    def env_text(key: str) -> str:
+        return f"`{env_name(key)}`" + (f" or `{aliases[key]}`" if key in aliases else "")
+
+    intro = (__doc__ or "").split("\n\n", 1)[1].replace("``", "`").strip()
+    lines = [f"> Generated by `{REGENERATE}` from the field declarations in",
+             "> `nodes_import/config.py`; do not edit.", "",
+             "# Configuration reference", "", intro]
+    lines += reference_tables(Config, env_text)
+    lines += ["", "## Refused keys", "",
+              "Keys of the original design that this service does not read: set in the file,",
+              "the environment or a flag, each stops start-up with an error saying what to",
+              "set instead.", "",
+              table_row(["key", "environment variable", "instead"]), table_row(["---"] * 3)]
+    for key, retired in RETIRED_KEYS.items():
+        lines.append(table_row([f"`{key}`", f"`{env_name(key)}`",
+                                f"`{retired.replacement}`: {retired.why}"]))
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":
+    sys.stdout.write(reference_markdown())

@@ -2,24 +2,32 @@
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-from nodes_import import config
+from nodes_import import config, settings
 from nodes_import.errors import ConfigError
+from nodes_import.settings import Setting
 
 ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_the_shipped_config_yaml_holds_every_key_with_its_default() -> None:
-    flat = config.read_file(ROOT / "config.yaml")
+    """config.yaml may omit no key: null-valued and secret ones are listed too (as null)."""
+    flat = config.read_file(ROOT / "config.yaml")  # refuses unknown and retired keys
+    assert sorted(set(config.KEYS) - set(flat)) == [], "declared in code, missing in config.yaml"
+    assert sorted(set(flat) - set(config.KEYS)) == [], "in config.yaml, unknown to the code"
     assert set(flat) == set(config.KEYS)
     for key, value in flat.items():
-        assert value == config.KEYS[key][1], key
+        assert value == config.KEYS[key][1], f"{key}: config.yaml says {value!r}"
+        assert type(value) is type(config.KEYS[key][1]), key
 
 
-def test_the_seed_configuration_matrix_keys_all_exist() -> None:
+def test_the_seed_configuration_matrix_keys_are_all_known() -> None:
+    """Each key of the seed's matrix is read, or refused with what replaces it."""
     seed_keys = [
         "kafka.consumer.concurrency", "node.import.timeout.ms", "node.import.global.timeout.ms",
         "node.import.executor.core-pool-size", "node.import.executor.max-pool-size",
@@ -28,7 +36,101 @@ def test_the_seed_configuration_matrix_keys_all_exist() -> None:
         "node.import.retry.multiplier", "node.import.retry.max-interval",
         "node.import.max-parallel-futures",
     ]
-    assert set(seed_keys) <= set(config.KEYS)
+    assert set(seed_keys) <= set(config.KEYS) | set(config.RETIRED_KEYS)
+    assert set(seed_keys) - set(config.KEYS) == {"kafka.consumer.concurrency"}
+
+
+def test_the_configuration_reference_is_what_the_generator_writes() -> None:
+    written = (ROOT / "docs" / "configuration.md").read_text(encoding="utf-8")
+    assert written == config.reference_markdown(), (
+        f"docs/configuration.md is stale: run `{config.REGENERATE}`")
+
+
+def test_the_reference_documents_every_key_and_says_how_it_is_made() -> None:
+    text = config.reference_markdown()
+    assert config.REGENERATE in text.splitlines()[0] and "do not edit" in text[:300]
+    for key, spec in config.SETTINGS.items():
+        assert spec.doc, key
+        assert f"| `{key}` |" in text and f"`{config.env_name(key)}`" in text, key
+    assert "`kafka.consumer.concurrency`" in text
+
+
+def test_environment_names_are_derived_from_the_keys() -> None:
+    names = config.env_key_map()
+    for key in config.KEYS:
+        assert names["NODES_IMPORT_" + key.upper().replace(".", "_").replace("-", "_")] == key
+    assert names["NODES_IMPORT_NODE_IMPORT_BATCH_SIZE"] == "node.import.batch.size"
+    assert names["NODES_IMPORT_DSN"] == "database.dsn"  # the one short alias
+    assert len(names) == len(config.KEYS) + len(config.ENV_ALIASES)
+
+
+def _other_value_text(spec: Setting, tmp_path: Path) -> str:
+    """Environment text for a valid value of ``spec`` that is not its default."""
+    if spec.choices:
+        return next(c for c in spec.choices if c != spec.default)
+    if spec.kind is bool:
+        return "false" if spec.default else "true"
+    if spec.kind is int:
+        return f"{spec.default + 1:_}"
+    if spec.kind is float:
+        return str(spec.default * 0.75)
+    if spec.kind in (settings.OPTIONAL_STR, settings.STR_LIST):
+        return str(tmp_path)
+    if spec.kind == settings.MAPPING:
+        return "{client.id: from-env}"
+    return f"{spec.default}-from-env"
+
+
+@pytest.mark.parametrize("key", list(config.KEYS))
+def test_each_key_set_in_the_environment_reaches_its_config_attribute(key: str,
+                                                                      tmp_path: Path) -> None:
+    (path, spec), = [(p, s) for p, s in config.PATHS.items() if s.key == key]
+    default = config.load(environ={})
+    cfg = config.load(environ={config.env_name(key): _other_value_text(spec, tmp_path)})
+
+    def attribute(c: config.Config) -> Any:
+        return functools.reduce(getattr, path, c)
+
+    assert cfg.values[key] != spec.default
+    assert attribute(cfg) != attribute(default)
+    assert attribute(cfg) == spec.to_field(cfg.values[key], {})
+
+
+def test_secrets_stay_out_of_the_config_repr() -> None:
+    secrets = {"NODES_IMPORT_DSN": "postgresql://u:db-secret@h/d",
+               "NODES_IMPORT_ADMIN_TOKEN": "token-secret",
+               "NODES_IMPORT_KAFKA_PRODUCER_PROPERTIES": "{sasl.password: kafka-secret}"}
+    text = repr(config.load(environ=secrets))
+    assert not any(word in text for word in ("db-secret", "token-secret", "kafka-secret"))
+    assert {s.key for s in config.SETTINGS.values() if s.secret} == {
+        "database.dsn", "admin.token", "kafka.consumer.properties", "kafka.producer.properties"}
+
+
+REPLACEMENT = r"node\.import\.executor\.max-pool-size"
+
+
+def test_kafka_consumer_concurrency_in_the_file_is_refused_naming_its_replacement(
+        tmp_path: Path) -> None:
+    path = tmp_path / "c.yaml"
+    path.write_text("kafka: {consumer: {concurrency: 4}}\n")
+    with pytest.raises(ConfigError, match=r"kafka\.consumer\.concurrency.*" + REPLACEMENT):
+        config.load(path, environ={})
+
+
+def test_kafka_consumer_concurrency_in_the_environment_is_refused_naming_its_replacement(
+        ) -> None:
+    env = {"NODES_IMPORT_KAFKA_CONSUMER_CONCURRENCY": "4"}
+    with pytest.raises(ConfigError, match=r"NODES_IMPORT_KAFKA_CONSUMER_CONCURRENCY.*"
+                       r"kafka\.consumer\.concurrency.*" + REPLACEMENT):
+        config.load(environ=env)
+    with pytest.raises(ConfigError, match=REPLACEMENT):
+        config.load(overrides={"kafka.consumer.concurrency": 4}, environ={})
+
+
+def test_a_refused_key_names_a_key_that_exists() -> None:
+    for key, retired in config.RETIRED_KEYS.items():
+        assert key not in config.KEYS
+        assert retired.replacement in config.KEYS
 
 
 def test_file_then_environment_then_flags_win_in_that_order(tmp_path: Path) -> None:
