@@ -26,6 +26,7 @@ from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Produ
 from nodes_import import metrics
 from nodes_import.config import KafkaConfig
 from nodes_import.errors import BrokerError
+from nodes_import.kafka import payload
 
 log = logging.getLogger(__name__)
 
@@ -363,4 +364,4 @@ def submit(publisher: Publisher, topic: str, request: Any) -> tuple[int, int]:
     """Produce one NodeExchange (``payload.NodeExchange``) keyed by its jobId."""
     key = request.job_id.encode() if request.job_id else None
     return publisher.send(topic, request.to_json(), key=key,
-                          headers=[("__TypeId__", b"NodeExchange")])
+                          headers=[payload.TYPE_HEADER])

@@ -47,7 +47,7 @@ H_COUNTS = PREFIX + "job.counts"  # JSON: status, total, success, failed, rowsCo
 H_TIMESTAMP = PREFIX + "timestamp"  # ISO 8601 UTC
 H_GROUP = PREFIX + "consumer.group"
 H_INSTANCE = PREFIX + "instance"  # host:pid of the daemon that gave up
-TYPE_ID = "__TypeId__"
+TYPE_ID = payload.TYPE_ID_HEADER  # the message format's type header, kept on dead letters
 REPLAYED_FROM = "__nodes-import.replayed-from"  # dlq-topic/partition/offset
 
 STAGE_BACKPRESSURE = "backpressure"
@@ -85,7 +85,7 @@ def headers_for(delivery: Delivery, failure: Failure, *, group_id: str) -> Heade
     kept = [(k, v) for k, v in delivery.headers
             if not k.startswith(PREFIX) and k != REPLAYED_FROM]
     if not any(k == TYPE_ID for k, _ in kept):
-        kept.append((TYPE_ID, payload.TYPE_ID.encode()))
+        kept.append(payload.TYPE_HEADER)
     context = {
         H_TOPIC: delivery.topic, H_PARTITION: str(delivery.partition),
         H_OFFSET: str(delivery.offset), H_STAGE: failure.stage, H_CLASS: failure.error_class,

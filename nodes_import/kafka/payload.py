@@ -28,8 +28,11 @@ from nodes_import.pipeline.validate import MAX_GROUP_ID_CHARS, MAX_TYPE_CHARS
 # Dead-letter stages of a rejected message.
 STAGE_PARSE = "parse"
 STAGE_VALIDATE = "validate"
-# The Java type the seed's producers put in __TypeId__; kept for traceability.
+# The header naming the message's type, and the Java type the seed's producers put in it;
+# kept for traceability (on submitted jobs and on dead letters that lack it).
+TYPE_ID_HEADER = "__TypeId__"
 TYPE_ID = "NodeExchange"
+TYPE_HEADER = (TYPE_ID_HEADER, TYPE_ID.encode())
 
 
 class MessageRejected(PayloadError):
