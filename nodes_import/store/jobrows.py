@@ -16,6 +16,7 @@ import psycopg
 from psycopg import sql
 from psycopg.rows import dict_row
 
+from nodes_import import status as states  # "status" names job_status values here
 from nodes_import.errors import StorageError
 from nodes_import.store.connection import wrapped
 
@@ -307,8 +308,9 @@ def release_leases(conn: psycopg.Connection[Any], *, owner: str) -> int:
 # Read by the daemon's admin side (scrape-time gauges, the long-running job check) and
 # by ``jobs purge``. Ages are the database's clock, like the leases.
 
-# Statuses a purge may delete: a PENDING or PROCESSING job may still be running.
-PURGEABLE = ("COMPLETED", "FAILED")
+# Statuses a purge may delete: the terminal ones (a PENDING or PROCESSING job may still be
+# running), in the order of status.ALL, which the CLI's --status choices show.
+PURGEABLE = tuple(s for s in states.ALL if s in states.TERMINAL)
 
 
 def running_jobs(conn: psycopg.Connection[Any], *, limit: int = 1000) -> list[dict[str, Any]]:
