@@ -78,10 +78,14 @@ def counts_of(row: Mapping[str, Any]) -> dict[str, Any]:
             "rowsCommitted": row.get("rows_committed"), "attempts": row.get("attempts")}
 
 
+def _original(headers: Headers) -> Headers:
+    """The headers without those a dead letter or a replay added (error context, origin)."""
+    return [(k, v) for k, v in headers if not k.startswith(PREFIX) and k != REPLAYED_FROM]
+
+
 def headers_for(delivery: Delivery, failure: Failure, *, group_id: str) -> Headers:
     """The original headers (stale error headers dropped), then the error context."""
-    kept = [(k, v) for k, v in delivery.headers
-            if not k.startswith(PREFIX) and k != REPLAYED_FROM]
+    kept = _original(delivery.headers)
     if not any(k == TYPE_ID for k, _ in kept):
         kept.append(payload.TYPE_HEADER)
     context = {
@@ -229,8 +233,7 @@ def replay(letters: list[Delivery], publisher: Publisher, *, limit: int | None,
                     on_skip(letter, f"cannot set a new jobId: {exc}")
                 handled.add((letter.partition, letter.offset))
                 continue
-        headers = [(k, v) for k, v in letter.headers
-                   if not k.startswith(PREFIX) and k != REPLAYED_FROM]
+        headers = _original(letter.headers)
         headers.append((REPLAYED_FROM,
                         f"{letter.topic}/{letter.partition}/{letter.offset}".encode()))
         partition, offset = publisher.send(topic, value, key=letter.key, headers=headers)
