@@ -205,7 +205,7 @@ def claim_job(conn: psycopg.Connection[Any], *, job_id: str, owner: str,
         if row is None:
             raise StorageError(f"job {job_id} does not exist; create it before claiming")
         job_status, holder, age = str(row[0]), row[1], row[2]
-        if job_status in ("COMPLETED", "FAILED"):
+        if job_status in states.TERMINAL:
             return Claim(FINISHED, job_status, holder, age)
         if holder is not None and holder != owner and age is not None \
                 and age * 1000 < lease_ms:
@@ -276,7 +276,7 @@ def _unclaimed(conn: psycopg.Connection[Any], job_id: str) -> Claim:
     if row is None:  # purged between the insert and now: the next attempt recreates it
         raise StorageError(f"job {job_id} vanished while being claimed")
     job_status, holder, age = str(row[0]), row[1], row[2]
-    return Claim(FINISHED if job_status in ("COMPLETED", "FAILED") else HELD,
+    return Claim(FINISHED if job_status in states.TERMINAL else HELD,
                  job_status, holder, age)
 
 
