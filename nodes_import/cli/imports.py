@@ -12,6 +12,7 @@ from nodes_import import metrics, status
 from nodes_import.cli.common import EXIT_FAILED, EXIT_OK, database, dumps, fail, load, resolve_dsn
 from nodes_import.errors import NodesImportError
 from nodes_import.jobs import ImportJob, new_job_id
+from nodes_import.pipeline.validate import MAX_GROUP_ID_CHARS
 from nodes_import.store import connection, jobrows
 from nodes_import.worker import engine
 
@@ -101,8 +102,8 @@ def import_cmd(ctx: click.Context, source: str | None, ids_file: str | None, gro
     """Run one import job in the foreground: a CSV file (SOURCE) or --reference-ids FILE."""
     if (source is None) == (ids_file is None):
         raise click.UsageError("give exactly one of SOURCE or --reference-ids FILE")
-    if not group_id.strip() or len(group_id) > 255:
-        raise click.UsageError("--group must be 1..255 characters")
+    if not group_id.strip() or len(group_id) > MAX_GROUP_ID_CHARS:
+        raise click.UsageError(f"--group must be 1..{MAX_GROUP_ID_CHARS} characters")
     if retry_failed and job_id is None:
         raise click.UsageError("--retry-failed needs the --job-id of the FAILED job")
     metrics.disable()  # a one-off import has no /metrics endpoint to serve them

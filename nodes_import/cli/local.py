@@ -11,7 +11,7 @@ port, in-memory. ``local_services`` picks the configured endpoints or starts the
 
 from __future__ import annotations
 
-import ctypes
+import functools
 import logging
 import os
 import signal
@@ -28,6 +28,7 @@ from typing import Any, Self
 
 import psycopg
 
+from nodes_import import process
 from nodes_import.config import Config
 from nodes_import.errors import BrokerError, StorageError
 
@@ -91,17 +92,8 @@ def _free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def _die_with_parent() -> None:
-    """Child side (between fork and exec): SIGINT when the parent dies (Linux only)."""
-    if _PRCTL is not None:
-        _PRCTL(1, signal.SIGINT)  # PR_SET_PDEATHSIG
-
-
-# Resolved in the parent: the child must not load libraries between fork and exec.
-try:
-    _PRCTL: Any = ctypes.CDLL(None, use_errno=True).prctl
-except (OSError, AttributeError):  # not Linux: the broker then lives until stopped
-    _PRCTL = None
+# Child side (between fork and exec): SIGINT when the parent dies (Linux only).
+_die_with_parent = functools.partial(process.die_with_parent, signal.SIGINT)
 
 
 class LocalBroker:

@@ -11,21 +11,25 @@ sees plain data (``Delivery``) and the service's own errors (``BrokerError``):
 - ``JobConsumer``: the regex subscription, rebalance callbacks, pause/resume, commits.
 - ``Publisher``: one idempotent producer (acks=all) per process for dead letters and
   ``submit``: librdkafka spends ~0.5 s before an idempotent producer's first send.
+- ``TopicReader``: a short-lived consumer for tools (``dlq replay``) that reads a topic to
+  its end and reads or records a group's offsets without joining the group.
 """
 
 from __future__ import annotations
 
 import logging
+import time
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Self
 
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
 
 from nodes_import import metrics
 from nodes_import.config import KafkaConfig
 from nodes_import.errors import BrokerError
+from nodes_import.kafka import payload
 
 log = logging.getLogger(__name__)
 
@@ -359,8 +363,106 @@ class Publisher:
         self._producer.flush(timeout_s)
 
 
+class TopicReader:
+    """A consumer for tools, outside any group's membership: reads ``topic`` by assignment
+    (nothing committed) and reads or records the committed offsets of ``group`` on it.
+
+    ``open()``/``close()``, or ``with``. Kafka's errors are raised as ``BrokerError`` with
+    librdkafka's message as theirs (callers say what they were doing).
+    """
+
+    def __init__(self, settings: Mapping[str, Any], topic: str, group: str) -> None:
+        self.settings = {**settings, "group.id": group, "enable.auto.commit": False,
+                         "enable.partition.eof": True}
+        self.topic = topic
+        self._consumer: Consumer | None = None
+
+    def open(self) -> None:
+        """Create the client (it connects on first use)."""
+        try:
+            self._consumer = Consumer(self.settings)
+        except KafkaException as exc:
+            raise BrokerError(str(exc.args[0])) from exc
+
+    def close(self) -> None:
+        """Close the client. Idempotent."""
+        if self._consumer is not None:
+            self._consumer.close()
+            self._consumer = None
+
+    def __enter__(self) -> Self:
+        self.open()
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self.close()
+
+    @property
+    def consumer(self) -> Consumer:
+        if self._consumer is None:
+            raise BrokerError("the reader is not open")
+        return self._consumer
+
+    def _partitions(self, timeout_s: float) -> list[int]:
+        """The topic's partitions; none when it does not exist (or the broker says why not)."""
+        meta = self.consumer.list_topics(self.topic, timeout=timeout_s).topics.get(self.topic)
+        if meta is None or meta.error is not None or not meta.partitions:
+            return []
+        return list(meta.partitions)
+
+    def committed(self, *, timeout_s: float) -> dict[int, int]:
+        """Per partition, the group's committed offset (0 where it has none)."""
+        try:
+            partitions = self._partitions(timeout_s)
+            if not partitions:
+                return {}
+            committed = self.consumer.committed(
+                [TopicPartition(self.topic, p) for p in partitions], timeout=timeout_s)
+        except KafkaException as exc:
+            raise BrokerError(str(exc.args[0])) from exc
+        return {tp.partition: max(tp.offset, 0) for tp in committed}
+
+    def commit(self, offsets: Mapping[int, int]) -> None:
+        """Record ``offsets`` (partition -> next offset) as the group's commits."""
+        try:
+            self.consumer.commit(
+                offsets=[TopicPartition(self.topic, p, o) for p, o in offsets.items()],
+                asynchronous=False)
+        except KafkaException as exc:
+            raise BrokerError(str(exc.args[0])) from exc
+
+    def read_to_end(self, *, timeout_s: float, idle_s: float,
+                    start: Mapping[int, int] | None = None) -> list[Delivery]:
+        """The messages from ``start`` (partition -> offset; default: the beginning) to the
+        end: the read stops ``idle_s`` after the last message once every partition's end
+        was reached, or ``timeout_s`` after the last message before that."""
+        deliveries: list[Delivery] = []
+        try:
+            partitions = self._partitions(timeout_s)
+            if not partitions:
+                return deliveries
+            self.consumer.assign([TopicPartition(self.topic, p, (start or {}).get(p, 0))
+                                  for p in partitions])
+            at_end: set[int] = set()
+            last = time.monotonic()
+            while time.monotonic() - last < (idle_s if len(at_end) == len(partitions)
+                                             else timeout_s):
+                msg = self.consumer.poll(0.2)
+                if msg is None:
+                    continue
+                last = time.monotonic()
+                err = msg.error()
+                if err is not None and err.code() == KafkaError._PARTITION_EOF:
+                    at_end.add(int(msg.partition() or 0))
+                elif err is None:
+                    deliveries.append(Delivery.of(msg))
+        except KafkaException as exc:
+            raise BrokerError(str(exc.args[0])) from exc
+        return deliveries
+
+
 def submit(publisher: Publisher, topic: str, request: Any) -> tuple[int, int]:
     """Produce one NodeExchange (``payload.NodeExchange``) keyed by its jobId."""
     key = request.job_id.encode() if request.job_id else None
     return publisher.send(topic, request.to_json(), key=key,
-                          headers=[("__TypeId__", b"NodeExchange")])
+                          headers=[payload.TYPE_HEADER])

@@ -18,7 +18,6 @@ from __future__ import annotations
 import logging
 import os
 import socket
-import time
 import uuid
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -26,11 +25,10 @@ from datetime import UTC, datetime
 from typing import Any
 
 import orjson
-from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
 
 from nodes_import.errors import BrokerError, PayloadError
 from nodes_import.kafka import payload
-from nodes_import.kafka.consumer import Delivery, Headers, Publisher
+from nodes_import.kafka.consumer import Delivery, Headers, Publisher, TopicReader
 
 log = logging.getLogger(__name__)
 
@@ -47,7 +45,7 @@ H_COUNTS = PREFIX + "job.counts"  # JSON: status, total, success, failed, rowsCo
 H_TIMESTAMP = PREFIX + "timestamp"  # ISO 8601 UTC
 H_GROUP = PREFIX + "consumer.group"
 H_INSTANCE = PREFIX + "instance"  # host:pid of the daemon that gave up
-TYPE_ID = "__TypeId__"
+TYPE_ID = payload.TYPE_ID_HEADER  # the message format's type header, kept on dead letters
 REPLAYED_FROM = "__nodes-import.replayed-from"  # dlq-topic/partition/offset
 
 STAGE_BACKPRESSURE = "backpressure"
@@ -80,12 +78,16 @@ def counts_of(row: Mapping[str, Any]) -> dict[str, Any]:
             "rowsCommitted": row.get("rows_committed"), "attempts": row.get("attempts")}
 
 
+def _original(headers: Headers) -> Headers:
+    """The headers without those a dead letter or a replay added (error context, origin)."""
+    return [(k, v) for k, v in headers if not k.startswith(PREFIX) and k != REPLAYED_FROM]
+
+
 def headers_for(delivery: Delivery, failure: Failure, *, group_id: str) -> Headers:
     """The original headers (stale error headers dropped), then the error context."""
-    kept = [(k, v) for k, v in delivery.headers
-            if not k.startswith(PREFIX) and k != REPLAYED_FROM]
+    kept = _original(delivery.headers)
     if not any(k == TYPE_ID for k, _ in kept):
-        kept.append((TYPE_ID, payload.TYPE_ID.encode()))
+        kept.append(payload.TYPE_HEADER)
     context = {
         H_TOPIC: delivery.topic, H_PARTITION: str(delivery.partition),
         H_OFFSET: str(delivery.offset), H_STAGE: failure.stage, H_CLASS: failure.error_class,
@@ -134,27 +136,19 @@ def replay_group(group_id: str) -> str:
     return f"{group_id}-dlq-replay"
 
 
-def _replay_consumer(settings: Mapping[str, Any], group: str | None) -> Consumer:
-    return Consumer({**settings,
-                     "group.id": group or f"nodes-import-dlq-reader-{uuid.uuid4().hex[:8]}",
-                     "enable.auto.commit": False, "enable.partition.eof": True})
+def _reader(settings: Mapping[str, Any], topic: str, group: str | None) -> TopicReader:
+    return TopicReader(settings, topic,
+                       group or f"nodes-import-dlq-reader-{uuid.uuid4().hex[:8]}")
 
 
 def replayed_up_to(settings: Mapping[str, Any], topic: str, group: str, *,
                    timeout_s: float) -> dict[int, int]:
     """Per partition of ``topic``, the first offset a replay has not handled yet (0: none)."""
-    consumer = _replay_consumer(settings, group)
     try:
-        meta = consumer.list_topics(topic, timeout=timeout_s).topics.get(topic)
-        if meta is None or meta.error is not None or not meta.partitions:
-            return {}
-        committed = consumer.committed([TopicPartition(topic, p) for p in meta.partitions],
-                                       timeout=timeout_s)
-        return {tp.partition: max(tp.offset, 0) for tp in committed}
-    except KafkaException as exc:
-        raise BrokerError(f"cannot read what was replayed from {topic}: {exc.args[0]}") from exc
-    finally:
-        consumer.close()
+        with _reader(settings, topic, group) as reader:
+            return reader.committed(timeout_s=timeout_s)
+    except BrokerError as exc:
+        raise BrokerError(f"cannot read what was replayed from {topic}: {exc}") from exc
 
 
 def mark_replayed(settings: Mapping[str, Any], topic: str, group: str,
@@ -162,14 +156,11 @@ def mark_replayed(settings: Mapping[str, Any], topic: str, group: str,
     """Record ``offsets`` (partition -> next offset to replay) as the group's commits."""
     if not offsets:
         return
-    consumer = _replay_consumer(settings, group)
     try:
-        consumer.commit(offsets=[TopicPartition(topic, p, o) for p, o in offsets.items()],
-                        asynchronous=False)
-    except KafkaException as exc:
-        raise BrokerError(f"cannot record what was replayed from {topic}: {exc.args[0]}") from exc
-    finally:
-        consumer.close()
+        with _reader(settings, topic, group) as reader:
+            reader.commit(offsets)
+    except BrokerError as exc:
+        raise BrokerError(f"cannot record what was replayed from {topic}: {exc}") from exc
 
 
 def read_letters(settings: Mapping[str, Any], topic: str, *, timeout_s: float,
@@ -177,32 +168,11 @@ def read_letters(settings: Mapping[str, Any], topic: str, *, timeout_s: float,
                  start: Mapping[int, int] | None = None) -> list[Delivery]:
     """The dead letters on ``topic`` from ``start`` (partition -> offset; default: the
     beginning) to the end. Reads by assignment: no group membership, nothing committed."""
-    consumer = _replay_consumer(settings, None)
-    letters: list[Delivery] = []
     try:
-        meta = consumer.list_topics(topic, timeout=timeout_s).topics.get(topic)
-        if meta is None or meta.error is not None or not meta.partitions:
-            return letters
-        consumer.assign([TopicPartition(topic, p, (start or {}).get(p, 0))
-                         for p in meta.partitions])
-        at_end: set[int] = set()
-        last = time.monotonic()
-        while time.monotonic() - last < (idle_s if len(at_end) == len(meta.partitions)
-                                         else timeout_s):
-            msg = consumer.poll(0.2)
-            if msg is None:
-                continue
-            last = time.monotonic()
-            err = msg.error()
-            if err is not None and err.code() == KafkaError._PARTITION_EOF:
-                at_end.add(int(msg.partition() or 0))
-            elif err is None:
-                letters.append(Delivery.of(msg))
-    except KafkaException as exc:
-        raise BrokerError(f"cannot read the dead-letter topic {topic}: {exc.args[0]}") from exc
-    finally:
-        consumer.close()
-    return letters
+        with _reader(settings, topic, None) as reader:
+            return reader.read_to_end(timeout_s=timeout_s, idle_s=idle_s, start=start)
+    except BrokerError as exc:
+        raise BrokerError(f"cannot read the dead-letter topic {topic}: {exc}") from exc
 
 
 @dataclass(frozen=True)
@@ -263,8 +233,7 @@ def replay(letters: list[Delivery], publisher: Publisher, *, limit: int | None,
                     on_skip(letter, f"cannot set a new jobId: {exc}")
                 handled.add((letter.partition, letter.offset))
                 continue
-        headers = [(k, v) for k, v in letter.headers
-                   if not k.startswith(PREFIX) and k != REPLAYED_FROM]
+        headers = _original(letter.headers)
         headers.append((REPLAYED_FROM,
                         f"{letter.topic}/{letter.partition}/{letter.offset}".encode()))
         partition, offset = publisher.send(topic, value, key=letter.key, headers=headers)

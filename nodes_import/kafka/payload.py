@@ -23,15 +23,16 @@ from typing import Any
 import orjson
 
 from nodes_import.errors import PayloadError
+from nodes_import.pipeline.validate import MAX_GROUP_ID_CHARS, MAX_TYPE_CHARS
 
 # Dead-letter stages of a rejected message.
 STAGE_PARSE = "parse"
 STAGE_VALIDATE = "validate"
-# The Java type the seed's producers put in __TypeId__; kept for traceability.
+# The header naming the message's type, and the Java type the seed's producers put in it;
+# kept for traceability (on submitted jobs and on dead letters that lack it).
+TYPE_ID_HEADER = "__TypeId__"
 TYPE_ID = "NodeExchange"
-# job_status.group_id is VARCHAR(255).
-MAX_GROUP_ID = 255
-MAX_NODE_TYPE = 64
+TYPE_HEADER = (TYPE_ID_HEADER, TYPE_ID.encode())
 
 
 class MessageRejected(PayloadError):
@@ -160,7 +161,7 @@ def parse(value: bytes | None, *, max_reference_ids: int = 10_000_000,
         raise MessageRejected(f"message of {len(value)} bytes, over kafka.max-message-bytes "
                               f"({max_message_bytes})", STAGE_PARSE)
     body = decode(value)
-    group_id = _text(body, "groupId", required=True, limit=MAX_GROUP_ID)
+    group_id = _text(body, "groupId", required=True, limit=MAX_GROUP_ID_CHARS)
     domain_id = _uuid(body, "domainId", required=True)
     file = _text(body, "file", required=False)
     ids = _reference_ids(body, max_reference_ids)
@@ -173,7 +174,7 @@ def parse(value: bytes | None, *, max_reference_ids: int = 10_000_000,
     assert group_id is not None and domain_id is not None
     return NodeExchange(
         group_id=group_id, domain_id=domain_id, file=file, reference_ids=ids,
-        node_type=_text(body, "nodeType", required=False, limit=MAX_NODE_TYPE),
+        node_type=_text(body, "nodeType", required=False, limit=MAX_TYPE_CHARS),
         job_id=_uuid(body, "jobId", required=False))
 
 

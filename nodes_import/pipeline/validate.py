@@ -20,9 +20,12 @@ import pyarrow.compute as pc
 
 from nodes_import.pipeline.parse import MAX_LINE_CHARS, REFERENCE_ID, TYPE, InvalidRow
 
-# Column limits of the schema (nodes.reference_id VARCHAR(255), nodes.type VARCHAR(64)).
+# Column limits of the schema (nodes.reference_id VARCHAR(255), nodes.type and
+# job_status.node_type VARCHAR(64), nodes.group_id and job_status.group_id VARCHAR(255)),
+# declared here once: the Kafka message checks and the CLI import them.
 MAX_REFERENCE_ID_CHARS = 255
 MAX_TYPE_CHARS = 64
+MAX_GROUP_ID_CHARS = 255
 
 _TRUE, _FALSE = pa.scalar(True), pa.scalar(False)
 
@@ -108,8 +111,9 @@ def rejected_rows(table: pa.Table, numbers: pa.Array, mask: pa.Array,
     out = []
     for number, row in zip(nums, rows):
         ref = row.get(REFERENCE_ID)
-        out.append(Rejected(number, None if ref is None else ref.replace("\x00", "\\0")[:255],
-                            _describe(row, max_field_bytes), _as_line(list(row.values()))))
+        shown = None if ref is None else ref.replace("\x00", "\\0")[:MAX_REFERENCE_ID_CHARS]
+        out.append(Rejected(number, shown, _describe(row, max_field_bytes),
+                            _as_line(list(row.values()))))
     return out
 
 

@@ -16,6 +16,7 @@ import psycopg
 from psycopg import sql
 from psycopg.rows import dict_row
 
+from nodes_import import status as states  # "status" names job_status values here
 from nodes_import.errors import StorageError
 from nodes_import.store.connection import wrapped
 
@@ -204,7 +205,7 @@ def claim_job(conn: psycopg.Connection[Any], *, job_id: str, owner: str,
         if row is None:
             raise StorageError(f"job {job_id} does not exist; create it before claiming")
         job_status, holder, age = str(row[0]), row[1], row[2]
-        if job_status in ("COMPLETED", "FAILED"):
+        if job_status in states.TERMINAL:
             return Claim(FINISHED, job_status, holder, age)
         if holder is not None and holder != owner and age is not None \
                 and age * 1000 < lease_ms:
@@ -275,7 +276,7 @@ def _unclaimed(conn: psycopg.Connection[Any], job_id: str) -> Claim:
     if row is None:  # purged between the insert and now: the next attempt recreates it
         raise StorageError(f"job {job_id} vanished while being claimed")
     job_status, holder, age = str(row[0]), row[1], row[2]
-    return Claim(FINISHED if job_status in ("COMPLETED", "FAILED") else HELD,
+    return Claim(FINISHED if job_status in states.TERMINAL else HELD,
                  job_status, holder, age)
 
 
@@ -307,8 +308,9 @@ def release_leases(conn: psycopg.Connection[Any], *, owner: str) -> int:
 # Read by the daemon's admin side (scrape-time gauges, the long-running job check) and
 # by ``jobs purge``. Ages are the database's clock, like the leases.
 
-# Statuses a purge may delete: a PENDING or PROCESSING job may still be running.
-PURGEABLE = ("COMPLETED", "FAILED")
+# Statuses a purge may delete: the terminal ones (a PENDING or PROCESSING job may still be
+# running), in the order of status.ALL, which the CLI's --status choices show.
+PURGEABLE = tuple(s for s in states.ALL if s in states.TERMINAL)
 
 
 def running_jobs(conn: psycopg.Connection[Any], *, limit: int = 1000) -> list[dict[str, Any]]:

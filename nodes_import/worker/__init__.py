@@ -12,7 +12,6 @@ on the others. This module must never import the Kafka client.
 
 from __future__ import annotations
 
-import ctypes
 import gc
 import logging
 import os
@@ -26,7 +25,7 @@ from typing import Any
 
 from psycopg_pool import ConnectionPool
 
-from nodes_import import logs, metrics, status
+from nodes_import import logs, metrics, process, status
 from nodes_import.config import ImportConfig
 from nodes_import.errors import ConnectionLostError, NodesImportError, type_name
 from nodes_import.jobs import Ending, ImportJob, JobOutcome
@@ -62,14 +61,6 @@ _calls: Any = None
 _call_slot: int | None = None
 
 
-def _die_with_parent() -> None:
-    """Get SIGKILL when the daemon dies (Linux), so no orphan keeps writing a job."""
-    try:
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
-    except OSError:
-        pass
-
-
 def init_worker(settings: WorkerSettings, stop_event: Any, log_queue: Any = None,
                 calls: Any = None) -> None:
     """Executor initializer: ignore stop signals, log as JSON through the parent (its
@@ -78,7 +69,7 @@ def init_worker(settings: WorkerSettings, stop_event: Any, log_queue: Any = None
     global _settings, _stop, _calls, _call_slot
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
-    _die_with_parent()
+    process.die_with_parent(signal.SIGKILL)  # no orphan keeps writing a job
     if log_queue is not None:
         logs.setup_worker(log_queue, settings.log_level)
     else:

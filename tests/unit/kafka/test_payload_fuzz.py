@@ -15,14 +15,13 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from nodes_import.kafka.payload import (
-    MAX_GROUP_ID,
-    MAX_NODE_TYPE,
     STAGE_PARSE,
     STAGE_VALIDATE,
     MessageRejected,
     NodeExchange,
     parse,
 )
+from nodes_import.pipeline.validate import MAX_GROUP_ID_CHARS, MAX_TYPE_CHARS
 
 DOMAIN = "3f1c1a3e-2b9d-4c55-9a57-0d3c6a1f0b21"
 LIMIT = 64 * 1024  # kafka.max-message-bytes for these tests
@@ -52,12 +51,12 @@ def _outcome(value: bytes | None) -> NodeExchange | MessageRejected:
 
 
 def _assert_storable(job: NodeExchange) -> None:
-    assert job.group_id.strip() and len(job.group_id) <= MAX_GROUP_ID
+    assert job.group_id.strip() and len(job.group_id) <= MAX_GROUP_ID_CHARS
     uuid.UUID(job.domain_id)
     assert (job.file is None) != (job.reference_ids is None)
     texts = [job.group_id, job.file or "", job.node_type or "", *(job.reference_ids or ())]
     assert all("\x00" not in t for t in texts)
-    assert job.node_type is None or len(job.node_type) <= MAX_NODE_TYPE
+    assert job.node_type is None or len(job.node_type) <= MAX_TYPE_CHARS
     if job.job_id is not None:
         uuid.UUID(job.job_id)
 
