@@ -8,7 +8,6 @@ import shlex
 from pathlib import Path
 from typing import Any
 
-import pytest
 import yaml
 
 from nodes_import import config, metrics
@@ -154,8 +153,3 @@ def test_the_systemd_unit_restarts_on_failure_and_waits_for_the_drain() -> None:
     for assignment in service.get("Environment", []):
         assert assignment.split("=", 1)[0] in known, assignment
     assert "multi-user.target" in _unit()["Install"]["WantedBy"]
-
-
-@pytest.mark.parametrize("name", [s.name for s in metrics.SPECS])
-def test_every_metric_is_documented_in_the_operations_section(name: str) -> None:
-    assert f"`{name}`" in (ROOT / "README.md").read_text()
