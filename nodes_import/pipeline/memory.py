@@ -36,4 +36,4 @@ def use_jemalloc() -> str:
             pa.jemalloc_set_decay_ms(DECAY_MS)
         except (NotImplementedError, pa.ArrowNotImplementedError):
             pass
-    return pa.default_memory_pool().backend_name
+    return str(pa.default_memory_pool().backend_name)

@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 from urllib.parse import unquote, urlparse
 
 import pyarrow as pa
@@ -22,7 +22,8 @@ from nodes_import.errors import SourceError
 GZIP_MAGIC = b"\x1f\x8b"
 # What a damaged or truncated GZIP stream raises from ISA-L's reader: BadGzipFile (an
 # OSError) for a bad header, EOFError for a cut file, IsalError for corrupt data.
-_INFLATE_ERRORS = (OSError, EOFError, isal_zlib.error)
+# isal's stub types ``isal_zlib.error`` as an instance; it is the exception class.
+_INFLATE_ERRORS = (OSError, EOFError, cast("type[Exception]", isal_zlib.error))
 
 
 @dataclass(frozen=True)
@@ -181,5 +182,6 @@ class Source:
         # ISA-L's inflate (the isal package): 0.12-0.13 s of CPU for a 1M-row file (110 MB
         # decompressed) against 0.29-0.32 s for zlib through pyarrow's CompressedInputStream.
         # It reads concatenated members as one stream, like gzip itself.
-        decoded = igzip.IGzipFile(fileobj=raw, mode="rb") if self.info.gzip else raw
+        decoded = (igzip.IGzipFile(fileobj=raw, mode="rb")  # type: ignore[no-untyped-call]
+                   if self.info.gzip else raw)
         return CountingStream(raw, decoded, self._max_decompressed)
