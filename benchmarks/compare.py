@@ -16,7 +16,7 @@ from pathlib import Path
 from benchmarks import baselines, generate
 from benchmarks.harness import BenchServer, Result
 from benchmarks.imports import import_once
-from benchmarks.run import table
+from benchmarks.report import table
 
 
 def compare(server: BenchServer, data_dir: Path, rows: int,

@@ -1,4 +1,4 @@
-"""The benchmark suite's verdicts and its saved results (benchmarks/run.py): pure logic."""
+"""The benchmark suite's verdicts and its saved results (benchmarks/report.py): pure logic."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from pathlib import Path
 import orjson
 
 from benchmarks.harness import Result
-from benchmarks.run import B_NAME, load, verdicts, with_ratios
+from benchmarks.report import B_NAME, load, verdicts, with_ratios
 
 
 def _run(fresh_cpu_s: float) -> list[Result]:
@@ -52,7 +52,7 @@ def test_a_saved_run_loads_back_with_the_same_verdicts(tmp_path: Path) -> None:
 
 
 def test_the_large_import_is_judged_against_b_of_its_own_file() -> None:
-    from benchmarks.run import big_b_name, large_ratios
+    from benchmarks.report import big_b_name, large_ratios
 
     results = _run(fresh_cpu_s=1.0) + [
         Result(big_b_name(10_000_000), "baseline", 10_000_000, 160.0),
@@ -67,7 +67,7 @@ def test_the_large_import_is_judged_against_b_of_its_own_file() -> None:
 
 def test_client_cpu_is_also_told_as_a_multiple_of_the_same_runs_read_floor() -> None:
     from benchmarks.baselines import FLOOR_NAME
-    from benchmarks.run import client_floor_ratios
+    from benchmarks.report import client_floor_ratios
 
     results = _run(fresh_cpu_s=0.9) + [
         Result(FLOOR_NAME, "baseline", 1_000_000, 0.3, client_cpu_s=0.3),
