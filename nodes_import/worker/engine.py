@@ -84,10 +84,8 @@ def _write_one(state: JobState, part: encode.EncodedPart, bytes_read: int) -> No
             # stalls so badly that the cancellation could never arrive.
             with connection.watchdog(conn, timeout_ms / 1000.0 + WATCHDOG_GRACE_S):
                 return batchwrite.write_part(
-                    conn, job_id=job.job_id, group_id=job.group_id, domain_id=job.domain_id,
-                    default_type=job.node_type, columns=state.columns, part=part,
-                    bytes_read=bytes_read, timeout_ms=timeout_ms, new_id=state.new_id,
-                    owner=job.claimed_by)
+                    conn, job, part, columns=state.columns, bytes_read=bytes_read,
+                    timeout_ms=timeout_ms, new_id=state.new_id)
 
         return with_conn(state, write)
 
@@ -128,8 +126,7 @@ def _fail_part(state: JobState, part: encode.EncodedPart, bytes_read: int,
     rows = part.rejected + _payload_rows(part, reason[:1000])
     try:
         retry.call(state.cfg.retry, lambda: with_conn(state, lambda conn: batchwrite.fail_rows(
-            conn, job_id=state.job.job_id, part=part, rejected=rows, bytes_read=bytes_read,
-            owner=state.job.claimed_by)),
+            conn, state.job, part, rows, bytes_read=bytes_read)),
             context=state.ctx)
     except NodesImportError as exc:
         state.fail(exc)
@@ -286,10 +283,8 @@ def _write_small(state: JobState, batch: RawBatch, header: list[str]) -> JobOutc
         with connection.watchdog(conn, timeout_ms / 1000.0 + WATCHDOG_GRACE_S), \
                 connection.wrapped(), conn.transaction():
             result = batchwrite.write_part(
-                conn, job_id=job.job_id, group_id=job.group_id, domain_id=job.domain_id,
-                default_type=job.node_type, columns=state.columns, part=part,
-                bytes_read=batch.bytes_read, timeout_ms=timeout_ms, new_id=state.new_id,
-                owner=job.claimed_by)
+                conn, job, part, columns=state.columns, bytes_read=batch.bytes_read,
+                timeout_ms=timeout_ms, new_id=state.new_id)
             row = jobrows.complete_job(conn, job_id=job.job_id, owner=job.claimed_by)
         return result, row
 
@@ -331,11 +326,8 @@ def _begin(state: JobState, *, partitions: int, source_bytes: int | None) -> lis
 
     def begin(conn: Any) -> list[int] | None:
         state.new_id = connection.new_id_function(conn)
-        return jobrows.begin_job(
-            conn, job_id=job.job_id, group_id=job.group_id, domain_id=job.domain_id,
-            node_type=job.node_type, source=job.source_label, partitions=partitions,
-            source_bytes=source_bytes, claimed_by=job.claimed_by,
-            resume_failed=job.resume_failed)
+        return jobrows.begin_job(conn, job, partitions=partitions,
+                                 source_bytes=source_bytes)
 
     result: list[int] | None = retry.call(state.cfg.retry, lambda: with_conn(state, begin),
                                           context=state.ctx)
