@@ -40,7 +40,8 @@ _READER_RULES = [
     ("decompress", lambda f, text: f.endswith("pipeline/source.py")),
     ("parse", lambda f, text: f.endswith("pipeline/parse.py")),
     ("encode", lambda f, text: f.endswith("pipeline/encode.py")),
-    ("queue wait (back-pressure)", lambda f, text: f.endswith("engine.py") and ".put(" in text),
+    ("queue wait (back-pressure)", lambda f, text: f.endswith("worker/reader.py")
+     and ".put(" in text),
 ]
 _WRITER_RULES = [
     ("idle (waiting for a batch)", lambda f, text: f.endswith("engine.py") and "inbox.get" in text),
@@ -50,7 +51,7 @@ _WRITER_RULES = [
     ("counters", lambda f, text: f.endswith("batchwrite.py") and "_COUNTERS" in text),
     ("ANALYZE stage", lambda f, text: f.endswith("batchwrite.py") and "ANALYZE" in text),
     ("commit", lambda f, text: f.endswith("batchwrite.py") and "transaction()" in text),
-    ("connection pool", lambda f, text: f.endswith("jobstate.py") and "pool.connection" in text),
+    ("connection pool", lambda f, text: f.endswith("engine.py") and "pool.connection" in text),
 ]
 
 
@@ -96,7 +97,7 @@ def classify(stack: str) -> tuple[str, str]:
             return role, "waiting for the writers (join)"
         if "_finish" in funcs:
             return role, "finish"
-        if "_read_all" not in funcs:
+        if "read_all" not in funcs:
             return role, "job start / end (status rows, thread joins)"
     return role, "other"
 

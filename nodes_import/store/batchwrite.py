@@ -1,9 +1,15 @@
 """Batch write: one part of a batch, one transaction (the hot path's SQL).
 
-``write_part``: COPY into the connection's staging table, one statement for ``nodes`` and
-``node_metadata`` that skips unchanged rows, the rejected rows into ``job_failures``, and
-the job's counters and checkpoint. The counters therefore never disagree with the rows
-they count. ``fail_rows`` records a part the database kept refusing as failed rows.
+The engine borrows a connection, then calls ``write_part(conn, job, part, ...)``; this
+module never calls back up. In ONE transaction on that connection:
+1. ``SET LOCAL statement_timeout`` and ``DISCARD PLANS``;
+2. COPY the part's payload into the connection's staging table (``ANALYZE`` it when big);
+3. one statement for ``nodes`` and ``node_metadata`` that skips unchanged rows (the plain
+   INSERT; on a concurrent insert of the same keys, a savepoint and the ON CONFLICT one);
+4. the rejected rows into ``job_failures``;
+5. the job's counters and checkpoint, fenced on the job's owner: the counters therefore
+   never disagree with the rows they count.
+``fail_rows`` records a part the database kept refusing as failed rows (4 and 5 only).
 """
 
 from __future__ import annotations
@@ -17,7 +23,9 @@ import psycopg
 from psycopg import sql
 
 from nodes_import.errors import LeaseLostError, StorageError
-from nodes_import.pipeline.encode import EncodedPart, Rejected
+from nodes_import.jobs import ImportJob
+from nodes_import.pipeline.encode import EncodedPart
+from nodes_import.pipeline.validate import Rejected
 from nodes_import.store.connection import STAGE_TABLE, wrapped
 
 log = logging.getLogger(__name__)
@@ -26,6 +34,7 @@ log = logging.getLogger(__name__)
 # fast for under a thousand keys, and the ANALYZE (0.23 ms for 5 rows) was ~1/6 of the
 # upsert of a 5-row job.
 ANALYZE_MIN_ROWS = 1000
+
 
 @dataclass(frozen=True)
 class PartResult:
@@ -38,7 +47,13 @@ class PartResult:
 
     @property
     def success(self) -> int:
+        """Rows written (inserted, updated or found unchanged)."""
         return self.inserted + self.updated + self.unchanged
+
+    @property
+    def rows(self) -> int:
+        """Rows accounted for: written or failed."""
+        return self.success + self.failed
 
 
 # The first half of both batch statements: dedupe the staged rows (last row number wins),
@@ -162,11 +177,11 @@ class _Replayed(Exception):
     """This part was committed before (its acknowledgement was lost): roll back the replay."""
 
 
-def _refused(cur: psycopg.Cursor[Any], job_id: str, owner: str | None,
-             part: EncodedPart) -> Exception:
+def _refused(cur: psycopg.Cursor[Any], job: ImportJob, part: EncodedPart) -> Exception:
     """Why the counters UPDATE matched no row: the lease went to another runner (fenced),
     the job is no longer PROCESSING, or the part is already counted (``_Replayed``).
     Raised inside the transaction, so it rolls back."""
+    job_id, owner = job.job_id, job.claimed_by
     row = cur.execute("SELECT status, claimed_by, checkpoint[%s] FROM job_status WHERE id = %s",
                       (part.partition + 1, job_id)).fetchone()
     if row is not None and owner is not None and row[1] != owner:
@@ -176,40 +191,31 @@ def _refused(cur: psycopg.Cursor[Any], job_id: str, owner: str | None,
     return StorageError(f"job {job_id} is no longer PROCESSING; batch rolled back")
 
 
-def write_part(
-    conn: psycopg.Connection[Any],
-    *,
-    job_id: str,
-    group_id: str,
-    domain_id: str,
-    default_type: str,
-    columns: Sequence[str],
-    part: EncodedPart,
-    bytes_read: int,
-    timeout_ms: int,
-    new_id: str,
-    owner: str | None = None,
-) -> PartResult:
-    """Write one partition of a batch and its job counters in ONE transaction.
+def write_part(conn: psycopg.Connection[Any], job: ImportJob, part: EncodedPart, *,
+               columns: Sequence[str], bytes_read: int, timeout_ms: int,
+               new_id: str) -> PartResult:
+    """Write one partition of a batch of ``job`` and its counters in ONE transaction.
 
-    With ``owner`` the write is fenced: it commits only while ``claimed_by`` is still
-    ``owner``, else it rolls back with ``LeaseLostError``.
+    ``columns``: the staged columns of the job's header (``encode.staged_columns``);
+    ``bytes_read``: how far into the source the batch ends; ``new_id``: the server's id
+    function (``connection.new_id_function``). When the job is claimed (``claimed_by``)
+    the write is fenced: it commits only while the job is still its claimer's, else it
+    rolls back with ``LeaseLostError``.
     """
     try:
-        return _write_part(conn, job_id=job_id, group_id=group_id, domain_id=domain_id,
-                           default_type=default_type, columns=columns, part=part,
-                           bytes_read=bytes_read, timeout_ms=timeout_ms, new_id=new_id,
-                           owner=owner)
+        return _write_part(conn, job, part, columns=columns, bytes_read=bytes_read,
+                           timeout_ms=timeout_ms, new_id=new_id)
     except _Replayed:
         log.warning("batch part was already committed (its acknowledgement was lost); "
                     "not counted again", extra={"fields": {
-                        "jobId": job_id, "partition": part.partition, "lastRow": part.last_row}})
+                        "jobId": job.job_id, "partition": part.partition,
+                        "lastRow": part.last_row}})
         return PartResult(0, 0, 0, 0)
 
 
-def _write_part(conn: psycopg.Connection[Any], *, job_id: str, group_id: str, domain_id: str,
-                default_type: str, columns: Sequence[str], part: EncodedPart, bytes_read: int,
-                timeout_ms: int, new_id: str, owner: str | None) -> PartResult:
+def _write_part(conn: psycopg.Connection[Any], job: ImportJob, part: EncodedPart, *,
+                columns: Sequence[str], bytes_read: int, timeout_ms: int,
+                new_id: str) -> PartResult:
     inserted = updated = unchanged = 0
     with wrapped(), conn.transaction(), conn.cursor() as cur:
         # DISCARD PLANS: plans this long-lived connection cached earlier are made again
@@ -232,15 +238,15 @@ def _write_part(conn: psycopg.Connection[Any], *, job_id: str, group_id: str, do
             # Not for tiny parts (small jobs): see ANALYZE_MIN_ROWS.
             if part.rows >= ANALYZE_MIN_ROWS:
                 cur.execute(sql.SQL("ANALYZE {}").format(sql.Identifier(STAGE_TABLE)))
-            names = {"stage": sql.Identifier(STAGE_TABLE), "group": sql.Literal(group_id),
-                     "domain": sql.Literal(domain_id),
-                     "default_type": sql.Literal(default_type), "new_id": sql.SQL(new_id)}
+            names = {"stage": sql.Identifier(STAGE_TABLE), "group": sql.Literal(job.group_id),
+                     "domain": sql.Literal(job.domain_id),
+                     "default_type": sql.Literal(job.node_type), "new_id": sql.SQL(new_id)}
             try:
                 with conn.transaction():  # a savepoint: losing the race undoes only this
                     row = cur.execute(sql.SQL(_UPSERT).format(**names)).fetchone()
             except psycopg.errors.UniqueViolation:
                 log.info("a concurrent job inserted some of this batch's keys; upserting "
-                         "with ON CONFLICT", extra={"fields": {"jobId": job_id}})
+                         "with ON CONFLICT", extra={"fields": {"jobId": job.job_id}})
                 row = cur.execute(sql.SQL(_UPSERT_CAREFUL).format(**names)).fetchone()
             assert row is not None
             inserted, updated, unchanged = int(row[0]), int(row[1]), int(row[2])
@@ -248,35 +254,35 @@ def _write_part(conn: psycopg.Connection[Any], *, job_id: str, group_id: str, do
             # overwritten: they count as updates, so the split always adds up.
             updated += part.rows - (inserted + updated + unchanged)
         if part.rejected:
-            _copy_failures(cur, job_id, part.rejected)
+            _copy_failures(cur, job.job_id, part.rejected)
         result = PartResult(inserted, updated, unchanged, len(part.rejected))
         cur.execute(_COUNTERS, {
-            "job_id": job_id, "total": result.success + result.failed,
+            "job_id": job.job_id, "total": result.success + result.failed,
             "success": result.success, "failed": result.failed, "inserted": inserted,
             "updated": updated, "unchanged": unchanged, "slot": part.partition + 1,
-            "last_row": part.last_row, "bytes_read": bytes_read, "owner": owner,
+            "last_row": part.last_row, "bytes_read": bytes_read, "owner": job.claimed_by,
         })
         if cur.rowcount != 1:
-            raise _refused(cur, job_id, owner, part)
+            raise _refused(cur, job, part)
     return result
 
 
-def fail_rows(conn: psycopg.Connection[Any], *, job_id: str, part: EncodedPart,
-              rejected: Sequence[Rejected], bytes_read: int, owner: str | None = None) -> None:
+def fail_rows(conn: psycopg.Connection[Any], job: ImportJob, part: EncodedPart,
+              rejected: Sequence[Rejected], *, bytes_read: int) -> None:
     """Record a whole partition's rows as failed (its write kept failing) and move on.
 
-    Fenced on ``owner`` like ``write_part``; a part already counted is left alone."""
+    Fenced on the job's claimer like ``write_part``; a part already counted is left alone."""
     try:
         with wrapped(), conn.transaction(), conn.cursor() as cur:
-            _copy_failures(cur, job_id, rejected)
+            _copy_failures(cur, job.job_id, rejected)
             cur.execute(_COUNTERS, {
-                "job_id": job_id, "total": len(rejected), "success": 0,
+                "job_id": job.job_id, "total": len(rejected), "success": 0,
                 "failed": len(rejected), "inserted": 0, "updated": 0, "unchanged": 0,
                 "slot": part.partition + 1, "last_row": part.last_row,
-                "bytes_read": bytes_read, "owner": owner,
+                "bytes_read": bytes_read, "owner": job.claimed_by,
             })
             if cur.rowcount != 1:
-                raise _refused(cur, job_id, owner, part)
+                raise _refused(cur, job, part)
     except _Replayed:
         log.warning("failed batch part was already committed; not recorded again",
-                    extra={"fields": {"jobId": job_id, "partition": part.partition}})
+                    extra={"fields": {"jobId": job.job_id, "partition": part.partition}})

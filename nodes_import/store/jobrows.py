@@ -2,7 +2,8 @@
 
 The SQL of a job's own row (create, start, finish, read), of the claims daemons hold on
 jobs, and of purging old jobs. The batch write, which changes a job's counters in the
-same transaction as its rows, lives in ``storage``.
+same transaction as its rows, lives in ``batchwrite``. A job is passed whole, as the
+``ImportJob`` that crosses the process boundary (``begin_job``, ``create_and_claim``).
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from psycopg.rows import dict_row
 
 from nodes_import import status as states  # "status" names job_status values here
 from nodes_import.errors import StorageError
+from nodes_import.jobs import ImportJob
 from nodes_import.store.connection import wrapped
 
 # ------------------------------------------------------------------------- job rows
@@ -70,22 +72,22 @@ def start_job(conn: psycopg.Connection[Any], *, job_id: str, partitions: int,
     return None if row is None else [int(x) for x in row[0]]
 
 
-def begin_job(conn: psycopg.Connection[Any], *, job_id: str, group_id: str, domain_id: str,
-              node_type: str, source: str, partitions: int, source_bytes: int | None,
-              claimed_by: str | None = None, resume_failed: bool = False) -> list[int] | None:
+def begin_job(conn: psycopg.Connection[Any], job: ImportJob, *, partitions: int,
+              source_bytes: int | None) -> list[int] | None:
     """``create_job`` then ``start_job`` in ONE transaction and one round trip (pipeline).
 
     The job is inserted PENDING unless it exists and moved to PROCESSING in the same
-    commit, so no reader ever sees a job that started without its row. Returns the
-    checkpoint (None: the job is finished).
+    commit, so no reader ever sees a job that started without its row. The job's
+    ``claimed_by`` becomes the row's (when set), and its ``resume_failed`` takes a FAILED
+    job up again. Returns the checkpoint (None: the job is finished).
     """
-    statuses = ["PENDING", "PROCESSING"] + (["FAILED"] if resume_failed else [])
+    statuses = ["PENDING", "PROCESSING"] + (["FAILED"] if job.resume_failed else [])
     with wrapped(), conn.pipeline(), conn.transaction():
         conn.execute(
             "INSERT INTO job_status (id, group_id, domain_id, status, node_type, source)"
             " VALUES (%s, %s, %s, 'PENDING', %s, %s) ON CONFLICT (id) DO NOTHING",
-            (job_id, group_id, domain_id, node_type, source))
-        row = conn.execute(_START, (claimed_by, source_bytes, partitions, job_id,
+            (job.job_id, job.group_id, job.domain_id, job.node_type, job.source_label))
+        row = conn.execute(_START, (job.claimed_by, source_bytes, partitions, job.job_id,
                                     statuses)).fetchone()
     return None if row is None else [int(x) for x in row[0]]
 
@@ -218,13 +220,20 @@ def claim_job(conn: psycopg.Connection[Any], *, job_id: str, owner: str,
 
 @dataclass(frozen=True)
 class NewJob:
-    """The job row's columns a daemon knows when it takes a message."""
+    """Deprecated: pass the ``ImportJob`` itself to ``create_and_claim``. The job row's
+    columns a daemon knows when it takes a message; kept until ``daemon.service`` stops
+    building it."""
 
     job_id: str
     group_id: str
     domain_id: str
     node_type: str
     source: str
+
+    @property
+    def source_label(self) -> str:
+        """What ``job_status.source`` records (as ``ImportJob.source_label``)."""
+        return self.source
 
 
 # The intake's two statements: every new job inserted, then every claimable one claimed,
@@ -248,8 +257,8 @@ _CLAIM_JOBS = (
     " RETURNING id::text, status")
 
 
-def create_and_claim(conn: psycopg.Connection[Any], jobs: Sequence[NewJob], *, owner: str,
-                     lease_ms: int) -> list[Claim]:
+def create_and_claim(conn: psycopg.Connection[Any], jobs: Sequence[ImportJob | NewJob], *,
+                     owner: str, lease_ms: int) -> list[Claim]:
     """``create_job`` then ``claim_job`` for each of ``jobs``, all in ONE transaction: the
     daemon's intake of the messages one poll brought. One claim per job, in order.
 
@@ -260,7 +269,7 @@ def create_and_claim(conn: psycopg.Connection[Any], jobs: Sequence[NewJob], *, o
     with wrapped(), conn.pipeline(), conn.transaction():
         conn.execute(_INSERT_JOBS, ([j.job_id for j in jobs], [j.group_id for j in jobs],
                                     [j.domain_id for j in jobs], [j.node_type for j in jobs],
-                                    [j.source for j in jobs]))
+                                    [j.source_label for j in jobs]))
         claimed = {str(r[0]): str(r[1]) for r in conn.execute(_CLAIM_JOBS, {
             "owner": owner, "ids": [j.job_id for j in jobs], "lease": lease_ms}).fetchall()}
         keys = [str(uuid.UUID(j.job_id)) for j in jobs]  # as PostgreSQL prints them

@@ -7,11 +7,17 @@ Shape of a job (``run_import``):
    already committed);
 3. one reader (this thread) parses, validates and encodes batches, splitting each by a
    hash of reference_id into ``max-parallel-futures`` key partitions;
-4. one writer thread per partition, each on its own pooled connection, writes its
-   partition's batches in file order, one transaction each, with retries for transient
-   errors; the bounded queues between 3 and 4 keep memory flat;
+4. one writer thread per partition writes its partition's batches in file order, one
+   transaction each, with retries for transient errors; the bounded queues between 3
+   and 4 keep memory flat;
 5. the job ends COMPLETED, or FAILED with the reason (timeout, too many rejects, the
    database lost, an unreadable file).
+
+The data path reads in one direction. For each attempt the engine borrows a connection
+from the pool (``_connection``) and calls a store function with it and the job, whole:
+``retry.attempts`` -> ``_connection`` -> ``batchwrite.write_part(conn, job, part, ...)``
+-> ``state.committed``. No store module calls back into the engine, and ``JobState`` is
+only the state the threads share.
 """
 
 from __future__ import annotations
@@ -24,15 +30,16 @@ import threading
 import time
 import traceback
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import Any
 
+import psycopg
 from psycopg_pool import ConnectionPool
 
 from nodes_import import metrics, status
 from nodes_import.config import ImportConfig
 from nodes_import.errors import (
     ConnectionLostError,
-    JobRejectedError,
     JobTimeoutError,
     LeaseLostError,
     NodesImportError,
@@ -43,20 +50,19 @@ from nodes_import.errors import (
 )
 from nodes_import.jobs import BUNDLE_MAX_IDS, Ending, ImportJob, JobOutcome
 from nodes_import.pipeline import encode
-from nodes_import.pipeline.parse import CsvReader, IdFileReader, RawBatch, id_list_batches
-from nodes_import.pipeline.source import Source
+from nodes_import.pipeline.parse import RawBatch
+from nodes_import.pipeline.validate import Rejected
 from nodes_import.store import batchwrite, connection, jobrows, retry
-from nodes_import.worker.jobstate import (
-    QUEUE_DEPTH,
-    TIMEOUT_MESSAGE,
-    WATCHDOG_GRACE_S,
-    JobState,
-    Progress,
-    with_conn,
-)
+from nodes_import.worker import reader
+from nodes_import.worker.jobstate import TIMEOUT_MESSAGE, WATCHDOG_GRACE_S, JobState, Progress
+
+__all__ = ["FINISH_PATIENCE", "SMALL_JOB_ROWS", "WATCHDOG_GRACE_S", "Progress", "run_import"]
 
 log = logging.getLogger(__name__)
 
+# Encoded batches waiting per writer: enough to overlap parsing with writing, few enough
+# to keep memory at a handful of batches whatever the file size.
+QUEUE_DEPTH = 2
 # The end of a job is retried this many times as long as a batch write.
 FINISH_PATIENCE = 3
 # A reference-ID list up to this long is written as one key partition, in one transaction
@@ -64,36 +70,53 @@ FINISH_PATIENCE = 3
 SMALL_JOB_ROWS = BUNDLE_MAX_IDS
 
 
-def _payload_rows(part: encode.EncodedPart, reason: str) -> list[encode.Rejected]:
+@contextmanager
+def _connection(state: JobState) -> Iterator[psycopg.Connection[Any]]:
+    """A pooled connection for one attempt, its errors as the service's StorageErrors.
+
+    Waits for it no longer than the pool's own timeout (the configured connect timeout)
+    nor the job's time left: each retry attempt must fail fast while the database is away.
+    """
+    timeout_s = max(0.1, min(state.pool.timeout, state.remaining_ms() / 1000.0))
+    with connection.wrapped(), state.pool.connection(timeout=timeout_s) as conn:
+        yield conn
+
+
+def _payload_rows(part: encode.EncodedPart, reason: str) -> list[Rejected]:
     """The rows of a payload that could not be written, as failures (rare path)."""
-    return [encode.Rejected(n, ref, reason, "") for n, ref in encode.payload_rows(part)]
+    return [Rejected(n, ref, reason, "") for n, ref in encode.payload_rows(part)]
+
+
+def _write_part(state: JobState, part: encode.EncodedPart,
+                bytes_read: int) -> batchwrite.PartResult:
+    """Write one part, each attempt on a connection of its own, transient errors retried.
+    Raises ``JobTimeoutError`` once the job is out of time, and what the last attempt
+    raised when the attempts ran out."""
+    for attempt in retry.attempts(state.cfg.retry, context=state.ctx):
+        with attempt:
+            remaining = state.remaining_ms()
+            if remaining <= 0:
+                raise JobTimeoutError(TIMEOUT_MESSAGE)
+            timeout_ms = min(state.cfg.batch_timeout_ms, remaining)
+            # The server cancels a slow statement itself; the watchdog covers a link that
+            # stalls so badly that the cancellation could never arrive.
+            with _connection(state) as conn, \
+                    connection.watchdog(conn, timeout_ms / 1000.0 + WATCHDOG_GRACE_S):
+                result = batchwrite.write_part(
+                    conn, state.job, part, columns=state.columns, bytes_read=bytes_read,
+                    timeout_ms=timeout_ms, new_id=state.new_id)
+    return result
 
 
 def _write_one(state: JobState, part: encode.EncodedPart, bytes_read: int) -> None:
+    """One part from a writer's queue: written, or its rows recorded as failed, or the
+    job failed; then counted and logged."""
     job = state.job
     started = time.monotonic()
-
-    def attempt() -> batchwrite.PartResult:
-        remaining = state.remaining_ms()
-        if remaining <= 0:
-            raise JobTimeoutError(TIMEOUT_MESSAGE)
-        timeout_ms = min(state.cfg.batch_timeout_ms, remaining)
-
-        def write(conn: Any) -> batchwrite.PartResult:
-            # The server cancels a slow statement itself; the watchdog covers a link that
-            # stalls so badly that the cancellation could never arrive.
-            with connection.watchdog(conn, timeout_ms / 1000.0 + WATCHDOG_GRACE_S):
-                return batchwrite.write_part(
-                    conn, job_id=job.job_id, group_id=job.group_id, domain_id=job.domain_id,
-                    default_type=job.node_type, columns=state.columns, part=part,
-                    bytes_read=bytes_read, timeout_ms=timeout_ms, new_id=state.new_id,
-                    owner=job.claimed_by)
-
-        return with_conn(state, write)
-
     failed_kind: str | None = None  # set when the part's rows are recorded as failed
+    result: batchwrite.PartResult | None
     try:
-        result = retry.call(state.cfg.retry, attempt, context=state.ctx)
+        result = _write_part(state, part, bytes_read)
     except TransientStorageError as exc:
         if isinstance(exc, ConnectionLostError) or state.remaining_ms() <= 0:
             state.fail(JobTimeoutError(TIMEOUT_MESSAGE) if state.remaining_ms() <= 0 else exc)
@@ -108,7 +131,7 @@ def _write_one(state: JobState, part: encode.EncodedPart, bytes_read: int) -> No
         failed_kind = type(exc).__name__
     if result is None:
         return
-    state.committed(result, bytes_read)
+    state.committed(result.rows, result.failed, bytes_read)
     seconds = time.monotonic() - started
     if failed_kind is None:
         metrics.batch_written(job.group_id, job.domain_id, inserted=result.inserted,
@@ -127,10 +150,9 @@ def _fail_part(state: JobState, part: encode.EncodedPart, bytes_read: int,
     """Count a partition whose write kept failing as failed rows, and go on."""
     rows = part.rejected + _payload_rows(part, reason[:1000])
     try:
-        retry.call(state.cfg.retry, lambda: with_conn(state, lambda conn: batchwrite.fail_rows(
-            conn, job_id=state.job.job_id, part=part, rejected=rows, bytes_read=bytes_read,
-            owner=state.job.claimed_by)),
-            context=state.ctx)
+        for attempt in retry.attempts(state.cfg.retry, context=state.ctx):
+            with attempt, _connection(state) as conn:
+                batchwrite.fail_rows(conn, state.job, part, rows, bytes_read=bytes_read)
     except NodesImportError as exc:
         state.fail(exc)
         return None
@@ -140,6 +162,7 @@ def _fail_part(state: JobState, part: encode.EncodedPart, bytes_read: int,
 
 
 def _writer(state: JobState, inbox: queue.Queue[tuple[encode.EncodedPart, int] | None]) -> None:
+    """A writer thread: its partition's parts, in file order, until the reader's None."""
     while True:
         item = inbox.get()
         if item is None:
@@ -155,84 +178,18 @@ def _writer(state: JobState, inbox: queue.Queue[tuple[encode.EncodedPart, int] |
             state.fail(StorageError(f"internal error: {type(exc).__name__}: {exc}"))
 
 
-def _open_batches(state: JobState) -> tuple[Iterator[RawBatch], list[str], int | None]:
-    job, cfg = state.job, state.cfg
-    if job.reference_ids is not None:
-        if len(job.reference_ids) > cfg.max_reference_ids:
-            raise PayloadError(f"{len(job.reference_ids)} reference IDs, over "
-                               f"node.import.max-reference-ids ({cfg.max_reference_ids})")
-        return id_list_batches(job.reference_ids, cfg.batch_size), [encode.REFERENCE_ID], None
-    uri = job.source or job.reference_ids_file
-    if uri is None:
-        raise PayloadError("the job has neither a file nor reference IDs")
-    source = Source(uri, allowed_roots=cfg.allowed_roots, max_file_bytes=cfg.max_file_bytes,
-                    max_decompressed_bytes=cfg.max_decompressed_bytes)
-    reader: CsvReader | IdFileReader
-    if job.source is not None:
-        reader = CsvReader(source, block_size=cfg.block_size_bytes, batch_size=cfg.batch_size,
-                           max_columns=cfg.max_columns)
-    else:
-        reader = IdFileReader(source, block_size=cfg.block_size_bytes, batch_size=cfg.batch_size)
-    return reader.batches(), reader.header, source.info.size
-
-
-def _read_all(state: JobState, batches: Iterator[RawBatch], header: list[str],
-              checkpoint: list[int], inboxes: list[queue.Queue[Any]]) -> None:
-    partitions = len(inboxes)
-    rejected = 0
-    skip: list[int] | None = checkpoint if any(checkpoint) else None
-    for batch in batches:
-        if state.stopping():
-            return
-        if state.remaining_ms() <= 0:
-            state.fail(JobTimeoutError(TIMEOUT_MESSAGE))
-            return
-        encode_started = time.monotonic()
-        parts = encode.encode_batch(batch, header, partitions, skip,
-                                    max_field_bytes=state.cfg.max_field_bytes)
-        metrics.batch_encoded(time.monotonic() - encode_started)
-        if skip is not None and len(batch.row_numbers) and \
-                batch.row_numbers[-1].as_py() > max(skip):
-            skip = None  # past every partition's checkpoint: stop filtering
-        with state.lock:
-            state.progress.rows_read += batch.table.num_rows + len(batch.invalid)
-            state.progress.bytes_read = max(state.progress.bytes_read, batch.bytes_read)
-            rows_read = state.progress.rows_read
-        rejected += sum(len(p.rejected) for p in parts)
-        if state.job.reference_ids_file is not None and rows_read > state.cfg.max_reference_ids:
-            state.fail(PayloadError(f"more than node.import.max-reference-ids "
-                                    f"({state.cfg.max_reference_ids}) reference IDs"))
-            return
-        if rows_read > state.cfg.max_rows:
-            state.fail(PayloadError(f"more than node.import.max-rows ({state.cfg.max_rows}) rows"))
-            return
-        if rows_read and rejected / rows_read > state.cfg.max_reject_ratio:
-            state.fail(JobRejectedError(
-                f"{rejected} of {rows_read} rows rejected, over "
-                f"node.import.max-reject-ratio ({state.cfg.max_reject_ratio})"))
-            return
-        for part in parts:
-            if part.rows or part.rejected:
-                while not state.stopping():
-                    try:
-                        inboxes[part.partition].put((part, batch.bytes_read), timeout=0.2)
-                        break
-                    except queue.Full:
-                        if state.remaining_ms() <= 0:
-                            state.fail(JobTimeoutError(TIMEOUT_MESSAGE))
-
-
 def _finish(state: JobState, final: str, error: str | None,
             error_kind: str | None = None, exc: BaseException | None = None) -> JobOutcome:
+    """End the job row as ``final`` (fenced on its claimer), then log and count it."""
     job = state.job
     # Recording how a job ended is worth waiting for longer than a batch is: a job left
     # PROCESSING by a database outage is only found again when its lease runs out.
     patient = dataclasses.replace(state.cfg.retry,
                                   max_attempts=state.cfg.retry.max_attempts * FINISH_PATIENCE)
-    row = retry.call(patient, lambda: with_conn(
-        state, lambda conn: jobrows.finish_job(conn, job_id=job.job_id, status=final,
-                                               error=error, owner=job.claimed_by)),
-        context=state.ctx)
+    for attempt in retry.attempts(patient, context=state.ctx):
+        with attempt, _connection(state) as conn:
+            row = jobrows.finish_job(conn, job_id=job.job_id, status=final, error=error,
+                                     owner=job.claimed_by)
     return _ended(state, row or {}, final, error, error_kind, exc)
 
 
@@ -281,27 +238,21 @@ def _write_small(state: JobState, batch: RawBatch, header: list[str]) -> JobOutc
             or timeout_ms <= 0 or state.stopping():
         return None
     started = time.monotonic()
-
-    def write(conn: Any) -> tuple[batchwrite.PartResult, dict[str, Any]]:
-        with connection.watchdog(conn, timeout_ms / 1000.0 + WATCHDOG_GRACE_S), \
-                connection.wrapped(), conn.transaction():
-            result = batchwrite.write_part(
-                conn, job_id=job.job_id, group_id=job.group_id, domain_id=job.domain_id,
-                default_type=job.node_type, columns=state.columns, part=part,
-                bytes_read=batch.bytes_read, timeout_ms=timeout_ms, new_id=state.new_id,
-                owner=job.claimed_by)
-            row = jobrows.complete_job(conn, job_id=job.job_id, owner=job.claimed_by)
-        return result, row
-
     try:
-        result, row = with_conn(state, write)
+        with _connection(state) as conn, \
+                connection.watchdog(conn, timeout_ms / 1000.0 + WATCHDOG_GRACE_S), \
+                connection.wrapped(), conn.transaction():
+            result = batchwrite.write_part(conn, job, part, columns=state.columns,
+                                           bytes_read=batch.bytes_read, timeout_ms=timeout_ms,
+                                           new_id=state.new_id)
+            row = jobrows.complete_job(conn, job_id=job.job_id, owner=job.claimed_by)
     except NodesImportError as exc:  # rolled back: the normal path decides what it means
         log.info("one-transaction write declined; normal path", extra={"fields": {
             **state.ctx, "error": str(exc)}})
         return None
     with state.lock:
         state.progress.rows_read += rows_read
-    state.committed(result, batch.bytes_read)
+    state.committed(result.rows, result.failed, batch.bytes_read)
     seconds = time.monotonic() - started
     metrics.batch_written(job.group_id, job.domain_id, inserted=result.inserted,
                           updated=result.updated, unchanged=result.unchanged,
@@ -327,19 +278,62 @@ def _partitions(job: ImportJob, cfg: ImportConfig) -> int:
 def _begin(state: JobState, *, partitions: int, source_bytes: int | None) -> list[int] | None:
     """Create (if new) and start the job in one transaction; the checkpoint, or None when
     the job is already finished. Also picks the server's id function on that connection."""
-    job = state.job
+    for attempt in retry.attempts(state.cfg.retry, context=state.ctx):
+        with attempt, _connection(state) as conn:
+            state.new_id = connection.new_id_function(conn)
+            checkpoint = jobrows.begin_job(conn, state.job, partitions=partitions,
+                                           source_bytes=source_bytes)
+    return checkpoint
 
-    def begin(conn: Any) -> list[int] | None:
-        state.new_id = connection.new_id_function(conn)
-        return jobrows.begin_job(
-            conn, job_id=job.job_id, group_id=job.group_id, domain_id=job.domain_id,
-            node_type=job.node_type, source=job.source_label, partitions=partitions,
-            source_bytes=source_bytes, claimed_by=job.claimed_by,
-            resume_failed=job.resume_failed)
 
-    result: list[int] | None = retry.call(state.cfg.retry, lambda: with_conn(state, begin),
-                                          context=state.ctx)
-    return result
+def _job_row(state: JobState) -> dict[str, Any]:
+    """The job's row as it is now ({} if it is gone)."""
+    with _connection(state) as conn:
+        return jobrows.get_job(conn, state.job.job_id) or {}
+
+
+def _read_and_write(state: JobState, batches: Iterator[RawBatch], header: list[str],
+                    checkpoint: list[int]) -> None:
+    """Steps 3 and 4: the reader here, one writer thread per key partition; returns once
+    every writer has drained its queue."""
+    inboxes: list[queue.Queue[Any]] = [queue.Queue(QUEUE_DEPTH) for _ in checkpoint]
+    writers = [threading.Thread(target=_writer, args=(state, box), daemon=True,
+                                name=f"writer-{state.job.job_id[:8]}-{n}")
+               for n, box in enumerate(inboxes)]
+    for thread in writers:
+        thread.start()
+    try:
+        reader.read_all(state, batches, header, checkpoint, inboxes)
+    except NodesImportError as exc:
+        state.fail(exc)
+    finally:
+        for box in inboxes:
+            box.put(None)
+        for thread in writers:
+            thread.join()
+
+
+def _end(state: JobState) -> JobOutcome:
+    """Step 5: how the job ended, recorded unless its end is not this runner's to record."""
+    job, fatal = state.job, state.fatal
+    if isinstance(fatal, LeaseLostError):  # the new owner ends the job, not us
+        log.warning("job taken over by another runner; stopped", extra={"fields": {
+            **state.ctx, "error": str(fatal)}})
+        return JobOutcome(job.job_id, status.PROCESSING, str(fatal), {},
+                          ending=Ending.LEASE_LOST)
+    if isinstance(fatal, ConnectionLostError) and not job.fail_on_outage:
+        # the daemon resumes it from its checkpoint once the database answers
+        log.warning("job interrupted: the database went away", extra={"fields": {
+            **state.ctx, "error": str(fatal)}})
+        return JobOutcome(job.job_id, status.PROCESSING, str(fatal), {},
+                          error_type=type_name(fatal), ending=Ending.OUTAGE)
+    if fatal is not None:
+        return _finish(state, status.FAILED, str(fatal), type(fatal).__name__, fatal)
+    if state.cancel.is_set():
+        log.info("job interrupted; it resumes from its checkpoint", extra={"fields": state.ctx})
+        return JobOutcome(job.job_id, status.PROCESSING, None, _job_row(state),
+                          ending=Ending.STOPPED)
+    return _finish(state, status.COMPLETED, None)
 
 
 def run_import(job: ImportJob, cfg: ImportConfig, pool: ConnectionPool, *,
@@ -349,7 +343,7 @@ def run_import(job: ImportJob, cfg: ImportConfig, pool: ConnectionPool, *,
     state = JobState(job, cfg, pool, on_progress, cancel)
     # 1. the source: unreadable means FAILED before anything is written
     try:
-        batches, header, size = _open_batches(state)
+        batches, header, size = reader.open_batches(state)
     except PayloadError as exc:
         _begin(state, partitions=1, source_bytes=None)
         return _finish(state, status.FAILED, str(exc), type(exc).__name__, exc)
@@ -358,7 +352,7 @@ def run_import(job: ImportJob, cfg: ImportConfig, pool: ConnectionPool, *,
     # 2. the job row (created if new) PROCESSING, and where a previous attempt stopped
     checkpoint = _begin(state, partitions=_partitions(job, cfg), source_bytes=size)
     if checkpoint is None:
-        row = with_conn(state, lambda conn: jobrows.get_job(conn, job.job_id)) or {}
+        row = _job_row(state)
         log.info("job already finished; skipped", extra={"fields": state.ctx})
         return JobOutcome.ended(job.job_id, row, row.get("error"))
     log.info("job started", extra={"fields": {**state.ctx, "source": job.source_label,
@@ -373,40 +367,6 @@ def run_import(job: ImportJob, cfg: ImportConfig, pool: ConnectionPool, *,
             if outcome is not None:
                 return outcome
             batches = itertools.chain([first], batches)
-    inboxes: list[queue.Queue[Any]] = [queue.Queue(QUEUE_DEPTH) for _ in checkpoint]
-    writers = [threading.Thread(target=_writer, args=(state, box), daemon=True,
-                                name=f"writer-{job.job_id[:8]}-{n}")
-               for n, box in enumerate(inboxes)]
-    for thread in writers:
-        thread.start()
-    try:
-        _read_all(state, batches, header, checkpoint, inboxes)
-    except PayloadError as exc:
-        state.fail(exc)
-    except NodesImportError as exc:
-        state.fail(exc)
-    finally:
-        for box in inboxes:
-            box.put(None)
-        for thread in writers:
-            thread.join()
+    _read_and_write(state, batches, header, checkpoint)
     # 5. the end
-    if isinstance(state.fatal, LeaseLostError):  # the new owner ends the job, not us
-        log.warning("job taken over by another runner; stopped", extra={"fields": {
-            **state.ctx, "error": str(state.fatal)}})
-        return JobOutcome(job.job_id, status.PROCESSING, str(state.fatal), {},
-                          ending=Ending.LEASE_LOST)
-    if isinstance(state.fatal, ConnectionLostError) and not job.fail_on_outage:
-        # the daemon resumes it from its checkpoint once the database answers
-        log.warning("job interrupted: the database went away", extra={"fields": {
-            **state.ctx, "error": str(state.fatal)}})
-        return JobOutcome(job.job_id, status.PROCESSING, str(state.fatal), {},
-                          error_type=type_name(state.fatal), ending=Ending.OUTAGE)
-    if state.fatal is not None:
-        return _finish(state, status.FAILED, str(state.fatal), type(state.fatal).__name__,
-                       state.fatal)
-    if state.cancel.is_set():
-        log.info("job interrupted; it resumes from its checkpoint", extra={"fields": state.ctx})
-        row = with_conn(state, lambda conn: jobrows.get_job(conn, job.job_id)) or {}
-        return JobOutcome(job.job_id, status.PROCESSING, None, row, ending=Ending.STOPPED)
-    return _finish(state, status.COMPLETED, None)
+    return _end(state)

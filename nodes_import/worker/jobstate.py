@@ -1,5 +1,6 @@
 """What one running job shares between the engine's reader and writer threads (worker
-side): its progress, its fatal error, its deadline, and the way to borrow a connection."""
+side): its progress, its fatal error, its deadline. A plain state holder: it does no I/O
+and calls nothing; the engine borrows connections and calls the store itself."""
 
 from __future__ import annotations
 
@@ -7,18 +8,13 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
 
 from psycopg_pool import ConnectionPool
 
 from nodes_import.config import ImportConfig
 from nodes_import.errors import NodesImportError
 from nodes_import.jobs import ImportJob
-from nodes_import.store import batchwrite, connection
 
-# Encoded batches waiting per writer: enough to overlap parsing with writing, few enough
-# to keep memory at a handful of batches whatever the file size.
-QUEUE_DEPTH = 2
 TIMEOUT_MESSAGE = "Timeout exceeded"
 # How long past its statement_timeout a batch may wait for the server's answer before the
 # connection is presumed stalled and dropped.
@@ -38,7 +34,9 @@ class Progress:
 
 
 class JobState:
-    """The state one ``run_import`` call shares between its reader and writer threads."""
+    """The state one ``run_import`` call shares between its reader and writer threads:
+    the job, its settings and pool, its progress, its first fatal error, and what
+    ``begin`` learnt (the staged columns, the server's id function)."""
 
     def __init__(self, job: ImportJob, cfg: ImportConfig, pool: ConnectionPool,
                  on_progress: Callable[[Progress], None] | None,
@@ -55,29 +53,26 @@ class JobState:
         self.new_id = "gen_random_uuid()"
 
     def fail(self, exc: NodesImportError) -> None:
+        """Record the job's fatal error (the first one wins)."""
         with self.lock:
             if self.fatal is None:
                 self.fatal = exc
 
     def stopping(self) -> bool:
+        """The job is failing or was told to stop: read and write no more."""
         return self.fatal is not None or self.cancel.is_set()
 
     def remaining_ms(self) -> int:
+        """Milliseconds left before the job's global timeout (negative: past it)."""
         return int((self.deadline - time.monotonic()) * 1000)
 
-    def committed(self, result: batchwrite.PartResult, bytes_read: int) -> None:
+    def committed(self, rows: int, failed: int, bytes_read: int) -> None:
+        """Count a committed part: ``rows`` accounted for (written or failed), ``failed``
+        of them failed, the source read up to ``bytes_read``; tell ``on_progress``."""
         with self.lock:
-            self.progress.rows_committed += result.success + result.failed
-            self.progress.failed += result.failed
+            self.progress.rows_committed += rows
+            self.progress.failed += failed
             self.progress.bytes_read = max(self.progress.bytes_read, bytes_read)
             snapshot = Progress(**vars(self.progress))
         if self.on_progress is not None:
             self.on_progress(snapshot)
-
-
-def with_conn(state: JobState, fn: Callable[[Any], Any]) -> Any:
-    # Wait for a connection no longer than the pool's own timeout (the configured connect
-    # timeout): each retry attempt must fail fast while the database is away.
-    timeout_s = max(0.1, min(state.pool.timeout, state.remaining_ms() / 1000.0))
-    with connection.wrapped(), state.pool.connection(timeout=timeout_s) as conn:
-        return fn(conn)

@@ -36,9 +36,7 @@ def _job(group: str, ids: tuple[str, ...], *, domain: str = DOMAINS[0],
 
 def _claim(db: Database, jobs: list[ImportJob], owner: str = OWNER) -> None:
     with db.pool.connection() as conn:
-        claims = jobrows.create_and_claim(conn, [jobrows.NewJob(
-            j.job_id, j.group_id, j.domain_id, j.node_type, j.source_label) for j in jobs],
-            owner=owner, lease_ms=60_000)
+        claims = jobrows.create_and_claim(conn, jobs, owner=owner, lease_ms=60_000)
     assert all(c.outcome == jobrows.CLAIMED for c in claims)
 
 

@@ -15,6 +15,7 @@ import uuid
 import psycopg
 import pyarrow as pa
 
+from nodes_import.jobs import ImportJob
 from nodes_import.pipeline import encode
 from nodes_import.pipeline.parse import RawBatch
 from nodes_import.store import batchwrite, connection, jobrows
@@ -48,11 +49,11 @@ def test_a_grown_table_is_not_scanned_per_row_by_plans_cached_when_it_was_small(
     writer = psycopg.connect(db.dsn)
     connection._configure(writer)
     new_id = connection.new_id_function(writer)
+    job = ImportJob(job_id, "g", DOMAIN, node_type="USER")
 
     def write(part: encode.EncodedPart) -> batchwrite.PartResult:
         result = batchwrite.write_part(
-            writer, job_id=job_id, group_id="g", domain_id=DOMAIN, default_type="USER",
-            columns=encode.staged_columns(HEADER), part=part, bytes_read=0,
+            writer, job, part, columns=encode.staged_columns(HEADER), bytes_read=0,
             timeout_ms=600_000, new_id=new_id)
         writer.execute("SELECT pg_stat_force_next_flush()")
         writer.commit()  # the writer's statistics reach the shared counters now

@@ -11,6 +11,7 @@ import uuid
 
 import pyarrow as pa
 
+from nodes_import.jobs import ImportJob
 from nodes_import.pipeline import encode
 from nodes_import.pipeline.parse import RawBatch
 from nodes_import.store import batchwrite, connection, jobrows
@@ -39,12 +40,12 @@ def test_a_part_written_twice_is_counted_once(db: Database) -> None:
                            node_type="USER", source="test")
         jobrows.start_job(conn, job_id=job_id, partitions=1, source_bytes=None)
         new_id = connection.new_id_function(conn)
+    job = ImportJob(job_id, "g", DOMAIN, node_type="USER")
 
     def write(part: encode.EncodedPart) -> batchwrite.PartResult:
         with db.pool.connection() as conn:
             return batchwrite.write_part(
-                conn, job_id=job_id, group_id="g", domain_id=DOMAIN, default_type="USER",
-                columns=encode.staged_columns(HEADER), part=part, bytes_read=0,
+                conn, job, part, columns=encode.staged_columns(HEADER), bytes_read=0,
                 timeout_ms=30_000, new_id=new_id)
 
     first, second = _part(1, 10), _part(11, 5)
@@ -53,8 +54,8 @@ def test_a_part_written_twice_is_counted_once(db: Database) -> None:
     assert _counters(db, job_id) == (10, 10, 0, 10, [10])
     assert write(second) == batchwrite.PartResult(5, 0, 0, 0)  # the next part still counts
     with db.pool.connection() as conn:  # a retry that gave up after all: nothing recorded
-        batchwrite.fail_rows(conn, job_id=job_id, part=second,
-                             rejected=[encode.Rejected(11, "k11", "x", "")], bytes_read=0)
+        batchwrite.fail_rows(conn, job, second, [encode.Rejected(11, "k11", "x", "")],
+                             bytes_read=0)
     assert _counters(db, job_id) == (15, 15, 0, 15, [15])
     assert db.scalar("SELECT count(*) FROM job_failures WHERE job_id = %s", (job_id,)) == 0
     assert db.scalar("SELECT count(*) FROM nodes") == 15

@@ -15,6 +15,7 @@ import uuid
 import psycopg
 import pyarrow as pa
 
+from nodes_import.jobs import ImportJob
 from nodes_import.pipeline import encode
 from nodes_import.pipeline.parse import RawBatch
 from nodes_import.store import batchwrite, connection, jobrows
@@ -39,12 +40,12 @@ def test_a_key_inserted_concurrently_is_updated_not_lost(db: Database) -> None:
     rival.execute("INSERT INTO nodes (id, reference_id, group_id, type, domain_id)"
                   " VALUES (%s, 'k7', %s, 'USER', %s)", (rival_id, group, DOMAIN))
     results: list[batchwrite.PartResult] = []
+    job = ImportJob(job_id, group, DOMAIN, node_type="USER")
 
     def write() -> None:
         with db.pool.connection() as conn:
             results.append(batchwrite.write_part(
-                conn, job_id=job_id, group_id=group, domain_id=DOMAIN, default_type="USER",
-                columns=encode.staged_columns(HEADER), part=part, bytes_read=0,
+                conn, job, part, columns=encode.staged_columns(HEADER), bytes_read=0,
                 timeout_ms=30_000, new_id=connection.new_id_function(conn)))
 
     writer = threading.Thread(target=write)
