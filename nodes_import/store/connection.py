@@ -104,7 +104,7 @@ def _configure(conn: psycopg.Connection[Any]) -> None:
 
 # libpq TCP keepalives: a peer that vanished without a FIN (network partition, VM
 # gone) is noticed in about idle + interval * count seconds instead of hours.
-KEEPALIVES = {"keepalives": 1, "keepalives_idle": 30, "keepalives_interval": 10,
+KEEPALIVES: dict[str, Any] = {"keepalives": 1, "keepalives_idle": 30, "keepalives_interval": 10,
               "keepalives_count": 3}
 
 
@@ -139,7 +139,7 @@ def open_pool(dsn: str, *, max_size: int, timeout_s: float = 30.0,
 def migrations() -> list[tuple[str, str]]:
     """The versioned schema files, in order: (version, SQL)."""
     folder = resources.files("nodes_import.store") / "sql"
-    files = sorted(p for p in folder.iterdir() if p.name.endswith(".sql"))
+    files = sorted((p for p in folder.iterdir() if p.name.endswith(".sql")), key=lambda p: p.name)
     return [(p.name.removesuffix(".sql"), p.read_text(encoding="utf-8")) for p in files]
 
 
@@ -157,7 +157,7 @@ def init_schema(conn: psycopg.Connection[Any]) -> list[str]:
         for version, text in migrations():
             if version in done:
                 continue
-            conn.execute(text)  # type: ignore[arg-type]  # our own files, never input
+            conn.execute(text)  # our own files, never input
             conn.execute("INSERT INTO schema_migrations (version) VALUES (%s)", (version,))
             applied_now.append(version)
     return applied_now
