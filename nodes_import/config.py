@@ -9,20 +9,30 @@ declared once, on the dataclass field that holds it. Sources are layered, later 
    (``NODES_IMPORT_NODE_IMPORT_BATCH_SIZE=20000``); ``NODES_IMPORT_DSN`` is short for
    ``database.dsn``. There an int may hold ``_`` (``20_000``), a bool is ``1``, ``true``,
    ``yes``, ``on`` or ``0``, ``false``, ``no``, ``off``, a list is ``:``-separated paths and
-   a mapping is YAML (``{security.protocol: SASL_SSL}``),
+   a mapping is YAML (``{sasl.password: x}``) merged key by key into the file's mapping (the
+   file's other properties stay; a key set to ``null`` removes the file's),
 4. command-line flags (``--dsn``, ``--bootstrap-servers``, ``--admin-port``, ...).
 
-An unknown key, a refused key, or a value of the wrong type or out of range stops start-up
-with an error naming the key (exit 2).
+An unknown key in the file, an unknown ``NODES_IMPORT_*`` variable, a refused key, or a value
+of the wrong type or out of range stops start-up with an error naming the key (and the
+closest known one, for a misspelling): exit 2.
+
+Without ``database.dsn``, PostgreSQL is found as psql finds it: through the libpq
+environment when any of its server or login variables is set (``PGHOST``, ``PGHOSTADDR``,
+``PGPORT``, ``PGDATABASE``, ``PGUSER``, ``PGPASSWORD``, ``PGPASSFILE``, ``PGSERVICE``,
+``PGSERVICEFILE``; libpq then also reads ``~/.pgpass``, the service files and its other
+``PG*`` variables). With neither, `import`, `jobs` and `db init` use the embedded PostgreSQL
+of the `local` extra (said on stderr), `run` only with ``--local``.
 """
 
 from __future__ import annotations
 
+import difflib
 import os
 import sys
 import tempfile
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +44,7 @@ from nodes_import.settings import (
     Retired,
     Setting,
     build_dataclass,
+    merge_mapping,
     reference_tables,
     setting,
     table_row,
@@ -43,6 +54,21 @@ from nodes_import.settings import (
 ENV_PREFIX = "NODES_IMPORT_"
 # Short names for the settings operators set most often.
 ENV_ALIASES = {"NODES_IMPORT_DSN": "database.dsn"}
+# NODES_IMPORT_* variables that are not keys: known, so not refused as misspellings.
+ENV_NOT_KEYS = {
+    "NODES_IMPORT_CONFIG": "the config file (`--config`)",
+    "NODES_IMPORT_TEST_DSN": "the test suite's PostgreSQL (tests/fixtures/postgres.py)",
+    "NODES_IMPORT_PG15_DSN": "CI's PostgreSQL 15 pass (.ci/run)",
+    "NODES_IMPORT_HEAVY_TESTS": "the test suite's heavy resilience tests",
+    "NODES_IMPORT_BENCH_DATA": "where the benchmarks keep their data",
+}
+# The libpq variables that name a server or a login: when one is set and no DSN is, the
+# database is the one psql would connect to. libpq's other PG* variables (PGSSLMODE,
+# PGCONNECT_TIMEOUT, PGAPPNAME, ...) tune a connection but choose none, so they alone do not
+# count; nor does a ~/.pgpass or ~/.pg_service.conf file alone (neither names a server
+# unless a variable or a DSN selects it).
+LIBPQ_VARIABLES = ("PGHOST", "PGHOSTADDR", "PGPORT", "PGDATABASE", "PGUSER", "PGPASSWORD",
+                   "PGPASSFILE", "PGSERVICE", "PGSERVICEFILE")
 # How the reference is regenerated; its first line says so.
 REGENERATE = "python -m nodes_import.config > docs/configuration.md"
 
@@ -79,6 +105,11 @@ def _allowed_roots(value: list[str], environ: Mapping[str, str]) -> tuple[str, .
 
 def _embedded_dir(value: str | None, environ: Mapping[str, str]) -> str:
     return value or default_embedded_dir(environ)
+
+
+def libpq_environment(environ: Mapping[str, str]) -> tuple[str, ...]:
+    """The names of ``LIBPQ_VARIABLES`` set (non-empty) in ``environ``."""
+    return tuple(name for name in LIBPQ_VARIABLES if environ.get(name))
 
 
 # -- the settings, one field per key ------------------------------------------------------
@@ -146,11 +177,15 @@ class ImportConfig:
 
 @dataclass(frozen=True)
 class DatabaseConfig:
-    """Where PostgreSQL is. ``dsn=None`` means the embedded server."""
+    """Where PostgreSQL is. ``dsn=None``: the libpq environment when set, else none (the CLI
+    may then choose the embedded server)."""
 
     dsn: str | None = setting("database.dsn", None, secret=True, doc="""
         PostgreSQL >= 14 connection string (libpq URI or key=value; `sslmode` and the other
-        libpq parameters pass through). null: the embedded PostgreSQL (local use).""")
+        libpq parameters pass through). null: the libpq environment, as psql (`PGHOST`,
+        `PGHOSTADDR`, `PGPORT`, `PGDATABASE`, `PGUSER`, `PGPASSWORD`, `PGPASSFILE`,
+        `PGSERVICE`, `PGSERVICEFILE`: any one set), else the embedded PostgreSQL of the
+        `local` extra for `import`, `jobs` and `db init` (`run` only with `--local`).""")
     embedded_dir: str = setting("database.embedded-dir", None, resolve=_embedded_dir,
                                 field_default="", doc="""
         Where the embedded PostgreSQL cluster lives; null: `$XDG_DATA_HOME/nodes-import/pgdata`
@@ -160,15 +195,19 @@ class DatabaseConfig:
     connect_timeout_ms: int = setting("database.connect-timeout.ms", 10_000, doc="""
         Start-up fails past this when the database does not answer; new connections time out
         after it.""")
+    # Not a key: which LIBPQ_VARIABLES the environment set when the config was loaded.
+    libpq_environment: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
 class KafkaConfig:
-    """The daemon's Kafka edge. ``bootstrap_servers=None`` means the local broker."""
+    """The daemon's Kafka edge. ``bootstrap_servers=None``: none configured (``run`` exits 2
+    unless ``--local`` asks for a local broker)."""
 
     bootstrap_servers: str | None = setting("kafka.bootstrap-servers", None, doc="""
-        Kafka `HOST:PORT[,...]`. null: a local Tansu broker started by `run` (local use only:
-        it keeps topics in memory).""")
+        Kafka `HOST:PORT[,...]` (also `--bootstrap-server(s)`). null: `run` exits 2, unless
+        `run --local` (or `demo`) starts a local Tansu broker (in memory: for trying things
+        out).""")
     topic_pattern: str = setting("kafka.topic-pattern", "^.*-users", doc="""
         Regular expression of the job topics (`^` added if missing); new topics are seen on
         the next metadata refresh (`topic.metadata.refresh.interval.ms`, librdkafka default
@@ -179,18 +218,24 @@ class KafkaConfig:
     dlq_topic: str = setting("kafka.dlq-topic", "users-import-dlq", doc="""
         Dead-letter topic of rejected messages and FAILED jobs (must not match
         `kafka.topic-pattern`).""")
+    properties: Mapping[str, Any] = setting("kafka.properties", {}, secret=True, doc="""
+        librdkafka properties of every client (consumer and producer), passed through:
+        where `security.protocol`, `sasl.*` and `ssl.*` are written once.
+        `kafka.consumer.properties` and `kafka.producer.properties` override them key by
+        key.""")
     consumer_properties: Mapping[str, Any] = setting("kafka.consumer.properties", {},
                                                      secret=True, doc="""
-        librdkafka consumer properties, passed through (`security.protocol`, `sasl.*`,
-        `ssl.*`, `session.timeout.ms`, ...); default `auto.offset.reset=earliest`.
+        librdkafka consumer properties, over `kafka.properties` (`session.timeout.ms`,
+        `group.instance.id`, ...); default `auto.offset.reset=earliest`.
         `enable.auto.commit` and `enable.auto.offset.store` are always false (a warning if
         set): at-least-once rests on committing only finished jobs.""")
     producer_properties: Mapping[str, Any] = setting("kafka.producer.properties", {},
                                                      secret=True, doc="""
-        librdkafka producer properties (dead letters, `submit`), passed through; defaults
-        `enable.idempotence=true`, `acks=all`, `linger.ms=5`.""")
+        librdkafka producer properties (dead letters, `submit`), over `kafka.properties`;
+        defaults `enable.idempotence=true`, `acks=all`, `linger.ms=5`.""")
     startup_timeout_ms: int = setting("kafka.startup-timeout.ms", 15_000, doc="""
-        Start-up fails past this when the broker does not answer.""")
+        Start-up fails past this when the broker does not answer; `submit` and `dlq replay`
+        give up after it too.""")
     submit_topic: str = setting("kafka.submit-topic", "nodes-import-users", doc="""
         Where `nodes-import submit` produces unless `--topic` says (must match
         `kafka.topic-pattern`).""")
@@ -345,6 +390,12 @@ def flatten(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
     return flat
 
 
+def closest(name: str, known: list[str] | dict[str, Any]) -> str:
+    """`` (did you mean X?)`` for the known name closest to a misspelt ``name``, else ``""``."""
+    match = difflib.get_close_matches(name, list(known), n=1, cutoff=0.6)
+    return f" (did you mean {match[0]}?)" if match else ""
+
+
 def read_file(path: str | os.PathLike[str]) -> dict[str, Any]:
     """Load a YAML config file into dotted keys, rejecting unknown and refused ones."""
     try:
@@ -362,17 +413,39 @@ def read_file(path: str | os.PathLike[str]) -> dict[str, Any]:
         raise ConfigError(f"config file {path}: {RETIRED_KEYS[refused[0]].message(refused[0])}")
     unknown = sorted(set(flat) - set(SETTINGS))
     if unknown:
-        raise ConfigError(f"config file {path}: unknown key(s): {', '.join(unknown)}")
+        named = ", ".join(key + closest(key, SETTINGS) for key in unknown)
+        raise ConfigError(f"config file {path}: unknown key(s): {named}")
     return {key: SETTINGS[key].coerce(value, from_text=False) for key, value in flat.items()}
 
 
 def read_environment(environ: Mapping[str, str]) -> dict[str, Any]:
-    """The keys set in the environment, coerced from text; a refused key is an error."""
+    """The keys set in the environment, coerced from text; a refused key or an unknown
+    ``NODES_IMPORT_*`` variable is an error."""
     for key, retired in RETIRED_KEYS.items():
         if env_name(key) in environ:
             raise ConfigError(f"{env_name(key)}: {retired.message(key)}")
+    names = env_key_map()
+    for name in sorted(environ):
+        if name.startswith(ENV_PREFIX) and name not in names and name not in ENV_NOT_KEYS:
+            # Compared without the prefix every name shares, which would make all close.
+            suffixes = {known.removeprefix(ENV_PREFIX): known for known in names}
+            match = difflib.get_close_matches(name.removeprefix(ENV_PREFIX), list(suffixes),
+                                              n=1, cutoff=0.6)
+            hint = ""
+            if match:
+                hint = f" (did you mean {suffixes[match[0]]}, for {names[suffixes[match[0]]]}?)"
+            raise ConfigError(f"{name}: not a configuration variable{hint}")
     return {key: SETTINGS[key].coerce(environ[name], from_text=True)
-            for name, key in env_key_map().items() if name in environ}
+            for name, key in names.items() if name in environ}
+
+
+def _layer(values: dict[str, Any], layer: Mapping[str, Any]) -> None:
+    """Set ``layer``'s keys in ``values``; a mapping merges key by key into the one below."""
+    for key, value in layer.items():
+        if SETTINGS[key].kind == MAPPING:
+            values[key] = merge_mapping(values[key], value)
+        else:
+            values[key] = value
 
 
 def load(
@@ -385,15 +458,17 @@ def load(
     values: dict[str, Any] = {key: spec.default for key, spec in SETTINGS.items()}
     path = path or env.get("NODES_IMPORT_CONFIG")
     if path:
-        values.update(read_file(path))
-    values.update(read_environment(env))
+        _layer(values, read_file(path))
+    _layer(values, read_environment(env))
+    flags: dict[str, Any] = {}
     for key, value in (overrides or {}).items():
         if key in RETIRED_KEYS:
             raise ConfigError(RETIRED_KEYS[key].message(key))
         if key not in SETTINGS:
-            raise ConfigError(f"unknown key: {key}")
+            raise ConfigError(f"unknown key: {key}{closest(key, SETTINGS)}")
         if value is not None:
-            values[key] = SETTINGS[key].coerce(value, from_text=False)
+            flags[key] = SETTINGS[key].coerce(value, from_text=False)
+    _layer(values, flags)
     return build(values, env)
 
 
@@ -413,7 +488,8 @@ def build(values: Mapping[str, Any], environ: Mapping[str, str]) -> Config:
     """Validated flat values -> the frozen ``Config``."""
     _check(values)
     config: Config = build_dataclass(Config, values, environ, {"values": dict(values)})
-    return config
+    database = replace(config.database, libpq_environment=libpq_environment(environ))
+    return replace(config, database=database)
 
 
 # -- the reference -------------------------------------------------------------------------

@@ -28,7 +28,7 @@ from nodes_import.errors import ConfigError
 # A key's kind: int, float, bool or str (the Python type), or one of these names.
 OPTIONAL_STR = "str?"  # a string or null
 STR_LIST = "list[str]"  # a list of strings; in the environment separated by os.pathsep
-MAPPING = "mapping"  # a free-form mapping passed through whole (librdkafka properties)
+MAPPING = "mapping"  # a free-form mapping (librdkafka properties); a later layer merges into it
 Kind: TypeAlias = type | str
 
 # How the reference names the kinds whose error name is terse.
@@ -179,6 +179,13 @@ def _field_value(kind: Kind, value: Any) -> Any:
     if kind == OPTIONAL_STR:
         return value or None
     return value
+
+
+def merge_mapping(base: Mapping[str, Any], override: Mapping[str, Any]) -> dict[str, Any]:
+    """``base`` with ``override``'s keys set over it; a key ``override`` sets to None goes."""
+    merged = {**base, **override}
+    return {key: value for key, value in merged.items()
+            if not (value is None and key in override)}
 
 
 def coerce(key: str, kind: Kind, value: Any, *, from_text: bool) -> Any:

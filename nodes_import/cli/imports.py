@@ -3,18 +3,31 @@
 from __future__ import annotations
 
 import sys
-import time
 from typing import Any, ClassVar
 
 import click
 
 from nodes_import import metrics, status
-from nodes_import.cli.common import EXIT_FAILED, EXIT_OK, database, dumps, fail, load, resolve_dsn
+from nodes_import.cli import progress
+from nodes_import.cli.common import (
+    EXIT_FAILED,
+    EXIT_OK,
+    database,
+    dumps,
+    fail,
+    fail_on,
+    load,
+    resolve_dsn,
+)
 from nodes_import.errors import NodesImportError
 from nodes_import.jobs import ImportJob, new_job_id
 from nodes_import.pipeline.validate import MAX_GROUP_ID_CHARS
 from nodes_import.store import connection, jobrows
 from nodes_import.worker import engine
+
+DSN_HELP = ("PostgreSQL connection string (default: database.dsn, else the libpq environment: "
+            "PGHOST, PGSERVICE...; else the embedded server of the 'local' extra).")
+JSON_HELP = "Print JSON instead of text."
 
 
 @click.group()
@@ -23,7 +36,7 @@ def db() -> None:
 
 
 @db.command("init")
-@click.option("--dsn", help="PostgreSQL connection string (default: embedded server).")
+@click.option("--dsn", help=DSN_HELP)
 @click.pass_context
 def db_init(ctx: click.Context, dsn: str | None) -> None:
     """Apply the schema migrations that are not applied yet (idempotent)."""
@@ -34,34 +47,8 @@ def db_init(ctx: click.Context, dsn: str | None) -> None:
         with pool, pool.connection() as conn:
             applied = connection.init_schema(conn)
     except NodesImportError as exc:
-        fail(str(exc))
+        fail_on(exc)
     click.echo(f"applied: {', '.join(applied)}" if applied else "schema is up to date")
-
-
-class _Bar:
-    """A one-line progress display on a terminal: rows, rows/s, percent and ETA by bytes."""
-
-    def __init__(self) -> None:
-        self.last = 0.0
-
-    def __call__(self, p: engine.Progress) -> None:
-        now = time.monotonic()
-        if now - self.last < 0.25:
-            return
-        self.last = now
-        elapsed = max(now - p.started, 1e-6)
-        line = f"{p.rows_committed:,} rows  {p.rows_committed / elapsed:,.0f} rows/s"
-        if p.failed:
-            line += f"  {p.failed:,} failed"
-        if p.source_bytes:
-            frac = min(p.bytes_read / p.source_bytes, 1.0)
-            eta = elapsed * (1 - frac) / frac if frac > 0 else 0
-            line += f"  {frac:6.1%}  ETA {eta:,.0f}s"
-        click.echo("\r" + line.ljust(79), nl=False, err=True)
-
-    def done(self) -> None:
-        if self.last:
-            click.echo("", err=True)
 
 
 def summary(row: dict[str, Any]) -> str:
@@ -93,12 +80,16 @@ def summary(row: dict[str, Any]) -> str:
               "an unfinished job resumes it from its checkpoint.")
 @click.option("--retry-failed", is_flag=True, help="With --job-id: take a FAILED job up "
               "again from its checkpoint (after fixing what failed it).")
-@click.option("--dsn", help="PostgreSQL connection string (default: embedded server).")
+@click.option("--dsn", help=DSN_HELP)
 @click.option("--json", "as_json", is_flag=True, help="Print the final job row as JSON.")
+@click.option("--progress-interval", type=click.FloatRange(min=0),
+              default=progress.PROGRESS_INTERVAL_S, show_default=True,
+              help="Seconds between progress lines on stderr when it is not a terminal "
+                   "(a log, CI); 0: none. On a terminal a progress bar shows instead.")
 @click.pass_context
 def import_cmd(ctx: click.Context, source: str | None, ids_file: str | None, group_id: str,
                domain_id: Any, node_type: str | None, job_id: Any, retry_failed: bool,
-               dsn: str | None, as_json: bool) -> None:
+               dsn: str | None, as_json: bool, progress_interval: float) -> None:
     """Run one import job in the foreground: a CSV file (SOURCE) or --reference-ids FILE."""
     if (source is None) == (ids_file is None):
         raise click.UsageError("give exactly one of SOURCE or --reference-ids FILE")
@@ -112,17 +103,18 @@ def import_cmd(ctx: click.Context, source: str | None, ids_file: str | None, gro
                     domain_id=str(domain_id),
                     node_type=node_type or cfg.imports.default_node_type,
                     source=source, reference_ids_file=ids_file, resume_failed=retry_failed)
-    bar = _Bar() if sys.stderr.isatty() and not as_json else None
+    shown = progress.reporter(job.job_id, on_terminal=sys.stderr.isatty(),
+                              interval_s=progress_interval, as_json=as_json)
     pool_size = cfg.imports.max_parallel_futures + 1
     try:
         with database(cfg, max_size=pool_size) as pool:
-            outcome = engine.run_import(job, cfg.imports, pool, on_progress=bar)
+            outcome = engine.run_import(job, cfg.imports, pool, on_progress=shown)
     except NodesImportError as exc:
-        if bar:
-            bar.done()
-        fail(str(exc))
-    if bar:
-        bar.done()
+        if shown:
+            shown.done()
+        fail_on(exc)
+    if shown:
+        shown.done()
     click.echo(dumps(outcome.row) if as_json else summary(outcome.row))
     sys.exit(EXIT_OK if outcome.status == status.COMPLETED else EXIT_FAILED)
 
@@ -133,10 +125,12 @@ def jobs() -> None:
 
 
 @jobs.command("list")
-@click.option("--status", "job_status", type=click.Choice(status.ALL, case_sensitive=False))
-@click.option("--limit", default=50, show_default=True, type=click.IntRange(1, 10_000))
-@click.option("--dsn")
-@click.option("--json", "as_json", is_flag=True)
+@click.option("--status", "job_status", type=click.Choice(status.ALL, case_sensitive=False),
+              help="Only jobs of this status.")
+@click.option("--limit", default=50, show_default=True, type=click.IntRange(1, 10_000),
+              help="Jobs listed at most.")
+@click.option("--dsn", help=DSN_HELP)
+@click.option("--json", "as_json", is_flag=True, help=JSON_HELP)
 @click.pass_context
 def jobs_list(ctx: click.Context, job_status: str | None, limit: int, dsn: str | None,
               as_json: bool) -> None:
@@ -147,7 +141,7 @@ def jobs_list(ctx: click.Context, job_status: str | None, limit: int, dsn: str |
             rows = jobrows.list_jobs(conn, status=job_status.upper() if job_status else None,
                                      limit=limit)
     except NodesImportError as exc:
-        fail(str(exc))
+        fail_on(exc)
     if as_json:
         click.echo(dumps(rows))
         return
@@ -159,8 +153,8 @@ def jobs_list(ctx: click.Context, job_status: str | None, limit: int, dsn: str |
 
 @jobs.command("show")
 @click.argument("job_id", type=click.UUID)
-@click.option("--dsn")
-@click.option("--json", "as_json", is_flag=True)
+@click.option("--dsn", help=DSN_HELP)
+@click.option("--json", "as_json", is_flag=True, help=JSON_HELP)
 @click.pass_context
 def jobs_show(ctx: click.Context, job_id: Any, dsn: str | None, as_json: bool) -> None:
     """One job with its first rejected rows."""
@@ -170,7 +164,7 @@ def jobs_show(ctx: click.Context, job_id: Any, dsn: str | None, as_json: bool) -
             row = jobrows.get_job(conn, str(job_id))
             failures = jobrows.job_failures(conn, str(job_id)) if row else []
     except NodesImportError as exc:
-        fail(str(exc))
+        fail_on(exc)
     if row is None:
         fail(f"no job {job_id}")
     if as_json:
@@ -211,7 +205,7 @@ class Duration(click.ParamType):
 @click.option("--batch-size", default=500, show_default=True, type=click.IntRange(1, 100_000),
               help="Jobs deleted per transaction.")
 @click.option("--dry-run", is_flag=True, help="Count what would be deleted; delete nothing.")
-@click.option("--dsn")
+@click.option("--dsn", help=DSN_HELP)
 @click.pass_context
 def jobs_purge(ctx: click.Context, older_than: float, statuses: tuple[str, ...],
                batch_size: int, dry_run: bool, dsn: str | None) -> None:
@@ -223,7 +217,7 @@ def jobs_purge(ctx: click.Context, older_than: float, statuses: tuple[str, ...],
             purged = jobrows.purge_jobs(conn, older_than_s=older_than, statuses=wanted,
                                         batch_size=batch_size, dry_run=dry_run)
     except NodesImportError as exc:
-        fail(str(exc))
+        fail_on(exc)
     verb = "would purge" if dry_run else "purged"
     click.echo(f"{verb} {purged.jobs:,} jobs ({', '.join(wanted)}) and "
                f"{purged.failures:,} rejected rows")

@@ -8,9 +8,11 @@ from typing import Any
 
 import click
 
-from nodes_import.cli.common import EXIT_USAGE, fail, load
+from nodes_import.cli.common import BOOTSTRAP_FLAGS, EXIT_USAGE, fail, fail_on, load
 from nodes_import.errors import NodesImportError
 from nodes_import.jobs import new_job_id
+
+BOOTSTRAP_HELP = "Kafka HOST:PORT list (default: kafka.bootstrap-servers)."
 
 
 def _read_ids(path: str) -> tuple[str, ...]:
@@ -30,15 +32,18 @@ def _read_ids(path: str) -> tuple[str, ...]:
 @click.option("--type", "node_type", default=None, help="Node type (default USER).")
 @click.option("--topic", help="Topic (default: kafka.submit-topic, nodes-import-users).")
 @click.option("--job-id", type=click.UUID, help="The idempotency key (default: a new one).")
-@click.option("--bootstrap-servers", help="Kafka HOST:PORT list.")
+@click.option(*BOOTSTRAP_FLAGS, "bootstrap_servers", help=BOOTSTRAP_HELP)
 @click.pass_context
 def submit_cmd(ctx: click.Context, source: str | None, ids_file: str | None, group_id: str,
                domain_id: Any, node_type: str | None, topic: str | None, job_id: Any,
                bootstrap_servers: str | None) -> None:
-    """Send one job message (a file SOURCE, or --reference-ids FILE); prints its jobId."""
+    """Send one job message (a file SOURCE, or --reference-ids FILE); prints its jobId.
+
+    Gives up after kafka.startup-timeout.ms (15 s) when the broker does not answer (exit 1).
+    """
     from pathlib import Path
 
-    from nodes_import.kafka.consumer import Publisher, client_settings, submit
+    from nodes_import.kafka.consumer import ClientErrors, Publisher, submit, tool_settings
     from nodes_import.kafka.payload import NodeExchange
 
     if (source is None) == (ids_file is None):
@@ -57,14 +62,18 @@ def submit_cmd(ctx: click.Context, source: str | None, ids_file: str | None, gro
               f" reference IDs), over kafka.max-message-bytes ({cfg.kafka.max_message_bytes:,}"
               "): split the list into several jobs, or raise that limit together with the"
               " broker's and the topic's (and the daemon's)", EXIT_USAGE)
+    timeout_s = cfg.kafka.startup_timeout_ms / 1000.0
+    errors = ClientErrors()
     try:
-        publisher = Publisher(client_settings(cfg.kafka, "producer"))
+        publisher = Publisher(tool_settings(cfg.kafka, "producer", errors, timeout_s=timeout_s))
         try:
-            submit(publisher, topic or cfg.kafka.submit_topic, request)
+            # The message gives up at timeout_s (message.timeout.ms): the wait ends first.
+            submit(publisher, topic or cfg.kafka.submit_topic, request,
+                   timeout_s=timeout_s + 5)
         finally:
-            publisher.close()
+            publisher.close(timeout_s=1.0)
     except NodesImportError as exc:
-        fail(str(exc))
+        fail_on(exc, errors.explain(str(exc)))
     click.echo(request.job_id)
 
 
@@ -80,24 +89,27 @@ def dlq() -> None:
               "(needed to re-run a job that FAILED under its own jobId).")
 @click.option("--from-beginning", is_flag=True, help="Read the dead-letter topic from its "
               "start, not from where the last replay stopped.")
-@click.option("--bootstrap-servers", help="Kafka HOST:PORT list.")
+@click.option(*BOOTSTRAP_FLAGS, "bootstrap_servers", help=BOOTSTRAP_HELP)
 @click.pass_context
 def dlq_replay(ctx: click.Context, limit: int | None, job_id: Any, new_job_id: bool,
                from_beginning: bool, bootstrap_servers: str | None) -> None:
     """Re-publish dead letters to the topics they came from."""
     from nodes_import.kafka import deadletter
-    from nodes_import.kafka.consumer import Publisher, client_settings
+    from nodes_import.kafka.consumer import ClientErrors, Publisher, tool_settings
 
     cfg = load(ctx, **{"kafka.bootstrap-servers": bootstrap_servers})
     timeout_s = cfg.kafka.startup_timeout_ms / 1000.0
-    settings, topic = client_settings(cfg.kafka, "consumer"), cfg.kafka.dlq_topic
+    errors = ClientErrors()
+    topic = cfg.kafka.dlq_topic
     group = deadletter.replay_group(cfg.kafka.group_id)
     handled: set[tuple[int, int]] = set()
     try:
+        settings = tool_settings(cfg.kafka, "consumer", errors, timeout_s=timeout_s)
         before = deadletter.replayed_up_to(settings, topic, group, timeout_s=timeout_s)
         letters = deadletter.read_letters(settings, topic, timeout_s=timeout_s,
                                           start=None if from_beginning else before)
-        publisher = Publisher(client_settings(cfg.kafka, "producer"))
+        publisher = Publisher(tool_settings(cfg.kafka, "producer", errors,
+                                            timeout_s=timeout_s))
         try:
             done = deadletter.replay(
                 letters, publisher, limit=limit, job_id=str(job_id) if job_id else None,
@@ -110,7 +122,7 @@ def dlq_replay(ctx: click.Context, limit: int | None, job_id: Any, new_job_id: b
                                      deadletter.handled_up_to(letters, handled, before),
                                      timeout_s=timeout_s)
     except NodesImportError as exc:
-        fail(str(exc))
+        fail_on(exc, errors.explain(str(exc)))
     for r in done:
         fresh = f" as job {r.new_job_id}" if r.new_job_id else ""
         click.echo(f"replayed job {r.job_id or '-'} to {r.topic}/{r.partition}/{r.offset}{fresh}")

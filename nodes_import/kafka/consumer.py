@@ -3,8 +3,10 @@
 Everything the daemon needs from Kafka goes through here, so the rest of the service
 sees plain data (``Delivery``) and the service's own errors (``BrokerError``):
 
-- ``client_settings``: librdkafka settings from the config; the ``kafka.consumer`` /
-  ``kafka.producer`` properties pass through unchanged (security.protocol, SASL, TLS).
+- ``client_settings``: librdkafka settings from the config; ``kafka.properties`` (every
+  client: security.protocol, SASL, TLS) and over it the ``kafka.consumer`` /
+  ``kafka.producer`` properties pass through unchanged. ``tool_settings``: the same for a
+  command's short-lived client, quiet, its errors kept by a ``ClientErrors``.
 - ``OffsetTracker``: which offsets may be committed. A message counts as done once its
   job is terminal (and dead-lettered if it FAILED); with several jobs in flight per
   partition, the commit position is the first offset not yet done.
@@ -28,7 +30,7 @@ from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Produ
 
 from nodes_import import metrics
 from nodes_import.config import KafkaConfig
-from nodes_import.errors import BrokerError
+from nodes_import.errors import BrokerError, ConfigError
 from nodes_import.kafka import payload
 
 log = logging.getLogger(__name__)
@@ -57,32 +59,90 @@ SECRET_KEYS = ("sasl.password", "ssl.key.password", "ssl.keystore.password",
 
 def client_settings(kafka: KafkaConfig, kind: str, *, bootstrap: str | None = None,
                     group_id: str | None = None) -> dict[str, Any]:
-    """librdkafka settings for a ``consumer`` or ``producer`` from the configuration."""
+    """librdkafka settings for a ``consumer`` or ``producer`` from the configuration.
+
+    Later wins: the defaults of ``kind``, ``kafka.properties`` (every client), then
+    ``kafka.consumer.properties`` or ``kafka.producer.properties``; for a consumer,
+    ``CONSUMER_FIXED`` over all.
+    """
     servers = bootstrap or kafka.bootstrap_servers
     if not servers:
-        raise BrokerError("no Kafka bootstrap servers configured: set kafka.bootstrap-servers "
-                          "or pass --bootstrap-servers (a daemon running on the local broker "
-                          "prints its address when it starts)")
+        raise ConfigError("no Kafka bootstrap servers configured: set kafka.bootstrap-servers "
+                          "(NODES_IMPORT_KAFKA_BOOTSTRAP_SERVERS) or pass --bootstrap-server "
+                          "(a daemon running on the local broker prints its address when it "
+                          "starts)")
     settings: dict[str, Any] = {"bootstrap.servers": servers,
                                 "logger": logging.getLogger("librdkafka")}
     if kind == "consumer":
         settings.update(CONSUMER_DEFAULTS)
         settings["group.id"] = group_id or kafka.group_id
-        settings.update(kafka.consumer_properties)
+        own = {**kafka.properties, **kafka.consumer_properties}
+        settings.update(own)
         for key, value in CONSUMER_FIXED.items():
-            if key in kafka.consumer_properties and kafka.consumer_properties[key] != value:
+            if key in own and own[key] != value:
                 log.warning("consumer property ignored: the daemon commits offsets itself",
                             extra={"fields": {"property": key}})
             settings[key] = value
     else:
         settings.update(PRODUCER_DEFAULTS)
+        settings.update(kafka.properties)
         settings.update(kafka.producer_properties)
     return settings
 
 
+# librdkafka's syslog level for a command's short-lived clients: critical and worse only.
+# Their errors go to a ClientErrors (error_cb) instead: an unreachable broker is one line
+# from the command, not a log line every 50 ms.
+TOOL_LOG_LEVEL = 2
+
+
+class ClientErrors:
+    """The ``error_cb`` of a command's client: keeps the latest error instead of logging
+    each (librdkafka reports an unreachable broker every few milliseconds)."""
+
+    def __init__(self) -> None:
+        self.last: str | None = None
+        self.count = 0
+
+    def __call__(self, error: KafkaError) -> None:
+        self.last, self.count = str(error.str()), self.count + 1
+
+    def explain(self, text: str) -> str:
+        """``text`` with the latest client error, when there was one."""
+        return f"{text} (last Kafka error: {self.last})" if self.last else text
+
+
+def tool_settings(kafka: KafkaConfig, kind: str, errors: ClientErrors, *,
+                  timeout_s: float) -> dict[str, Any]:
+    """``client_settings`` for a command's short-lived client (``submit``, ``dlq replay``):
+    its errors recorded by ``errors``, librdkafka's own log quiet (``TOOL_LOG_LEVEL``), and
+    a producer that gives a message up after ``timeout_s``. The configured properties still
+    win (``log_level``, ``debug``, ``message.timeout.ms``)."""
+    settings = client_settings(kafka, kind)
+    configured = {**kafka.properties, **(kafka.consumer_properties if kind == "consumer"
+                                        else kafka.producer_properties)}
+    quiet: dict[str, Any] = {"log_level": TOOL_LOG_LEVEL}
+    if kind == "producer":
+        quiet["message.timeout.ms"] = max(1, round(timeout_s * 1000))
+    settings.update({k: v for k, v in quiet.items() if k not in configured})
+    settings["error_cb"] = errors
+    return settings
+
+
+def _create(client: Callable[[dict[str, Any]], Any], settings: Mapping[str, Any]) -> Any:
+    """A Consumer or Producer; settings librdkafka refuses are a ``ConfigError`` (exit 2):
+    creating a client only fails on its settings, it connects later."""
+    try:
+        return client(dict(settings))
+    except (KafkaException, ValueError) as exc:
+        reason = exc.args[0].str() if isinstance(exc, KafkaException) else str(exc)
+        raise ConfigError(f"Kafka client settings refused: {reason}") from exc
+
+
 def redacted(settings: Mapping[str, Any]) -> dict[str, Any]:
     """Settings fit for a log line: secrets masked, the logger object left out."""
-    return {k: ("***" if k in SECRET_KEYS else v) for k, v in settings.items() if k != "logger"}
+    return {k: ("***" if k in SECRET_KEYS else v) for k, v in settings.items()
+            if k not in ("logger", "error_cb")}
 
 
 @dataclass(frozen=True)
@@ -189,8 +249,8 @@ class JobConsumer:
 
     def open(self, timeout_s: float) -> None:
         """Connect, prove the broker answers within ``timeout_s``, subscribe."""
+        self._consumer = _create(Consumer, self.settings)
         try:
-            self._consumer = Consumer(self.settings)
             self._consumer.list_topics(timeout=timeout_s)
         except KafkaException as exc:
             self.close()
@@ -335,7 +395,7 @@ class Publisher:
 
     def __init__(self, settings: Mapping[str, Any]) -> None:
         self.settings = dict(settings)
-        self._producer = Producer(self.settings)
+        self._producer = _create(Producer, self.settings)
 
     def send(self, topic: str, value: bytes | None, *, key: bytes | None = None,
              headers: Headers | None = None, timeout_s: float = 30.0) -> tuple[int, int]:
@@ -379,10 +439,7 @@ class TopicReader:
 
     def open(self) -> None:
         """Create the client (it connects on first use)."""
-        try:
-            self._consumer = Consumer(self.settings)
-        except KafkaException as exc:
-            raise BrokerError(str(exc.args[0])) from exc
+        self._consumer = _create(Consumer, self.settings)
 
     def close(self) -> None:
         """Close the client. Idempotent."""
@@ -461,8 +518,10 @@ class TopicReader:
         return deliveries
 
 
-def submit(publisher: Publisher, topic: str, request: Any) -> tuple[int, int]:
-    """Produce one NodeExchange (``payload.NodeExchange``) keyed by its jobId."""
+def submit(publisher: Publisher, topic: str, request: Any, *,
+           timeout_s: float = 30.0) -> tuple[int, int]:
+    """Produce one NodeExchange (``payload.NodeExchange``) keyed by its jobId; wait at most
+    ``timeout_s`` for the acknowledgement."""
     key = request.job_id.encode() if request.job_id else None
     return publisher.send(topic, request.to_json(), key=key,
-                          headers=[payload.TYPE_HEADER])
+                          headers=[payload.TYPE_HEADER], timeout_s=timeout_s)

@@ -99,11 +99,14 @@ def test_each_key_set_in_the_environment_reaches_its_config_attribute(key: str,
 def test_secrets_stay_out_of_the_config_repr() -> None:
     secrets = {"NODES_IMPORT_DSN": "postgresql://u:db-secret@h/d",
                "NODES_IMPORT_ADMIN_TOKEN": "token-secret",
-               "NODES_IMPORT_KAFKA_PRODUCER_PROPERTIES": "{sasl.password: kafka-secret}"}
+               "NODES_IMPORT_KAFKA_PRODUCER_PROPERTIES": "{sasl.password: kafka-secret}",
+               "NODES_IMPORT_KAFKA_PROPERTIES": "{sasl.password: shared-secret}"}
     text = repr(config.load(environ=secrets))
-    assert not any(word in text for word in ("db-secret", "token-secret", "kafka-secret"))
+    assert not any(word in text for word in ("db-secret", "token-secret", "kafka-secret",
+                                             "shared-secret"))
     assert {s.key for s in config.SETTINGS.values() if s.secret} == {
-        "database.dsn", "admin.token", "kafka.consumer.properties", "kafka.producer.properties"}
+        "database.dsn", "admin.token", "kafka.consumer.properties", "kafka.producer.properties",
+        "kafka.properties"}
 
 
 REPLACEMENT = r"node\.import\.executor\.max-pool-size"
@@ -200,3 +203,62 @@ def test_kafka_passthrough_properties_keep_their_librdkafka_names(tmp_path: Path
     cfg = config.load(path, environ={})
     assert cfg.kafka.consumer_properties == {"security.protocol": "SASL_SSL",
                                              "session.timeout.ms": 2000}
+
+
+def test_an_environment_mapping_merges_key_by_key_into_the_files(tmp_path: Path) -> None:
+    path = tmp_path / "c.yaml"
+    path.write_text("kafka:\n  consumer:\n    properties:\n      security.protocol: SASL_SSL\n"
+                    "      sasl.username: app\n      sasl.password: from-file\n"
+                    "      client.id: gone\n")
+    env = {"NODES_IMPORT_KAFKA_CONSUMER_PROPERTIES": "{sasl.password: x, client.id: null}"}
+    cfg = config.load(path, environ=env)
+    assert cfg.kafka.consumer_properties == {"security.protocol": "SASL_SSL",
+                                             "sasl.username": "app", "sasl.password": "x"}
+
+
+def test_kafka_properties_is_one_mapping_for_every_client(tmp_path: Path) -> None:
+    path = tmp_path / "c.yaml"
+    path.write_text("kafka:\n  properties: {security.protocol: SASL_SSL, sasl.username: app}\n")
+    cfg = config.load(path, environ={"NODES_IMPORT_KAFKA_PROPERTIES": "{sasl.password: x}"})
+    assert cfg.kafka.properties == {"security.protocol": "SASL_SSL", "sasl.username": "app",
+                                    "sasl.password": "x"}
+    assert cfg.kafka.consumer_properties == {} and cfg.kafka.producer_properties == {}
+
+
+@pytest.mark.parametrize("name, closest", [
+    ("NODES_IMPORT_KAFKA_BOOTSTRAP_SERVER", "NODES_IMPORT_KAFKA_BOOTSTRAP_SERVERS"),
+    ("NODES_IMPORT_DNS", "NODES_IMPORT_DSN"),
+    ("NODES_IMPORT_BATCH_SIZE", "NODES_IMPORT_NODE_IMPORT_BATCH_SIZE"),
+])
+def test_an_unknown_nodes_import_variable_is_an_error_naming_it_and_the_closest_key(
+        name: str, closest: str) -> None:
+    with pytest.raises(ConfigError, match=rf"^{name}: .*did you mean {closest}\b") as caught:
+        config.load(environ={name: "1"})
+    assert config.env_key_map()[closest] in str(caught.value)
+
+
+def test_an_unknown_variable_like_no_key_is_an_error_without_a_guess() -> None:
+    with pytest.raises(ConfigError, match=r"^NODES_IMPORT_ZZZ: not a configuration variable$"):
+        config.load(environ={"NODES_IMPORT_ZZZ": "1"})
+
+
+def test_the_projects_own_variables_that_are_not_keys_are_accepted() -> None:
+    assert "NODES_IMPORT_CONFIG" in config.ENV_NOT_KEYS
+    others = {name: "1" for name in config.ENV_NOT_KEYS if name != "NODES_IMPORT_CONFIG"}
+    config.load(environ={**others, "OTHER_APP_SETTING": "x", "nodes_import_lower": "x"})
+
+
+def test_an_unknown_key_in_the_file_names_the_closest_known_key(tmp_path: Path) -> None:
+    path = tmp_path / "c.yaml"
+    path.write_text("kafka: {bootstrap-server: 'b:9092'}\n")
+    with pytest.raises(ConfigError, match=r"kafka\.bootstrap-server \(did you mean "
+                                          r"kafka\.bootstrap-servers\?\)"):
+        config.load(path, environ={})
+
+
+def test_the_libpq_variables_that_choose_a_server_or_login_are_recorded() -> None:
+    cfg = config.load(environ={"PGHOST": "db.example", "PGSERVICE": "nodes",
+                               "PGSSLMODE": "require", "PGPORT": ""})
+    assert cfg.database.libpq_environment == ("PGHOST", "PGSERVICE")
+    assert config.load(environ={"PGSSLMODE": "require"}).database.libpq_environment == ()
+    assert config.load(environ={}).database.libpq_environment == ()
