@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import re
 import shlex
+import tomllib
 from pathlib import Path
 from typing import Any
 
@@ -12,8 +13,12 @@ import pytest
 import yaml
 
 from nodes_import import config, metrics
+from tests.fixtures.promtool import check_rules
 
 ROOT = Path(__file__).resolve().parents[2]
+PROJECT = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+# The operations doc, each alert's runbook a section of it (anchor: alert-<name, lower case>).
+OPERATIONS_DOC = PROJECT["urls"]["Homepage"] + "/blob/main/docs/operations.md"
 # PromQL words that look like metric names but are not.
 _KEYWORDS = {"by", "without", "on", "ignoring", "group_left", "group_right", "and", "or",
              "unless", "bool", "offset", "inf", "nan", "le"}
@@ -74,10 +79,40 @@ def test_the_dashboard_is_importable_json_over_exported_metrics_only() -> None:
 def test_the_dashboard_shows_what_the_issue_asks_for() -> None:
     used = set().union(*(metric_names(e) for e in _exprs(_dashboard())))
     for wanted in ("node_import_rows_total",  # throughput
-                   "node_import_batch_duration_bucket",  # batch latency percentiles
-                   "node_import_failures_total", "executor_queue_size", "kafka_consumer_lag",
-                   "job_progress_percentage"):
+                   "node_import_batch_duration_seconds_bucket",  # batch latency percentiles
+                   "node_import_failures_total", "node_import_executor_queue_size",
+                   "kafka_consumer_lag", "node_import_job_progress_ratio",
+                   "node_import_db_circuit_state"):  # the circuit breaker (issue 13)
         assert wanted in used, wanted
+
+
+def selectors(expr: str) -> list[tuple[str, str]]:
+    """Each (metric name, its label matchers) an expression selects."""
+    names = metric_names(expr)
+    return [(m.group(1), m.group(2) or "")
+            for m in re.finditer(r"(?<![\w.:])([a-zA-Z_:][\w:]*)\s*(\{[^}]*\})?", expr)
+            if m.group(1) in names]
+
+
+def test_the_selector_finder_pairs_each_metric_with_its_matchers() -> None:
+    expr = 'sum(rate(a_total{job=~"$job"}[5m])) / max(b{x="1", y="2"}) + c'
+    assert selectors(expr) == [("a_total", '{job=~"$job"}'), ("b", '{x="1", y="2"}'),
+                               ("c", "")]
+
+
+def test_every_dashboard_query_is_filtered_by_the_job_and_instance_variables() -> None:
+    dashboard = _dashboard()
+    for panel in dashboard["panels"]:
+        for target in panel.get("targets", []):
+            for name, matchers in selectors(target["expr"]):
+                assert 'job=~"$job"' in matchers, (panel["title"], name)
+                assert 'instance=~"$instance"' in matchers, (panel["title"], name)
+    variables = {v["name"]: v for v in dashboard["templating"]["list"]}
+    # instances are those of the chosen jobs; "All" jobs = the jobs exporting our metrics
+    assert 'job=~"$job"' in variables["instance"]["definition"]
+    assert "allValue" not in variables["job"]
+    assert [v["name"] for v in dashboard["templating"]["list"]] == [
+        "datasource", "job", "instance"]  # a variable only refers to earlier ones
 
 
 def test_the_alert_rules_parse_and_use_exported_metrics_only() -> None:
@@ -92,11 +127,29 @@ def test_the_alert_rules_parse_and_use_exported_metrics_only() -> None:
     for name, rule in alerts.items():
         assert rule["labels"]["severity"] in ("info", "warning", "critical"), name
         assert rule["annotations"]["summary"], name
-    # the issue's five: failure rate, slow batches, growing lag, stuck jobs, DLQ traffic
+    # the issue's five: failure rate, slow batches, growing lag, stuck jobs, DLQ traffic;
+    # and issue 13's circuit breaker
     for wanted in ("NodesImportHighRowFailureRate", "NodesImportSlowBatches",
                    "NodesImportConsumerLagGrowing", "NodesImportStuckJob",
-                   "NodesImportDeadLetters"):
+                   "NodesImportDeadLetters", "NodesImportDatabaseCircuitOpen"):
         assert wanted in alerts
+    assert "node_import_db_circuit_state" in metric_names(
+        alerts["NodesImportDatabaseCircuitOpen"]["expr"])
+
+
+def _alerts() -> dict[str, dict[str, Any]]:
+    rules_file = yaml.safe_load((ROOT / "deploy" / "prometheus-alerts.yml").read_text())
+    return {r["alert"]: r for g in rules_file["groups"] for r in g["rules"] if "alert" in r}
+
+
+def test_every_alert_links_its_own_section_of_the_operations_doc() -> None:
+    for name, rule in _alerts().items():
+        assert rule["annotations"]["runbook_url"] == f"{OPERATIONS_DOC}#alert-{name.lower()}"
+
+
+def test_promtool_accepts_the_rules_file() -> None:
+    code, said = check_rules(ROOT / "deploy" / "prometheus-alerts.yml")
+    assert code == 0 and "SUCCESS" in said, said
 
 
 def _dockerfile() -> list[tuple[str, str]]:
@@ -156,6 +209,11 @@ def test_the_systemd_unit_restarts_on_failure_and_waits_for_the_drain() -> None:
     assert "multi-user.target" in _unit()["Install"]["WantedBy"]
 
 
+def _docs() -> str:
+    return "\n".join(path.read_text() for path in
+                     [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))])
+
+
 @pytest.mark.parametrize("name", [s.name for s in metrics.SPECS])
 def test_every_metric_is_documented_in_the_operations_section(name: str) -> None:
-    assert f"`{name}`" in (ROOT / "README.md").read_text()
+    assert f"`{name}`" in _docs(), f"{name} not in README.md or docs/*.md (its metrics table)"
