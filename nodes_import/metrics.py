@@ -1,5 +1,16 @@
 """Every Prometheus metric of nodes-import, declared once (``SPECS``), created lazily.
 
+Names follow Prometheus' conventions, as Micrometer's Prometheus registry renders the
+seed's names: the application prefix ``node_import_`` on every family (the consumer's
+``kafka_consumer_*`` keep the seed's names), base units in the name (``_seconds``), a
+0-1 ``_ratio`` rather than a percentage, and ``_total`` on counters (added by the client
+to the family name declared here). ``Spec.seed`` keeps the name the seed (and releases
+before issue 13) used: ``renames`` lists the difference for the upgrade note. Every
+labelled series whose label values are known in advance (``Spec.known``: row outcomes,
+job statuses, dead-letter stages, error kinds, the consumer errors we name) is created
+at 0 with its instrument, in every process, so ``rate()`` and dashboards see it before
+the first event; in multiprocess mode that zero is written to the process's file.
+
 Where each one is recorded:
 
 - worker side (``engine``, ``retry``): batches, rows by outcome, durations, retries and
@@ -30,6 +41,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from nodes_import import errors, status
+
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"  # prometheus_client's own switch
 DIR_PREFIX = "nodes-import-metrics-"  # private directories: DIR_PREFIX + "<pid>-<random>"
 
@@ -46,17 +59,56 @@ ENCODE_BUCKETS = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0
 
 JOB_LABELS = ("group", "domain")  # the seed's tags; switchable off (``configure``)
 
+# Label values known in advance: their series exist (at 0) from start-up.
+ROW_OUTCOMES = ("inserted", "updated", "unchanged", "failed")
+JOB_ENDINGS = (status.COMPLETED, status.FAILED)
+# The dead-letter stages (kafka.payload.STAGE_PARSE/_VALIDATE, kafka.deadletter.STAGE_*):
+# named here because metrics sits below kafka/; a test keeps the two lists equal.
+DLQ_STAGES = ("parse", "validate", "backpressure", "import")
+# Error kinds: the class names of the one exception tree (``errors``). Classes raised
+# elsewhere (a driver's error, a private subclass) still get their series when they occur.
+ERROR_KINDS = tuple(sorted(
+    cls.__name__ for cls in vars(errors).values()
+    if isinstance(cls, type) and issubclass(cls, errors.NodesImportError)
+    and cls is not errors.NodesImportError))
+# Consumer error codes: ours (a refused commit) and librdkafka's usual transient ones
+# (``KafkaError.name()``); any other code gets its series when it first occurs.
+CONSUMER_ERROR_CODES = ("COMMIT_FAILED", "_TRANSPORT", "_ALL_BROKERS_DOWN", "_RESOLVE",
+                        "_TIMED_OUT", "_AUTHENTICATION", "_SSL", "_MAX_POLL_EXCEEDED")
+
 
 @dataclass(frozen=True)
 class Spec:
-    """One metric: its name, type, meaning, label names and (histograms) buckets."""
+    """One metric: its exported family name, type, meaning, label names, (histograms)
+    buckets, where it is recorded, the values of its one label known in advance, and the
+    seed's name for it when that differs (the upgrade note's mapping)."""
 
-    name: str
+    name: str  # counters: without ``_total``, which prometheus_client adds to the samples
     kind: str  # counter | histogram | gauge
     help: str
     labels: tuple[str, ...] = ()
     buckets: tuple[float, ...] = ()
     side: str = "worker"  # worker | parent | scrape (computed when /metrics is read)
+    known: tuple[str, ...] = ()  # values of the one label exported at 0 from start-up
+    seed: str = ""  # the seed's (and releases before issue 13) family name; "" = ``name``
+
+    @property
+    def samples(self) -> tuple[str, ...]:
+        """The sample names a scrape shows for this family."""
+        return _samples(self.name, self.kind)
+
+    @property
+    def seed_samples(self) -> tuple[str, ...]:
+        """The sample names the seed's name showed (before issue 13)."""
+        return _samples(self.seed or self.name, self.kind)
+
+
+def _samples(name: str, kind: str) -> tuple[str, ...]:
+    if kind == "counter":
+        return (name + "_total",)
+    if kind == "histogram":
+        return tuple(name + part for part in ("_bucket", "_sum", "_count"))
+    return (name,)
 
 
 SPECS: tuple[Spec, ...] = (
@@ -68,10 +120,11 @@ SPECS: tuple[Spec, ...] = (
          "committed.", ("topic",), side="parent"),
     Spec("kafka_consumer_errors", "counter",
          "Consumer errors reported by librdkafka, and failed offset commits.", ("code",),
-         side="parent"),
-    Spec("kafka_dlq_messages_produced", "counter",
+         side="parent", known=CONSUMER_ERROR_CODES),
+    Spec("node_import_dlq_messages_produced", "counter",
          "Dead letters acknowledged by the broker, by stage (parse, validate, backpressure, "
-         "import).", ("stage",), side="parent"),
+         "import).", ("stage",), side="parent", known=DLQ_STAGES,
+         seed="kafka_dlq_messages_produced"),
     Spec("kafka_consumer_lag", "gauge",
          "Messages not yet done per assigned partition: high watermark minus committed "
          "offset.", ("topic", "partition"), side="scrape"),
@@ -85,18 +138,19 @@ SPECS: tuple[Spec, ...] = (
     Spec("node_import_jobs_started", "counter", "Jobs that started (or resumed) importing."),
     Spec("node_import_jobs_completed", "counter", "Jobs that ended COMPLETED."),
     Spec("node_import_jobs_failed", "counter", "Jobs that ended FAILED."),
-    Spec("node_import_batch_duration", "histogram",
+    Spec("node_import_batch_duration_seconds", "histogram",
          "Seconds to write one batch partition (COPY, upsert, counters; retries included).",
-         buckets=BATCH_BUCKETS),
+         buckets=BATCH_BUCKETS, seed="node_import_batch_duration"),
     Spec("node_import_batches_processed", "counter", "Batch partitions committed."),
     Spec("node_import_batch_failures", "counter",
          "Batch partitions whose write kept failing; their rows were recorded as failed."),
-    Spec("node_import_total_duration", "histogram",
+    Spec("node_import_total_duration_seconds", "histogram",
          "Seconds from a job's start to its end (per run; a resumed job starts again).",
-         ("status",), buckets=JOB_BUCKETS),
-    Spec("node_import_metadata_duration", "histogram",
+         ("status",), buckets=JOB_BUCKETS, known=JOB_ENDINGS,
+         seed="node_import_total_duration"),
+    Spec("node_import_metadata_duration_seconds", "histogram",
          "Seconds to validate a batch and encode its rows and metadata JSON for COPY.",
-         buckets=ENCODE_BUCKETS),
+         buckets=ENCODE_BUCKETS, seed="node_import_metadata_duration"),
     Spec("node_import_success", "counter",
          "Rows imported (inserted, updated or unchanged).", JOB_LABELS),
     Spec("node_import_failures", "counter",
@@ -104,27 +158,30 @@ SPECS: tuple[Spec, ...] = (
     Spec("node_import_conflict_updates", "counter",
          "Rows that updated an existing node (same reference_id and group)."),
     Spec("node_import_rows", "counter",
-         "Rows by outcome: inserted, updated, unchanged, failed.", ("outcome",)),
+         "Rows by outcome: inserted, updated, unchanged, failed.", ("outcome",),
+         known=ROW_OUTCOMES),
     Spec("node_import_errors", "counter",
-         "Errors that failed a job or a batch, by exception class.", ("kind",)),
+         "Errors that failed a job or a batch, by exception class.", ("kind",),
+         known=ERROR_KINDS),
     Spec("node_import_retries", "counter",
          "Retries of a database operation after a transient error."),
     Spec("node_import_jobs_purged", "counter",
          "Finished jobs deleted by housekeeping (with their job_failures rows).", side="parent"),
     # -- the daemon's window and pool (scrape)
-    Spec("executor_queue_size", "gauge",
+    Spec("node_import_executor_queue_size", "gauge",
          "Jobs in the in-flight window not running on a worker (to start, queued for a "
-         "worker, or waiting for a dead letter).", side="scrape"),
-    Spec("executor_active_threads", "gauge",
-         "Worker processes busy with a job.", side="scrape"),
-    Spec("executor_max_workers", "gauge",
-         "Worker processes in the pool (node.import.executor.max-pool-size).", side="scrape"),
+         "worker, or waiting for a dead letter).", side="scrape", seed="executor_queue_size"),
+    Spec("node_import_executor_active_threads", "gauge",
+         "Worker processes busy with a job.", side="scrape", seed="executor_active_threads"),
+    Spec("node_import_executor_max_workers", "gauge",
+         "Worker processes in the pool (node.import.executor.max-pool-size).", side="scrape",
+         seed="executor_max_workers"),
     Spec("node_import_jobs_in_flight", "gauge",
          "Messages taken and not done (the window; at most queue-capacity).", side="scrape"),
     # -- job_status (scrape)
-    Spec("job_progress_percentage", "gauge",
-         "Compressed bytes read / file size of each PROCESSING job this daemon runs (file "
-         "jobs only).", ("job_id",), side="scrape"),
+    Spec("node_import_job_progress_ratio", "gauge",
+         "Compressed bytes read / file size (0-1) of each PROCESSING job this daemon runs "
+         "(file jobs only).", ("job_id",), side="scrape", seed="job_progress_percentage"),
     Spec("node_import_oldest_running_job_age_seconds", "gauge",
          "Age since first start of the oldest PROCESSING job in the database (any daemon); "
          "0 when none runs.", side="scrape"),
@@ -145,15 +202,14 @@ def configure(*, group: bool = True, domain: bool = True) -> None:
 
 def exported_names() -> set[str]:
     """Every sample name a scrape can show (counters' ``_total``, histograms' parts)."""
-    names: set[str] = set()
-    for spec in SPECS:
-        if spec.kind == "counter":
-            names.add(spec.name + "_total")
-        elif spec.kind == "histogram":
-            names.update(spec.name + s for s in ("_bucket", "_sum", "_count"))
-        else:
-            names.add(spec.name)
-    return names
+    return {name for spec in SPECS for name in spec.samples}
+
+
+def renames() -> list[tuple[str, str]]:
+    """(seed sample name, exported sample name) of every sample issue 13 renamed: the
+    upgrade note's mapping. The progress gauge also changed scale (percent -> 0-1)."""
+    return [(old, new) for spec in SPECS if spec.seed
+            for old, new in zip(spec.seed_samples, spec.samples, strict=True)]
 
 
 # ------------------------------------------------------------------ multiprocess mode
@@ -241,6 +297,8 @@ def _build() -> dict[str, Any]:
         else:
             built[spec.name] = Gauge(spec.name, spec.help, spec.labels, registry=_registry,
                                      multiprocess_mode="livesum")
+        for value in spec.known:  # the series exists at 0 before its first event
+            built[spec.name].labels(value)
     return built
 
 
@@ -296,13 +354,13 @@ def _job(group: str, domain: str) -> dict[str, str]:
 
 def batch_encoded(seconds: float) -> None:
     """One batch validated and encoded for COPY."""
-    _get("node_import_metadata_duration").observe(seconds)
+    _get("node_import_metadata_duration_seconds").observe(seconds)
 
 
 def batch_written(group: str, domain: str, *, inserted: int, updated: int, unchanged: int,
                   failed: int, seconds: float) -> None:
     """One batch partition committed, with what its rows did."""
-    _get("node_import_batch_duration").observe(seconds)
+    _get("node_import_batch_duration_seconds").observe(seconds)
     _get("node_import_batches_processed").inc()
     _rows(group, domain, inserted=inserted, updated=updated, unchanged=unchanged, failed=failed)
 
@@ -324,8 +382,8 @@ def _rows(group: str, domain: str, *, inserted: int, updated: int, unchanged: in
     if updated:
         _get("node_import_conflict_updates").inc(updated)
     rows = _get("node_import_rows")
-    for outcome, count in (("inserted", inserted), ("updated", updated),
-                           ("unchanged", unchanged), ("failed", failed)):
+    for outcome, count in zip(ROW_OUTCOMES, (inserted, updated, unchanged, failed),
+                              strict=True):
         if count:
             rows.labels(outcome=outcome).inc(count)
 
@@ -339,7 +397,7 @@ def job_finished(status: str, seconds: float, error_kind: str | None = None) -> 
     """A job ended COMPLETED or FAILED (``error_kind``: the failing exception class)."""
     name = "node_import_jobs_completed" if status == "COMPLETED" else "node_import_jobs_failed"
     _get(name).inc()
-    _get("node_import_total_duration").labels(status=status).observe(seconds)
+    _get("node_import_total_duration_seconds").labels(status=status).observe(seconds)
     if error_kind:
         _get("node_import_errors").labels(kind=error_kind).inc()
 
@@ -369,7 +427,7 @@ def consumer_error(code: str) -> None:
 
 def dead_letter_produced(stage: str) -> None:
     """A dead letter was acknowledged."""
-    _get("kafka_dlq_messages_produced").labels(stage=stage).inc()
+    _get("node_import_dlq_messages_produced").labels(stage=stage).inc()
 
 
 def jobs_purged(count: int) -> None:
@@ -387,7 +445,7 @@ class Scrape:
 
     gauges: dict[str, float] = field(default_factory=dict)
     lag: dict[tuple[str, int], int] = field(default_factory=dict)
-    progress: dict[str, float] = field(default_factory=dict)  # job_id -> percent
+    progress: dict[str, float] = field(default_factory=dict)  # job_id -> percent (0-100)
 
 
 class ScrapeCollector:
@@ -413,16 +471,21 @@ class ScrapeCollector:
                 if self.on_error is not None:
                     self.on_error(exc)
         for name, value in snap.gauges.items():
-            yield GaugeMetricFamily(name, BY_NAME[name].help, value=value)
+            spec = BY_NAME.get(name)
+            if spec is None:  # a source naming a gauge SPECS lacks: a bug, reported, skipped
+                if self.on_error is not None:
+                    self.on_error(KeyError(f"gauge {name!r} is not declared in SPECS"))
+                continue
+            yield GaugeMetricFamily(name, spec.help, value=value)
         lag = GaugeMetricFamily("kafka_consumer_lag", BY_NAME["kafka_consumer_lag"].help,
                                 labels=("topic", "partition"))
         for (topic, partition), value in sorted(snap.lag.items()):
             lag.add_metric((topic, str(partition)), value)
         yield lag
-        spec = BY_NAME["job_progress_percentage"]
+        spec = BY_NAME["node_import_job_progress_ratio"]
         progress = GaugeMetricFamily(spec.name, spec.help, labels=spec.labels)
-        for job_id, value in sorted(snap.progress.items()):
-            progress.add_metric((job_id,), value)
+        for job_id, percent in sorted(snap.progress.items()):
+            progress.add_metric((job_id,), round(percent / 100.0, 4))  # exported as 0-1
         yield progress
 
 

@@ -343,9 +343,9 @@ class Daemon(JobEndings, JobSubmission, OffsetsAndStop):
         busy = min(calls, self.cfg.executor.max_pool_size)  # capped: see WorkerPool.running
         in_flight = len(self.slots)
         snap.gauges.update({
-            "executor_active_threads": busy,
-            "executor_queue_size": max(0, in_flight - jobs),  # a bundle's jobs all run
-            "executor_max_workers": self.cfg.executor.max_pool_size,
+            "node_import_executor_active_threads": busy,
+            "node_import_executor_queue_size": max(0, in_flight - jobs),  # a bundle's jobs all run
+            "node_import_executor_max_workers": self.cfg.executor.max_pool_size,
             "node_import_jobs_in_flight": in_flight,
             "kafka_consumer_paused": int(self.consumer is not None and self.consumer.paused),
             "node_import_db_circuit_state": self.admission.gauge(),

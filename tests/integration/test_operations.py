@@ -9,6 +9,7 @@ from pathlib import Path
 from nodes_import.cli.sample import write_users
 from nodes_import.config import KafkaConfig
 from nodes_import.kafka.consumer import JobConsumer, client_settings
+from tests.fixtures import promtool
 from tests.fixtures.daemon import Daemons
 from tests.fixtures.http import free_port, request, scrape, total
 from tests.fixtures.kafka import TEST_CONSUMER, KafkaTest, wait_until
@@ -46,20 +47,27 @@ def test_a_scrape_after_imports_through_the_daemon_counts_exactly_the_rows_the_w
     assert total(m, "node_import_jobs_started_total") == 2
     assert total(m, "node_import_jobs_completed_total") == 2
     assert total(m, "node_import_jobs_failed_total") == 0
-    assert total(m, "node_import_total_duration_count", status="COMPLETED") == 2
+    assert total(m, "node_import_total_duration_seconds_count", status="COMPLETED") == 2
     assert total(m, "node_import_batches_processed_total") >= 3  # 2 file batches + 1 list
-    assert total(m, "node_import_batch_duration_count") == \
+    assert total(m, "node_import_batch_duration_seconds_count") == \
         total(m, "node_import_batches_processed_total")
     # one per encoded file batch; the list went in a bundle (no COPY payload to encode)
-    assert total(m, "node_import_metadata_duration_count") >= 2
+    assert total(m, "node_import_metadata_duration_seconds_count") >= 2
     # the daemon's own counters, and the scrape-time gauges
     assert total(m, "kafka_consumer_messages_received_total", topic=kafka.topic) == 3
-    assert total(m, "kafka_dlq_messages_produced_total", stage="parse") == 1
-    assert total(m, "executor_max_workers") == 2
+    assert total(m, "node_import_dlq_messages_produced_total", stage="parse") == 1
+    assert total(m, "node_import_executor_max_workers") == 2
     assert total(m, "node_import_jobs_in_flight") == 0
-    assert total(m, "executor_active_threads") == 0
+    assert total(m, "node_import_executor_active_threads") == 0
     assert total(m, "node_import_oldest_running_job_age_seconds") == 0
     assert any(path.name.startswith("counter_") for path in prom_dir.iterdir())
+    # the series known in advance are there though nothing failed; promtool finds no fault
+    assert (total(m, "node_import_errors_total", kind="TransientStorageError"),
+            total(m, "kafka_consumer_errors_total", code="COMMIT_FAILED")) == (0, 0)
+    assert ("node_import_errors_total",
+            frozenset({("kind", "TransientStorageError")})) in m
+    if promtool.available():
+        assert promtool.check_metrics(request(port, "/metrics").body.decode()) == ""
 
     job = request(port, f"/jobs/{file_job}").json()
     assert (job["status"], job["progress_percentage"], job["failed_count"]) == \

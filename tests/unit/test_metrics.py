@@ -8,10 +8,13 @@ import sys
 import textwrap
 from pathlib import Path
 
+import pytest
+
 from nodes_import import metrics
 from tests.fixtures.http import samples, total
+from tests.fixtures.promtool import check_metrics
 
-# Every metric issue 4 (and the seed's sections 3.9 and 7) names.
+# Every metric issue 4 (and the seed's sections 3.9 and 7) names, by the seed's names.
 NAMED = {"kafka_consumer_messages_received", "kafka_consumer_messages_processed",
          "kafka_consumer_errors", "node_import_jobs_started", "node_import_jobs_completed",
          "node_import_jobs_failed", "node_import_batch_duration",
@@ -24,7 +27,7 @@ NAMED = {"kafka_consumer_messages_received", "kafka_consumer_messages_processed"
 def test_every_named_metric_is_declared_once_with_a_meaning() -> None:
     names = [spec.name for spec in metrics.SPECS]
     assert len(names) == len(set(names))
-    assert NAMED <= set(names)
+    assert NAMED <= {spec.seed or spec.name for spec in metrics.SPECS}
     for spec in metrics.SPECS:
         assert spec.kind in ("counter", "histogram", "gauge") and spec.help, spec.name
         assert spec.side in ("worker", "parent", "scrape"), spec.name
@@ -32,6 +35,58 @@ def test_every_named_metric_is_declared_once_with_a_meaning() -> None:
             assert list(spec.buckets) == sorted(spec.buckets) and len(spec.buckets) >= 8
         if spec.side == "scrape":
             assert spec.kind == "gauge", spec.name
+
+
+def test_names_follow_prometheus_conventions_as_micrometer_renders_the_seed() -> None:
+    for spec in metrics.SPECS:
+        # the application prefix; the consumer's families keep the seed's names
+        assert spec.name.startswith(("node_import_", "kafka_consumer_")), spec.name
+        assert not spec.name.endswith("_total"), spec.name  # the client adds it to samples
+        if spec.kind == "histogram":  # every histogram measures time, in the base unit
+            assert spec.name.endswith("_seconds") and "Seconds" in spec.help, spec.name
+        assert "percent" not in spec.name, spec.name  # a 0-1 _ratio instead
+    assert metrics.BY_NAME["node_import_job_progress_ratio"].seed == "job_progress_percentage"
+
+
+def test_the_renames_map_each_seed_sample_to_its_exported_sample() -> None:
+    renames = dict(metrics.renames())
+    assert renames["node_import_batch_duration_bucket"] == \
+        "node_import_batch_duration_seconds_bucket"
+    assert renames["node_import_total_duration_count"] == \
+        "node_import_total_duration_seconds_count"
+    assert renames["node_import_metadata_duration_sum"] == \
+        "node_import_metadata_duration_seconds_sum"
+    assert renames["executor_queue_size"] == "node_import_executor_queue_size"
+    assert renames["job_progress_percentage"] == "node_import_job_progress_ratio"
+    assert renames["kafka_dlq_messages_produced_total"] == \
+        "node_import_dlq_messages_produced_total"
+    assert "kafka_consumer_errors_total" not in renames  # kept
+    assert set(renames.values()) <= metrics.exported_names()
+    assert not set(renames) & metrics.exported_names()  # no old name is still exported
+
+
+def test_the_label_values_known_in_advance_are_the_ones_the_code_uses() -> None:
+    from confluent_kafka import KafkaError
+
+    from nodes_import import errors, status
+    from nodes_import.kafka import deadletter, payload
+
+    stages = {payload.STAGE_PARSE, payload.STAGE_VALIDATE, deadletter.STAGE_BACKPRESSURE,
+              deadletter.STAGE_IMPORT}
+    assert set(metrics.DLQ_STAGES) == stages
+    assert set(metrics.JOB_ENDINGS) == status.TERMINAL
+    assert {"TransientStorageError", "ConnectionLostError", "PayloadError",
+            "JobTimeoutError"} <= set(metrics.ERROR_KINDS)
+    assert errors.NodesImportError.__name__ not in metrics.ERROR_KINDS
+    for code in metrics.CONSUMER_ERROR_CODES[1:]:  # [0]: COMMIT_FAILED, our own
+        assert hasattr(KafkaError, code), code
+    known = {spec.name: spec.known for spec in metrics.SPECS if spec.known}
+    assert set(known) == {"kafka_consumer_errors", "node_import_dlq_messages_produced",
+                          "node_import_total_duration_seconds", "node_import_rows",
+                          "node_import_errors"}
+    for spec in metrics.SPECS:
+        if spec.known:
+            assert len(spec.labels) == 1 and spec.side != "scrape", spec.name
 
 
 def test_batch_buckets_cover_the_measured_durations() -> None:
@@ -59,8 +114,8 @@ def test_a_written_batch_counts_its_rows_by_outcome_and_job_labels() -> None:
     assert delta("node_import_failures_total", group="g-unit", domain="d-unit") == 1
     assert delta("node_import_conflict_updates_total") == 2
     assert delta("node_import_rows_total", outcome="unchanged") == 3
-    assert delta("node_import_batch_duration_bucket", le="1.0") == 1
-    assert delta("node_import_batch_duration_bucket", le="0.5") == 0
+    assert delta("node_import_batch_duration_seconds_bucket", le="1.0") == 1
+    assert delta("node_import_batch_duration_seconds_bucket", le="0.5") == 0
 
 
 def test_job_labels_can_be_switched_off() -> None:
@@ -76,37 +131,116 @@ def test_job_labels_can_be_switched_off() -> None:
     assert total(after, "node_import_success_total", group="secret-group") == 0
 
 
-def test_worker_processes_and_the_parent_add_up_in_one_scrape(tmp_path: Path) -> None:
-    # In a fresh interpreter: multiprocess mode must be chosen before any metric exists.
-    script = textwrap.dedent("""
-        import multiprocessing, sys
-        from nodes_import import metrics
+# A daemon in miniature, in a fresh interpreter (multiprocess mode must be chosen before
+# any metric exists): the parent prepares its instruments as the daemon does, serves the
+# admin API, and is scraped over HTTP before and after two spawned workers record.
+DAEMON_SCRAPES = textwrap.dedent("""
+    import multiprocessing, sys, urllib.request
+    from pathlib import Path
+    from nodes_import import metrics
+    from nodes_import.daemon.admin import AdminApp, AdminServer
 
-        def work(n):
-            metrics.batch_written("g", "d", inserted=n, updated=0, unchanged=0, failed=0,
-                                  seconds=0.1)
-            return n
+    def work(n):
+        metrics.prepare()
+        metrics.job_started()
+        metrics.batch_encoded(0.02)
+        metrics.batch_written("g", "d", inserted=n, updated=0, unchanged=0, failed=0,
+                              seconds=0.1)
+        metrics.job_finished("COMPLETED", 1.5)
+        return n
 
-        if __name__ == "__main__":
-            path = metrics.setup_multiprocess(sys.argv[1])
-            with multiprocessing.get_context("spawn").Pool(2) as pool:
-                assert sum(pool.map(work, [1, 2, 3, 4])) == 10
-            metrics.message_received("t")
-            from prometheus_client import generate_latest
-            sys.stdout.write(generate_latest(metrics.registry()).decode())
-            metrics.cleanup_multiprocess(path)
-    """)
+    def gauges(snap):
+        for spec in metrics.SPECS:
+            if spec.side == "scrape" and not spec.labels:
+                snap.gauges[spec.name] = 1
+        snap.lag[("jobs", 0)] = 3
+        snap.progress["0b1c"] = 42.0
+
+    if __name__ == "__main__":
+        path = metrics.setup_multiprocess(sys.argv[1])
+        metrics.prepare()
+        server = AdminServer(AdminApp(collectors=[metrics.ScrapeCollector([gauges])]),
+                             "127.0.0.1", 0)
+        port = server.start()
+        def scrape(name):
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as r:
+                Path(sys.argv[2], name).write_bytes(r.read())
+        scrape("before.txt")
+        with multiprocessing.get_context("spawn").Pool(2) as pool:
+            assert sum(pool.map(work, [1, 2, 3, 4])) == 10
+        metrics.message_received("t")
+        metrics.consumer_error("_TRANSPORT")
+        metrics.dead_letter_produced("parse")
+        scrape("after.txt")
+        server.close()
+        metrics.cleanup_multiprocess(path)
+""")
+
+
+@pytest.fixture(scope="module")
+def daemon_scrapes(tmp_path_factory: pytest.TempPathFactory) -> tuple[str, str]:
+    """The miniature daemon's /metrics before and after its workers recorded."""
+    tmp_path = tmp_path_factory.mktemp("scrapes")
     env = {k: v for k, v in os.environ.items() if k != metrics.MULTIPROC_ENV}
-    (tmp_path / "mp.py").write_text(script)
-    out = subprocess.run([sys.executable, str(tmp_path / "mp.py"), str(tmp_path / "prom")],
-                         capture_output=True, text=True, timeout=60, env=env,
+    (tmp_path / "mp.py").write_text(DAEMON_SCRAPES)
+    out = subprocess.run([sys.executable, str(tmp_path / "mp.py"), str(tmp_path / "prom"),
+                          str(tmp_path)], capture_output=True, text=True, timeout=60, env=env,
                          cwd=Path(__file__).resolve().parents[2], check=False)
     assert out.returncode == 0, out.stderr
-    scrape = samples(out.stdout)
+    assert not list((tmp_path / "prom").glob("*.db"))  # cleaned up
+    return (tmp_path / "before.txt").read_text(), (tmp_path / "after.txt").read_text()
+
+
+def test_worker_processes_and_the_parent_add_up_in_one_scrape_of_the_admin_api(
+        daemon_scrapes: tuple[str, str]) -> None:
+    before, after = daemon_scrapes
+    scrape = samples(after)
     assert total(scrape, "node_import_success_total", group="g") == 10
     assert total(scrape, "node_import_batches_processed_total") == 4
+    assert total(scrape, "node_import_total_duration_seconds_count", status="COMPLETED") == 4
     assert total(scrape, "kafka_consumer_messages_received_total", topic="t") == 1
-    assert not list((tmp_path / "prom").glob("*.db"))
+    assert total(scrape, "kafka_consumer_errors_total", code="_TRANSPORT") == 1
+    assert total(scrape, "node_import_dlq_messages_produced_total", stage="parse") == 1
+    assert total(scrape, "node_import_job_progress_ratio", job_id="0b1c") == 0.42
+    assert {name for name, _ in scrape} <= metrics.exported_names()
+    assert {name for name, _ in samples(before)} <= metrics.exported_names()
+
+
+def test_every_series_known_in_advance_is_exported_at_zero_from_start_up(
+        daemon_scrapes: tuple[str, str]) -> None:
+    before, after = daemon_scrapes
+    first, last = samples(before), samples(after)
+    for spec in metrics.SPECS:
+        for value in spec.known:
+            series = spec.samples[-1]  # a counter's _total, a histogram's _count
+            labels = {spec.labels[0]: value}
+            assert (series, frozenset(labels.items())) in first, (series, labels)
+            assert total(first, series, **labels) == 0, (series, labels)
+            assert (series, frozenset(labels.items())) in last, (series, labels)
+    # and every unlabelled counter and histogram, before anything happened
+    for spec in metrics.SPECS:
+        if spec.kind != "gauge" and not spec.labels:
+            assert (spec.samples[-1], frozenset()) in first, spec.name
+
+
+def test_promtool_finds_nothing_to_lint_in_a_live_scrape(
+        daemon_scrapes: tuple[str, str]) -> None:
+    before, after = daemon_scrapes
+    assert check_metrics(before) == ""
+    assert check_metrics(after) == ""
+
+
+def test_an_undeclared_scrape_gauge_is_reported_and_the_rest_still_served() -> None:
+    from prometheus_client import generate_latest
+
+    seen: list[BaseException] = []
+    collector = metrics.ScrapeCollector(
+        [lambda snap: snap.gauges.update({"executor_queue_size": 1,  # a pre-13 name
+                                          "node_import_jobs_in_flight": 2})],
+        on_error=seen.append)
+    scrape = samples(generate_latest(metrics.registry([collector])).decode())
+    assert total(scrape, "node_import_jobs_in_flight") == 2
+    assert "executor_queue_size" in str(seen[0])
 
 
 def test_progress_is_bytes_read_over_file_size_and_100_once_finished() -> None:
