@@ -121,7 +121,7 @@ def prepare(path: Path, *, only_b: bool = False) -> Prepared:
     staged = pa.table({"reference_id": refs, "metadata": meta})
     seed_batches = [_csv(staged.slice(off, SEED_BATCH)) for off in range(0, rows, SEED_BATCH)]
     naive_params = [(ref, GROUP, DOMAIN, m) for ref, m in
-                    zip(refs.to_pylist(), meta.to_pylist())]
+                    zip(refs.to_pylist(), meta.to_pylist(), strict=True)]
     return Prepared(rows, path.stat().st_size, raw_csv, _csv(b_table), seed_batches,
                     naive_params)
 

@@ -30,7 +30,7 @@ import time
 import uuid
 import warnings
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import Any
 
@@ -145,10 +145,8 @@ class DaemonRig:
         if self.daemon is not None:
             if self.daemon.poll() is None:
                 self.daemon.send_signal(signal.SIGTERM)
-                try:
+                with suppress(subprocess.TimeoutExpired):
                     code = self.daemon.wait(60)
-                except subprocess.TimeoutExpired:
-                    pass
             if self.daemon.poll() is None:
                 os.killpg(self.daemon.pid, signal.SIGKILL)
                 self.daemon.wait(10)
@@ -296,7 +294,8 @@ def main() -> None:
             for n in range(args.bursts):
                 f = daemon.burst(f"burst{n}", args.jobs, args.ids)
                 print(f"burst {n}: {f['wall_s']:6.2f}s  {f['jobs_per_s']:6.1f} jobs/s  "
-                      f"latency min {f['min_ms']:4.0f} p50 {f['p50_ms']:6.0f} ms p95 {f['p95_ms']:6.0f} ms  "
+                      f"latency min {f['min_ms']:4.0f} p50 {f['p50_ms']:6.0f} ms "
+                      f"p95 {f['p95_ms']:6.0f} ms  "
                       f"COMPLETED {f['completed']} FAILED {f['failed']}  nodes {f['nodes']} "
                       f"(expected {f['nodes_expected']})  RSS daemon "
                       f"{f['daemon_rss_mb']:.0f} MB workers {f['workers_rss_mb']:.0f} MB")

@@ -146,7 +146,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rows", type=int, default=200_000)
     parser.add_argument("--data-dir", type=Path, default=Path("/tmp/nodes-import-bench"))
-    parser.add_argument("--proposal", choices=["lateral", "no-analyze", "lateral-no-analyze"], default=None)
+    parser.add_argument("--proposal", default=None,
+                        choices=["lateral", "no-analyze", "lateral-no-analyze"])
     parser.add_argument("--timeout", type=float, default=None, help="per-job limit, seconds")
     args = parser.parse_args()
     with BenchServer() as server:

@@ -81,7 +81,7 @@ def classify(stack: str) -> tuple[str, str]:
     else:
         return "background", "pool workers, timers (mostly idle)"
     rules = _WRITER_RULES if role == "writer" else _READER_RULES
-    for func, file, line in reversed(frames):  # innermost first
+    for _func, file, line in reversed(frames):  # innermost first
         if "nodes_import" not in file:
             continue
         text = _source_line(file, line)

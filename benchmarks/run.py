@@ -227,7 +227,7 @@ def measure(plan: Plan, info: dict[str, Any], results: list[Result],
             step("daemon: small-job burst, large jobs at once")
             try:
                 results += daemon_step(server, args.data_dir, args.quick)
-            except Exception as exc:  # noqa: BLE001  # the figures so far still get reported
+            except Exception as exc:  # the figures so far still get reported
                 print(f"daemon step failed: {type(exc).__name__}: {exc}", file=sys.stderr)
                 info["daemon_error"] = f"{type(exc).__name__}: {exc}"
         if plan.proposal and not args.daemon_only:
@@ -240,7 +240,7 @@ def measure(plan: Plan, info: dict[str, Any], results: list[Result],
             step("profile")
             try:
                 prof = profile_import.profile(server, args.data_dir, plan.rows, plan.proposal)
-            except Exception as exc:  # noqa: BLE001  # the figures so far still get reported
+            except Exception as exc:  # the figures so far still get reported
                 prof = {"skipped": f"profile failed: {type(exc).__name__}: {exc}"}
     return prof
 

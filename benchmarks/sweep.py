@@ -55,7 +55,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rows", type=int, default=200_000)
     parser.add_argument("--quick", action="store_true")
-    parser.add_argument("--proposal", choices=["lateral", "no-analyze", "lateral-no-analyze"], default=None)
+    parser.add_argument("--proposal", default=None,
+                        choices=["lateral", "no-analyze", "lateral-no-analyze"])
     parser.add_argument("--data-dir", type=Path, default=Path("/tmp/nodes-import-bench"))
     args = parser.parse_args()
     with BenchServer() as server:

@@ -467,7 +467,7 @@ class ScrapeCollector:
         for source in self.sources:
             try:
                 source(snap)
-            except Exception as exc:  # noqa: BLE001 - reported, the other gauges still go out
+            except Exception as exc:
                 if self.on_error is not None:
                     self.on_error(exc)
         for name, value in snap.gauges.items():

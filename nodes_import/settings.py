@@ -266,10 +266,10 @@ def walk(cls: type[Any], path: tuple[str, ...] = ()) -> Iterator[tuple[tuple[str
     for item in dataclasses.fields(cls):
         spec = setting_of(item.metadata)
         if spec is not None:
-            yield path + (item.name,), spec
+            yield (*path, item.name), spec
         elif item.name in nested:
-            yield path + (item.name,), nested[item.name]
-            yield from walk(nested[item.name], path + (item.name,))
+            yield (*path, item.name), nested[item.name]
+            yield from walk(nested[item.name], (*path, item.name))
 
 
 def build_dataclass(cls: type[Any], values: Mapping[str, Any], environ: Mapping[str, str],

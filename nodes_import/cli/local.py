@@ -162,7 +162,7 @@ class LocalBroker:
                  "--storage-engine", "memory://tansu/"],
                 stdin=subprocess.DEVNULL, stdout=self._log, stderr=subprocess.STDOUT,
                 # Only a prctl call runs in the child before exec (no locks, no imports).
-                start_new_session=True, preexec_fn=_die_with_parent)  # noqa: PLW1509
+                start_new_session=True, preexec_fn=_die_with_parent)
             deadline = time.monotonic() + BROKER_START_TIMEOUT_S
             while time.monotonic() < deadline and self._proc.poll() is None:
                 with open(self.log_path, "rb") as reader:

@@ -103,7 +103,7 @@ class CircuitBreaker:
     def _to(self, state: str) -> None:
         # Opening and closing are worth a warning; the probe's own round trips
         # (open <-> half-open) are debug: the daemon logs each failed probe once.
-        routine = state == HALF_OPEN or self.state == HALF_OPEN and state == OPEN
+        routine = state == HALF_OPEN or (self.state == HALF_OPEN and state == OPEN)
         if state != self.state:
             log.log(logging.DEBUG if routine else logging.WARNING,
                     "database circuit breaker %s", state, extra={"fields": {

@@ -72,7 +72,8 @@ class _RowNumbers:
                         continue
                     if bad.row_number > last:
                         break
-                    numbers = pc.add(numbers, pc.cast(pc.greater_equal(numbers, bad.row_number), pa.int64()))
+                    after = pc.greater_equal(numbers, bad.row_number)
+                    numbers = pc.add(numbers, pc.cast(after, pa.int64()))
                     last += 1
                     taken.append(bad)
         elif self.pending:
@@ -181,7 +182,8 @@ class CsvReader:
         if REFERENCE_ID not in names:
             raise SourceError(f"the CSV has no {REFERENCE_ID!r} column (header: {names[:20]})")
         if "" in names:
-            raise SourceError(f"the CSV header has an empty column name at position {names.index('') + 1}")
+            position = names.index("") + 1
+            raise SourceError(f"the CSV header has an empty column name at position {position}")
         duplicates = sorted({n for n in names if names.count(n) > 1})
         if duplicates:
             raise SourceError(f"the CSV header repeats column name(s): {', '.join(duplicates)}")
@@ -260,7 +262,7 @@ def _as_text(table: pa.Table, numbers: pa.Array) -> tuple[pa.Table, pa.Array, li
     that fails it is looked at value by value, to name its bad rows.
     """
     schema = pa.schema([(name, pa.string()) for name in table.column_names])
-    bad_columns = [name for name, column in zip(table.column_names, table.columns)
+    bad_columns = [name for name, column in zip(table.column_names, table.columns, strict=True)
                    if not _valid_utf8(column)]
     if not bad_columns:
         return _viewed(table, schema), numbers, []

@@ -70,7 +70,7 @@ def reject_mask(table: pa.Table, max_field_bytes: int, with_controls: Collection
         too_long = _too_long(column, chars)
         if too_long is not None:
             bad = pc.or_(bad, too_long)
-    for name, column in zip(table.column_names, table.columns):
+    for name, column in zip(table.column_names, table.columns, strict=True):
         if name in with_controls:  # NUL is a control byte: test values only then
             bad = pc.or_(bad, pc.fill_null(pc.match_substring(column, "\x00"), _FALSE))
         if (pc.max(pc.binary_length(column)).as_py() or 0) > max_field_bytes:
@@ -109,7 +109,7 @@ def rejected_rows(table: pa.Table, numbers: pa.Array, mask: pa.Array,
     rows = table.filter(mask).to_pylist()
     nums = numbers.filter(mask).to_pylist()
     out = []
-    for number, row in zip(nums, rows):
+    for number, row in zip(nums, rows, strict=True):
         ref = row.get(REFERENCE_ID)
         shown = None if ref is None else ref.replace("\x00", "\\0")[:MAX_REFERENCE_ID_CHARS]
         out.append(Rejected(number, shown, _describe(row, max_field_bytes),

@@ -162,7 +162,8 @@ def list_jobs(conn: psycopg.Connection[Any], *, status: str | None = None,
     return rows
 
 
-def job_failures(conn: psycopg.Connection[Any], job_id: str, limit: int = 100) -> list[dict[str, Any]]:
+def job_failures(conn: psycopg.Connection[Any], job_id: str,
+                 limit: int = 100) -> list[dict[str, Any]]:
     """The first rejected rows of a job, by row number."""
     with wrapped(), conn.cursor(row_factory=dict_row) as cur:
         rows = cur.execute(

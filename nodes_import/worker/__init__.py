@@ -132,7 +132,7 @@ def _reset_pool() -> None:
     if old is not None:
         try:
             old.close(timeout=1.0)
-        except Exception as exc:  # noqa: BLE001 - a pool that cannot close is dropped anyway
+        except Exception as exc:
             log.debug("old pool did not close cleanly", extra={"fields": {"error": str(exc)}})
 
 

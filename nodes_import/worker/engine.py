@@ -355,9 +355,10 @@ def run_import(job: ImportJob, cfg: ImportConfig, pool: ConnectionPool, *,
         row = _job_row(state)
         log.info("job already finished; skipped", extra={"fields": state.ctx})
         return JobOutcome.ended(job.job_id, row, row.get("error"))
+    resume_from = checkpoint if any(checkpoint) else None
     log.info("job started", extra={"fields": {**state.ctx, "source": job.source_label,
                                               "partitions": len(checkpoint),
-                                              "resumeFrom": checkpoint if any(checkpoint) else None}})
+                                              "resumeFrom": resume_from}})
     metrics.job_started()
     # 3./4. a small job in one transaction; else the reader here, one writer per partition
     if len(checkpoint) == 1 and not any(checkpoint) and job.reference_ids is not None:

@@ -24,7 +24,8 @@ def _staged(db: Database, part: encode.EncodedPart) -> list[tuple[Any, ...]]:
     columns = encode.staged_columns(HEADER)
     with db.pool.connection() as conn, conn.transaction(), conn.cursor() as cur:
         statement = sql.SQL("COPY {} ({}) FROM STDIN (FORMAT text)").format(
-            sql.Identifier(connection.STAGE_TABLE), sql.SQL(", ").join(map(sql.Identifier, columns)))
+            sql.Identifier(connection.STAGE_TABLE),
+            sql.SQL(", ").join(map(sql.Identifier, columns)))
         with cur.copy(statement) as copy:
             for piece in part.payload:
                 copy.write(piece)

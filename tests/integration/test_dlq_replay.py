@@ -64,7 +64,7 @@ def test_a_second_replay_starts_where_the_first_stopped(kafka: KafkaTest,
     assert _replayed_jobs(again) == jobs
     replayed = kafka.read(kafka.topic, 2 + 1 + 1 + 4)
     assert [orjson.loads(m.value or b"")["jobId"] for m in replayed] == \
-        jobs[:2] + [jobs[2]] + [jobs[3]] + jobs
+        [*jobs[:2], jobs[2], jobs[3], *jobs]
     assert kafka.committed(kafka.dlq, group_id=dl.replay_group(kafka.group_id)) == {0: 4}
 
 

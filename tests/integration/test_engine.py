@@ -211,7 +211,7 @@ def test_files_over_the_size_limits_fail_the_job(db: Database, tmp_path: Path) -
 
 
 def test_a_reference_id_list_becomes_nodes_without_metadata(db: Database, tmp_path: Path) -> None:
-    ids = tuple(f"ref-{n}" for n in range(2500)) + ("ref-1", "", "ref-2")
+    ids = (*tuple(f"ref-{n}" for n in range(2500)), "ref-1", "", "ref-2")
     row = _run(db, _job(reference_ids=ids, node_type="SERVICE"), _cfg(tmp_path))
     assert row["status"] == "COMPLETED"
     assert row["source"] == "reference-ids"
@@ -284,7 +284,8 @@ def test_an_interrupted_job_resumes_from_its_checkpoint_without_double_counting(
         assert second[key] == other[key], key
     assert db.scalar("SELECT count(*) FROM job_failures WHERE job_id = %s", (job.job_id,)) \
         == other["failed_count"]
-    strip = lambda nodes: {k: (v[1], v[2]) for k, v in nodes.items()}
+    def strip(nodes):
+        return {k: (v[1], v[2]) for k, v in nodes.items()}
     assert strip(_nodes(db, "g1")) == strip(_nodes(db, "g2"))
 
 

@@ -59,7 +59,7 @@ def test_purge_deletes_old_finished_jobs_and_their_failures_in_batches(db: Datab
     assert (purged.jobs, purged.failures) == (4, 11)
     assert remaining(db) == {recent, old_running, old_pending}
     assert db.scalar("SELECT count(*) FROM job_failures") == 1
-    assert not set(old_done + [old_failed]) & remaining(db)
+    assert not set([*old_done, old_failed]) & remaining(db)
 
 
 def test_purge_by_status_and_never_running_jobs(db: Database) -> None:
@@ -114,7 +114,8 @@ def test_a_long_running_job_is_warned_about_once(db: Database,
     with caplog.at_level(logging.WARNING, logger="nodes_import.daemon.housekeeping"):
         assert keeper.check_long_running() == [stuck]
         assert keeper.check_long_running() == [stuck]
-    warnings = [r for r in caplog.records if r.getMessage() == "job running for longer than expected"]
+    warnings = [r for r in caplog.records
+                if r.getMessage() == "job running for longer than expected"]
     assert len(warnings) == 1
     assert warnings[0].fields["jobId"] == stuck  # type: ignore[attr-defined]
 

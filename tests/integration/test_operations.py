@@ -22,7 +22,8 @@ def test_a_scrape_after_imports_through_the_daemon_counts_exactly_the_rows_the_w
     kafka.create_topic()
     port = free_port()
     prom_dir = tmp_path / "prom"
-    daemon = daemons.start(admin={"enabled": True, "port": port}, metrics={"multiproc-dir": str(prom_dir)})
+    daemon = daemons.start(admin={"enabled": True, "port": port},
+                           metrics={"multiproc-dir": str(prom_dir)})
     assert request(port, "/healthz").status == 200
     wait_until(lambda: request(port, "/readyz").status == 200, 10, "ready")
     users = write_users(tmp_path / "users.csv.gz", 2500, bad_every=100)  # 25 blank ids

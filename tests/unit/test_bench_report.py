@@ -54,10 +54,9 @@ def test_a_saved_run_loads_back_with_the_same_verdicts(tmp_path: Path) -> None:
 def test_the_large_import_is_judged_against_b_of_its_own_file() -> None:
     from benchmarks.report import big_b_name, large_ratios
 
-    results = _run(fresh_cpu_s=1.0) + [
-        Result(big_b_name(10_000_000), "baseline", 10_000_000, 160.0),
-        Result("fresh import 10,000,000 rows", "scenario", 10_000_000, 200.0),
-    ]
+    results = [*_run(fresh_cpu_s=1.0),
+               Result(big_b_name(10000000), "baseline", 10000000, 160.0),
+               Result("fresh import 10,000,000 rows", "scenario", 10000000, 200.0)]
     with_ratios(results)
     assert results[-1].ratio_b == 0.4  # against B of 1M rows (125k rows/s)
     large_ratios(results, 10_000_000)
@@ -69,10 +68,10 @@ def test_client_cpu_is_also_told_as_a_multiple_of_the_same_runs_read_floor() -> 
     from benchmarks.baselines import FLOOR_NAME
     from benchmarks.report import client_floor_ratios
 
-    results = _run(fresh_cpu_s=0.9) + [
-        Result(FLOOR_NAME, "baseline", 1_000_000, 0.3, client_cpu_s=0.3),
-        Result("fresh import 10,000,000 rows", "scenario", 10_000_000, 150.0, client_cpu_s=7.5),
-    ]
+    results = [*_run(fresh_cpu_s=0.9),
+               Result(FLOOR_NAME, "baseline", 1000000, 0.3, client_cpu_s=0.3),
+               Result("fresh import 10,000,000 rows", "scenario", 10000000, 150.0,
+                      client_cpu_s=7.5)]
     assert client_floor_ratios(results) == [
         "fresh import: 0.90 s = 3.00x the floor (0.30 s)",
         "fresh import 10,000,000 rows: 7.50 s = 2.50x the floor (3.00 s)"]

@@ -16,9 +16,9 @@ def _commands(group: click.Group = main, path: tuple[str, ...] = ()) -> Iterator
     yield path, group
     for name, command in group.commands.items():
         if isinstance(command, click.Group):
-            yield from _commands(command, path + (name,))
+            yield from _commands(command, (*path, name))
         else:
-            yield path + (name,), command
+            yield (*path, name), command
 
 
 COMMANDS = dict(_commands())

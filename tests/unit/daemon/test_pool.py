@@ -43,7 +43,8 @@ def test_each_job_gets_its_own_outcome_in_order() -> None:
     pool, executor = _pool()
     futures = pool.submit_bundle(JOBS, ImportConfig())
     assert not any(f.done() for f in futures)
-    executor.call.set_result([JobOutcome(j.job_id, "COMPLETED", ending=Ending.COMPLETED) for j in JOBS])
+    executor.call.set_result([JobOutcome(j.job_id, "COMPLETED", ending=Ending.COMPLETED)
+                              for j in JOBS])
     assert [f.result(0).job_id for f in futures] == ["j0", "j1", "j2"]
 
 

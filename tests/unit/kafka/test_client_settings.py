@@ -39,7 +39,7 @@ def test_shared_properties_cannot_turn_auto_commit_on_either() -> None:
 
 
 def test_no_bootstrap_servers_is_a_configuration_error() -> None:
-    with pytest.raises(ConfigError, match="kafka.bootstrap-servers"):
+    with pytest.raises(ConfigError, match=r"kafka\.bootstrap-servers"):
         client_settings(KafkaConfig(), "producer")
 
 
@@ -79,5 +79,5 @@ def test_client_errors_keep_the_latest_for_the_message() -> None:
 
 def test_settings_librdkafka_refuses_are_a_configuration_error() -> None:
     kafka = KafkaConfig(bootstrap_servers="127.0.0.1:9", producer_properties={"bogus.prop": 1})
-    with pytest.raises(ConfigError, match="bogus.prop"):
+    with pytest.raises(ConfigError, match=r"bogus\.prop"):
         Publisher(client_settings(kafka, "producer"))

@@ -1,4 +1,5 @@
-"""Dead-letter headers: the original message kept, the error context added, stale context dropped."""
+"""Dead-letter headers: the original message kept, the error context added, stale context
+dropped."""
 
 from __future__ import annotations
 

@@ -14,7 +14,8 @@ from nodes_import.pipeline.parse import InvalidRow, RawBatch
 texts = st.text(st.characters(blacklist_categories=("Cs",), blacklist_characters="\x00"))
 
 
-def _batch(columns: dict[str, list[str | None]], invalid: list[InvalidRow] | None = None) -> RawBatch:
+def _batch(columns: dict[str, list[str | None]],
+           invalid: list[InvalidRow] | None = None) -> RawBatch:
     n = len(next(iter(columns.values())))
     table = pa.table({k: pa.array(v, pa.string()) for k, v in columns.items()})
     return RawBatch(table, pa.array(range(1, n + 1), pa.int64()), invalid or [])
@@ -48,7 +49,7 @@ def _copy_rows(part: encode.EncodedPart) -> list[list[str | None]]:
 
 
 def _rows(part: encode.EncodedPart, columns: list[str]) -> list[dict[str, str | None]]:
-    return [dict(zip(columns, row)) for row in _copy_rows(part)]
+    return [dict(zip(columns, row, strict=True)) for row in _copy_rows(part)]
 
 
 @settings(max_examples=200, deadline=None)
@@ -56,7 +57,7 @@ def _rows(part: encode.EncodedPart, columns: list[str]) -> list[dict[str, str | 
 def test_metadata_json_is_exactly_the_non_empty_cells(rows: list[tuple[str, str | None]]) -> None:
     table = pa.table({"a key": [r[0] or None for r in rows], 'q"uote\\': [r[1] for r in rows]})
     out = encode.metadata_json(table, ["a key", 'q"uote\\']).to_pylist()
-    for (a, b), text in zip(rows, out):
+    for (a, b), text in zip(rows, out, strict=True):
         expected = {}
         if a:
             expected["a key"] = a
@@ -131,7 +132,7 @@ def test_a_checkpoint_skips_rows_already_committed_per_partition() -> None:
     full = encode.encode_batch(_batch({"reference_id": refs}), ["reference_id"], 2)
     skip = [40, 70]
     resumed = encode.encode_batch(_batch({"reference_id": refs}), ["reference_id"], 2, skip)
-    for before, after in zip(full, resumed):
+    for before, after in zip(full, resumed, strict=True):
         expected = [r for r in _rows(before, ["n", "r"]) if int(r["n"]) > skip[before.partition]]
         assert _rows(after, ["n", "r"]) == expected
 

@@ -81,7 +81,8 @@ def test_any_well_formed_csv_reads_back_exactly(tmp_path: Path, header_extra: li
     except SourceError as exc:
         # a header cell that is itself a duplicate after BOM handling, etc.
         pytest.fail(f"well-formed CSV refused: {exc}")
-    expected = [dict(zip(header, [c or None for c in row[: len(header)]])) for row in rows]
+    expected = [dict(zip(header, [c or None for c in row[: len(header)]], strict=False))
+                for row in rows]
     assert got == expected
 
 
@@ -110,7 +111,7 @@ def test_a_row_that_is_not_utf8_is_rejected_alone_with_that_reason(tmp_path: Pat
     reader = CsvReader(source, block_size=1 << 16, batch_size=3)
     rows, invalid = [], []
     for batch in reader.batches():
-        rows += list(zip(batch.row_numbers.to_pylist(), batch.table.to_pylist()))
+        rows += list(zip(batch.row_numbers.to_pylist(), batch.table.to_pylist(), strict=True))
         invalid += batch.invalid
     assert rows == [(1, {"reference_id": "r1", "name": "ok"}),
                     (3, {"reference_id": "r3", "name": "fine"}),

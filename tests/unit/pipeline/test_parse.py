@@ -25,7 +25,7 @@ def _read(path: Path, batch_size: int = 1000) -> tuple[list[str], list[tuple[int
     reader = CsvReader(_source(path), block_size=1 << 16, batch_size=batch_size)
     rows, bad = [], []
     for batch in reader.batches():
-        rows += list(zip(batch.row_numbers.to_pylist(), batch.table.to_pylist()))
+        rows += list(zip(batch.row_numbers.to_pylist(), batch.table.to_pylist(), strict=True))
         bad += [(b.row_number, b.line) for b in batch.invalid]
     return reader.header, rows, bad
 
@@ -122,7 +122,7 @@ def test_reference_id_files_are_one_id_per_line(tmp_path: Path) -> None:
 
 def test_a_field_larger_than_a_read_block_is_refused_clearly(gz_csv: Callable) -> None:
     path = gz_csv(b"reference_id,blob\nx," + b"a" * 300_000 + b"\n")
-    with pytest.raises(SourceError, match="larger than node.import.block-size-bytes"):
+    with pytest.raises(SourceError, match=r"larger than node\.import\.block-size-bytes"):
         _read(path)
 
 
