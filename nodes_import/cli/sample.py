@@ -58,7 +58,7 @@ def write_reference_ids(path: str | Path, count: int, *, start: int = 0) -> Path
     """Write ``count`` reference IDs, one per line, gzipped when the name ends in .gz."""
     path = Path(path)
     opener = gzip.open if path.suffix == ".gz" else open
-    with opener(path, "wt", encoding="utf-8") as out:  # type: ignore[operator]
+    with opener(path, "wt", encoding="utf-8") as out:
         for offset in range(start, start + count, _CHUNK):
             end = min(offset + _CHUNK, start + count)
             out.write("".join(reference_id(n) + "\n" for n in range(offset, end)))
