@@ -1,21 +1,29 @@
-"""The daemon (parent side): signals, the process pool, the in-flight window, the stop order.
+"""The daemon (parent side): the main loop, the offsets, signals and the stop order.
 
 One ``Daemon`` per process. Its main thread owns the Kafka consumer, the producer and
-a small database pool; jobs run on worker processes (``pool.WorkerPool``).
+a small database pool (``database.MainDatabase``); jobs run on worker processes
+(``pool.WorkerPool``, driven by ``dispatch.Dispatcher``).
 
 One message's life:
 1. polled; a value that is not a valid NodeExchange is dead-lettered (stage parse or
-   validate) and done;
+   validate) and done (``intake.Intake``);
 2. its job row is created (PENDING, idempotent) and claimed: a COMPLETED/FAILED job is
    skipped (a redelivery), a job whose lease another live daemon holds waits;
-3. the job goes to a worker; the slot stays in the in-flight window until then;
+3. the job goes to a worker; the slot stays in the in-flight window (``window.Window``)
+   until then;
 4. COMPLETED is done; FAILED is dead-lettered (stage import), then done; a worker that
-   died has its pool replaced and the job retried (it resumes from its checkpoint);
+   died has its pool replaced and the job retried (it resumes from its checkpoint):
+   ``decisions.decide`` says which, ``endings.Endings`` does it;
 5. done offsets are committed: per partition, up to the first message not yet done.
 
 The window holds ``queue-capacity`` messages. When it is full, ``pause`` pauses the
 assigned partitions (polling goes on, so the daemon stays in its group) and ``reject``
 FAILs the new job with "System overloaded" and dead-letters it (stage backpressure).
+
+The stop order: 1. stop polling (pause; polling goes on only to keep the group
+informed)  2. running jobs checkpoint, bounded by the drain timeout  3. commit
+4. shut the pool (killing workers past the timeout)  5. release the leases, close the
+consumer, the producer, the database pool and the admin API.
 """
 
 from __future__ import annotations
@@ -42,7 +50,7 @@ from nodes_import.kafka import deadletter as dl
 from nodes_import.kafka.consumer import TP, JobConsumer, Publisher, client_settings
 from nodes_import.store import jobrows
 
-log = logging.getLogger("nodes_import.daemon")  # one logger for the daemon's job events
+log = logging.getLogger("nodes_import.daemon")  # one logger for all the daemon's lines
 
 POLL_S = 0.05  # poll timeout: also how quickly finished jobs are noticed
 COMMIT_EVERY_S = 0.2  # commits are batched at most this often (and forced on revoke/stop)

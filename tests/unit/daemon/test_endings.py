@@ -67,7 +67,8 @@ def writer() -> FakeWriter:
 
 @pytest.fixture()
 def admission() -> Admission:
-    return Admission(ExecutorConfig(breaker_failure_threshold=2), dsn="postgresql://127.0.0.1:1/x", probe_timeout_s=1.0)
+    return Admission(ExecutorConfig(breaker_failure_threshold=2),
+                     dsn="postgresql://127.0.0.1:1/x", probe_timeout_s=1.0)
 
 
 @pytest.fixture()
