@@ -48,7 +48,7 @@ from nodes_import.daemon.pool import WorkerPool
 from nodes_import.daemon.window import DEAD_LETTER, Heartbeat, Window
 from nodes_import.kafka import deadletter as dl
 from nodes_import.kafka.consumer import TP, JobConsumer, Publisher, client_settings
-from nodes_import.store import jobrows
+from nodes_import.store import connection, jobrows
 
 log = logging.getLogger("nodes_import.daemon")  # one logger for all the daemon's lines
 
@@ -256,8 +256,8 @@ class Daemon:
             self.dispatcher.pool.shutdown(kill=bool(self.window.running))
         self.heartbeat.stopped.set()
         if self.db.opened:
-            try:
-                with self.db.pool.connection() as conn:
+            try:  # wrapped: a pool timeout (the database away) must not end the stop order
+                with connection.wrapped(), self.db.pool.connection() as conn:
                     jobrows.release_leases(conn, owner=self.owner)
             except (errors.StorageError, OSError) as exc:
                 log.warning("cannot release leases", extra={"fields": {"error": str(exc)}})
