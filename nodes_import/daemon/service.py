@@ -1,21 +1,29 @@
-"""The daemon (parent side): signals, the process pool, the in-flight window, the stop order.
+"""The daemon (parent side): the main loop, the offsets, signals and the stop order.
 
 One ``Daemon`` per process. Its main thread owns the Kafka consumer, the producer and
-a small database pool; jobs run on worker processes (``pool.WorkerPool``).
+a small database pool (``database.MainDatabase``); jobs run on worker processes
+(``pool.WorkerPool``, driven by ``dispatch.Dispatcher``).
 
 One message's life:
 1. polled; a value that is not a valid NodeExchange is dead-lettered (stage parse or
-   validate) and done;
+   validate) and done (``intake.Intake``);
 2. its job row is created (PENDING, idempotent) and claimed: a COMPLETED/FAILED job is
    skipped (a redelivery), a job whose lease another live daemon holds waits;
-3. the job goes to a worker; the slot stays in the in-flight window until then;
+3. the job goes to a worker; the slot stays in the in-flight window (``window.Window``)
+   until then;
 4. COMPLETED is done; FAILED is dead-lettered (stage import), then done; a worker that
-   died has its pool replaced and the job retried (it resumes from its checkpoint);
+   died has its pool replaced and the job retried (it resumes from its checkpoint):
+   ``decisions.decide`` says which, ``endings.Endings`` does it;
 5. done offsets are committed: per partition, up to the first message not yet done.
 
 The window holds ``queue-capacity`` messages. When it is full, ``pause`` pauses the
 assigned partitions (polling goes on, so the daemon stays in its group) and ``reject``
 FAILs the new job with "System overloaded" and dead-letters it (stage backpressure).
+
+The stop order: 1. stop polling (pause; polling goes on only to keep the group
+informed)  2. running jobs checkpoint, bounded by the drain timeout  3. commit
+4. shut the pool (killing workers past the timeout)  5. release the leases, close the
+consumer, the producer, the database pool and the admin API.
 """
 
 from __future__ import annotations
@@ -25,53 +33,40 @@ import os
 import signal
 import threading
 import time
-from collections.abc import Iterator
 from concurrent.futures import FIRST_COMPLETED, wait
-from contextlib import contextmanager
 from typing import Any
 
-from psycopg_pool import ConnectionPool
-
-from nodes_import import errors, metrics, status, worker
+from nodes_import import errors, metrics, worker
 from nodes_import.config import Config
 from nodes_import.daemon.admin import Operations
 from nodes_import.daemon.admission import Admission
-from nodes_import.daemon.endings import OVERLOADED, JobEndings
+from nodes_import.daemon.database import MainDatabase
+from nodes_import.daemon.dispatch import Dispatcher
+from nodes_import.daemon.endings import Endings
+from nodes_import.daemon.intake import Intake
 from nodes_import.daemon.pool import WorkerPool
-from nodes_import.daemon.stoporder import POLL_S, OffsetsAndStop
-from nodes_import.daemon.submission import JobSubmission
-from nodes_import.daemon.window import DEAD_LETTER, REJECTING, RUNNING, WAITING, Heartbeat, Slot
-from nodes_import.jobs import ImportJob, derived_job_id
+from nodes_import.daemon.window import DEAD_LETTER, Heartbeat, Window
 from nodes_import.kafka import deadletter as dl
-from nodes_import.kafka import payload
-from nodes_import.kafka.consumer import (
-    TP,
-    Delivery,
-    JobConsumer,
-    OffsetTracker,
-    Publisher,
-    client_settings,
-)
+from nodes_import.kafka.consumer import TP, JobConsumer, Publisher, client_settings
 from nodes_import.store import connection, jobrows
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("nodes_import.daemon")  # one logger for all the daemon's lines
 
-RETRY_MAX_S = 5.0  # longest wait before trying a job again after a database error
+POLL_S = 0.05  # poll timeout: also how quickly finished jobs are noticed
+COMMIT_EVERY_S = 0.2  # commits are batched at most this often (and forced on revoke/stop)
 LAG_EVERY_S = 10.0  # consumer lag is read this often (one OffsetFetch round trip)
-# How long the main loop waits for a pooled connection: it must go on polling (and
-# reaping) while the database is away, and the breaker needs the failure quickly.
-DB_WAIT_S = 2.0
 # Messages taken per poll at most: their jobs are created and claimed in one transaction
 # (one commit instead of one per message when a burst arrives).
 INTAKE_MAX = 50
 
 
-class Daemon(JobEndings, JobSubmission, OffsetsAndStop):
+class Daemon:
     """Consumes job messages and runs them on worker processes until asked to stop.
 
-    Taking messages and starting jobs are here; handing claimed jobs to the workers is
-    ``submission.JobSubmission``; ending jobs is ``endings.JobEndings``;
-    commits, rebalances and the stop order are ``stoporder.OffsetsAndStop``.
+    The main loop, the offsets and the stop order are here; the collaborators own the
+    rest: ``Window`` the in-flight slots, offsets and leases; ``Intake`` taking messages
+    and starting jobs; ``Dispatcher`` the worker pool; ``Endings`` ending slots (as
+    ``decisions.decide`` says); ``Admission`` pause/resume and the database breaker.
     """
 
     def __init__(self, cfg: Config, *, log_level: str = "INFO") -> None:
@@ -81,22 +76,21 @@ class Daemon(JobEndings, JobSubmission, OffsetsAndStop):
         self.cfg, self.log_level = cfg, log_level
         self.dsn, self.bootstrap = cfg.database.dsn, cfg.kafka.bootstrap_servers
         self.owner = dl.instance_name()
-        self.capacity = cfg.executor.queue_capacity
-        self.reject_mode = cfg.executor.backpressure == "reject"
-        self.admission = Admission(cfg.executor, dsn=self.dsn,
-                                   probe_timeout_s=cfg.database.connect_timeout_ms / 1000.0)
-        self.slots: list[Slot] = []
-        self.running: dict[str, Slot] = {}
-        self.tracker = OffsetTracker()
+        connect_timeout_s = cfg.database.connect_timeout_ms / 1000.0
+        self.admission = Admission(cfg.executor, dsn=self.dsn, probe_timeout_s=connect_timeout_s)
+        self.window = Window(cfg.executor.queue_capacity)
+        self.db = MainDatabase(self.dsn, connect_timeout_s=connect_timeout_s)
+        self.heartbeat = Heartbeat(self.window.leases, self.db, self.owner,
+                                   cfg.executor.heartbeat_interval_ms / 1e3)
         self.stopping = threading.Event()
         self.ready = threading.Event()  # set once subscribed (tests and demo wait on it)
         self._last_commit = 0.0
-        self.db: ConnectionPool | None = None
+        # Opened by ``_open``, in this order (``_close`` copes with any of them missing).
         self.consumer: JobConsumer | None = None
         self.publisher: Publisher | None = None
-        self.dead: dl.DeadLetterWriter | None = None
-        self.pool: WorkerPool | None = None
-        self.heartbeat: Heartbeat | None = None
+        self.dispatcher: Dispatcher | None = None
+        self.endings: Endings | None = None
+        self.intake: Intake | None = None
         self.lag: dict[TP, int] = {}  # read by the admin thread at scrape time
         self._last_lag = 0.0
         self.ops = Operations(cfg.operations, owner=self.owner, readiness=self.readiness,
@@ -127,10 +121,7 @@ class Daemon(JobEndings, JobSubmission, OffsetsAndStop):
         self.ops.start()
         metrics.prepare()  # not inside the first message's latency
         # 1.
-        self.db = connection.open_pool(self.dsn, max_size=2,
-                                    timeout_s=cfg.database.connect_timeout_ms / 1000.0)
-        with self.db.connection() as conn:
-            connection.init_schema(conn)
+        self.db.open()
         # 2.
         self.consumer = JobConsumer(
             client_settings(cfg.kafka, "consumer", bootstrap=self.bootstrap),
@@ -138,9 +129,12 @@ class Daemon(JobEndings, JobSubmission, OffsetsAndStop):
         self.consumer.open(cfg.kafka.startup_timeout_ms / 1000.0)
         self.publisher = Publisher(client_settings(cfg.kafka, "producer",
                                                    bootstrap=self.bootstrap))
-        self.dead = dl.DeadLetterWriter(self.publisher, cfg.kafka.dlq_topic, cfg.kafka.group_id)
+        self.endings = Endings(
+            self.window, self.admission, self.db,
+            dl.DeadLetterWriter(self.publisher, cfg.kafka.dlq_topic, cfg.kafka.group_id),
+            max_job_crashes=cfg.executor.max_job_crashes)
         # 3.
-        self.pool = WorkerPool(
+        pool = WorkerPool(
             worker.WorkerSettings(
                 dsn=self.dsn, pool_size=cfg.imports.max_parallel_futures + 1,
                 connect_timeout_s=cfg.database.connect_timeout_ms / 1000.0,
@@ -148,180 +142,132 @@ class Daemon(JobEndings, JobSubmission, OffsetsAndStop):
                 domain_label=cfg.operations.domain_label),
             max_workers=cfg.executor.max_pool_size, core=cfg.executor.core_pool_size,
             start_method=cfg.executor.start_method)
-        self.pool.start()
+        self.dispatcher = Dispatcher(pool, self.window, cfg.imports)
+        pool.start()
+        self.intake = Intake(cfg, owner=self.owner, window=self.window,
+                             admission=self.admission, db=self.db, endings=self.endings,
+                             dispatcher=self.dispatcher)
         # 4.
-        self.heartbeat = Heartbeat(self.db, self.owner, cfg.executor.heartbeat_interval_ms / 1e3)
         self.heartbeat.start()
         self.ops.attach(self.dsn, cfg.database.connect_timeout_ms / 1000.0)
         log.info("daemon started", extra={"fields": {
             "instance": self.owner, "workers": cfg.executor.max_pool_size,
-            "queueCapacity": self.capacity, "backpressure": cfg.executor.backpressure,
+            "queueCapacity": self.window.capacity, "backpressure": cfg.executor.backpressure,
             "bootstrapServers": self.bootstrap, "dlq": cfg.kafka.dlq_topic}})
 
     def _step(self) -> None:
-        assert self.consumer is not None
+        """One turn of the main loop: reap, probe, retry, steer, take, commit, lag."""
+        assert self.consumer is not None and self.intake is not None
         self._reap()
         if self.admission.check_database():
             self._reopen_db()
-        self._retry_waiting()
-        self.admission.steer(self.consumer, len(self.slots))
-        if self.admission.holding(len(self.slots)) and not self.consumer.paused:
+        self.intake.retry_waiting()
+        in_flight = self.window.in_flight
+        self.admission.steer(self.consumer, in_flight)
+        if self.admission.holding(in_flight) and not self.consumer.paused:
             self._wait_for_room()  # full, not paused yet (admission.PAUSE_AFTER_S)
         else:
             # In pause mode never take more than the window has room for.
-            room = INTAKE_MAX if self.reject_mode else self.capacity - len(self.slots)
+            room = INTAKE_MAX if self.admission.reject_mode else self.window.capacity - in_flight
             deliveries = self.consumer.poll_many(max(1, min(INTAKE_MAX, room)), POLL_S)
-            self._start([slot for d in deliveries if (slot := self._take(d)) is not None])
+            self.intake.start([slot for d in deliveries
+                               if (slot := self.intake.take(d)) is not None])
         self._commit()
         if time.monotonic() - self._last_lag >= LAG_EVERY_S:
             self._last_lag = time.monotonic()
             self.lag = self.consumer.lag()
 
+    def _reap(self) -> None:
+        """End the slots whose futures are done (``decisions.decide``, then ``Endings``)."""
+        assert self.dispatcher is not None and self.endings is not None
+        for slot in self.window.finished():
+            result = self.dispatcher.collect(slot, stopping=self.stopping.is_set())
+            self.endings.end(slot, result, stopping=self.stopping.is_set())
+
     def _wait_for_room(self) -> None:
         """Until a running job ends (or ``POLL_S``): the next step reaps it at once."""
-        futures = [s.future for s in self.running.values() if s.future is not None]
+        futures = self.window.futures()
         if futures:
             wait(futures, timeout=POLL_S, return_when=FIRST_COMPLETED)
         else:
             self.stopping.wait(POLL_S)
 
-    # --------------------------------------------------------------- taking messages
-
-    def _take(self, delivery: Delivery) -> Slot | None:
-        """Into the window; the slot if its job is to be started now (``_start``)."""
-        metrics.message_received(delivery.topic)
-        self.tracker.add(delivery.tp, delivery.offset)
-        slot = Slot(delivery)
-        try:
-            request = payload.parse(delivery.value,
-                                    max_reference_ids=self.cfg.imports.max_reference_ids,
-                                    max_message_bytes=self.cfg.kafka.max_message_bytes)
-        except payload.MessageRejected as exc:
-            self._dead_letter(slot, dl.Failure(exc.stage, str(exc), errors.type_name(exc)))
-            return None
-        slot.job = ImportJob(
-            job_id=request.job_id or derived_job_id(delivery.topic, delivery.partition,
-                                                    delivery.offset),
-            group_id=request.group_id, domain_id=request.domain_id,
-            node_type=request.node_type or self.cfg.imports.default_node_type,
-            source=request.file, reference_ids=request.reference_ids, claimed_by=self.owner,
-            fail_on_outage=False)  # an outage leaves it PROCESSING: resumed after the breaker
-        full = len(self.slots) >= self.capacity
-        self.slots.append(slot)
-        if not self.admission.allows_jobs:
-            return None  # waits in the window until the database answers again
-        if full and self.reject_mode:
-            slot.state = REJECTING
-            self._reject(slot)
-            return None
-        return slot
-
-    def _start(self, slots: list[Slot]) -> None:
-        """Create and claim the slots' jobs (one transaction for all), then submit each
-        (or let it wait, or skip it)."""
-        assert self.db is not None
-        ready: list[Slot] = []
-        for slot in slots:
-            job = slot.job
-            assert job is not None
-            # A redelivery of a job already in this window waits for the first copy to leave.
-            first = next(s for s in self.slots
-                         if s.job is not None and s.job.job_id == job.job_id)
-            if first is not slot:
-                slot.not_before = time.monotonic() + 0.2
-            else:
-                ready.append(slot)
-        if not ready:
-            return
-        try:
-            with self._conn() as conn:
-                claims = jobrows.create_and_claim(
-                    conn, [jobrows.NewJob(s.job.job_id, s.job.group_id, s.job.domain_id,
-                                          s.job.node_type, s.job.source_label)
-                           for s in ready if s.job is not None],
-                    owner=self.owner, lease_ms=self.cfg.executor.lease_timeout_ms)
-        except (errors.StorageError, OSError) as exc:
-            for n, slot in enumerate(ready):  # one outage counts once towards the breaker
-                self._later(slot, "cannot start the job; retrying", exc, count=n == 0)
-            return
-        self.admission.database_ok()
-        small: list[Slot] = []
-        for slot, claim in zip(ready, claims, strict=True):
-            if claim.outcome == jobrows.CLAIMED and claim.status == status.PENDING \
-                    and slot.job is not None and slot.job.small and slot.crashes == 0:
-                small.append(slot)  # new small jobs go to workers in bundles
-            else:
-                self._claimed(slot, claim)
-        self._submit_bundles(small)
-
-    def _reject(self, slot: Slot) -> None:
-        """Backpressure ``reject``: FAIL the job as overloaded and dead-letter it."""
-        job = slot.job
-        assert job is not None and self.db is not None
-        try:
-            with self._conn() as conn:
-                row = jobrows.create_job(conn, job_id=job.job_id, group_id=job.group_id,
-                                         domain_id=job.domain_id, node_type=job.node_type,
-                                         source=job.source_label)
-                if row["status"] in status.TERMINAL:
-                    self._done(slot)
-                    return
-                row = jobrows.finish_job(conn, job_id=job.job_id, status=status.FAILED,
-                                         error=OVERLOADED) or row
-        except (errors.StorageError, OSError) as exc:
-            self._later(slot, "cannot record the rejected job; retrying", exc)
-            return
-        log.warning("job rejected: window full", extra={"fields": {
-            **slot.ctx(), "inFlight": len(self.slots), "capacity": self.capacity}})
-        self._dead_letter(slot, dl.Failure(dl.STAGE_BACKPRESSURE, OVERLOADED, errors.type_name(
-            errors.OverloadedError()), job_id=job.job_id, counts=dl.counts_of(row)))
-
-    def _later(self, slot: Slot, message: str, exc: BaseException, *,
-               count: bool = True) -> None:
-        if count:
-            self.admission.database_failed(exc)  # only outages count towards the breaker
-        slot.failures += 1
-        delay = min(RETRY_MAX_S, 0.25 * 2 ** min(slot.failures, 5))
-        slot.not_before = time.monotonic() + delay
-        log.warning(message, extra={"fields": {**slot.ctx(), "error": str(exc),
-                                               "retryInS": delay}})
-
-    def _retry_waiting(self) -> None:
-        now = time.monotonic()
-        for slot in [s for s in self.slots if s.state != RUNNING and s.not_before <= now]:
-            if not self.admission.allows_jobs and slot.state != DEAD_LETTER:
-                continue  # the breaker is open: only Kafka work goes on
-            if slot.state == WAITING:
-                self._start([slot])
-            elif slot.state == REJECTING:
-                self._reject(slot)
-            elif slot.state == DEAD_LETTER and slot.failure is not None:
-                self._dead_letter(slot, slot.failure)
-
-    # ------------------------------------------------------------ the database
-
     def _reopen_db(self) -> None:
-        """After an outage, a fresh pool: the old one may wait out psycopg_pool's reconnect
-        backoff (seconds, doubling while the database was away) before it connects."""
+        """After an outage, a fresh pool (``MainDatabase.reopen``)."""
         try:
-            fresh = connection.open_pool(self.dsn, max_size=2,
-                                      timeout_s=self.cfg.database.connect_timeout_ms / 1e3)
+            self.db.reopen()
         except errors.StorageError as exc:  # gone again: the old pool goes on trying
             self.admission.database_failed(exc)
-            return
-        old, self.db = self.db, fresh
-        if self.heartbeat is not None:
-            self.heartbeat.pool = fresh
-        if old is not None:
-            old.close(timeout=1.0)
 
-    @contextmanager
-    def _conn(self) -> Iterator[Any]:
-        """A pooled connection for the main loop, waited for at most ``DB_WAIT_S``; a pool
-        timeout becomes a ``TransientStorageError`` like any other outage."""
-        assert self.db is not None
-        with connection.wrapped(), self.db.connection(timeout=DB_WAIT_S) as conn:
-            yield conn
+    # ------------------------------------------------------------------ offsets
+
+    def _commit(self, *, force: bool = False, tps: list[TP] | None = None) -> None:
+        """Commit the done positions, at most every ``COMMIT_EVERY_S`` unless ``force``."""
+        now = time.monotonic()
+        if not force and now - self._last_commit < COMMIT_EVERY_S:
+            return
+        tracker = self.window.tracker
+        positions = tracker.to_commit(tps)
+        if positions and self.consumer is not None and self.consumer.commit(positions):
+            tracker.committed(positions)
+        self._last_commit = now
+
+    def _assigned(self, tps: list[TP]) -> None:
+        pass  # new partitions start at their committed offsets: nothing to set up
+
+    def _revoked(self, tps: list[TP]) -> None:
+        """Commit what is done; drop waiting work of these partitions (running jobs go on)."""
+        self._commit(force=True, tps=tps)
+        self.window.revoke(tps)
+        gone = set(tps)
+        self.lag = {tp: n for tp, n in self.lag.items() if tp not in gone}
+
+    # ------------------------------------------------------------------ stopping
+
+    def _drain(self) -> None:
+        """1. stop polling  2. running jobs checkpoint (bounded by the drain timeout)
+        3. commit."""
+        assert self.consumer is not None and self.endings is not None
+        assert self.dispatcher is not None
+        started = time.monotonic()
+        deadline = started + self.cfg.executor.drain_timeout_ms / 1000.0
+        self.consumer.pause()  # 1. polling goes on only to keep the group informed
+        for slot in self.window.idle():
+            if slot.state == DEAD_LETTER and slot.failure is not None:
+                self.endings.dead_letter(slot, slot.failure)  # one last try, or it comes back
+            self.window.drop(slot)
+        self.dispatcher.pool.stop_jobs()  # 2.
+        log.info("stopping: draining in-flight jobs", extra={"fields": {
+            "running": len(self.window.running),
+            "drainTimeoutMs": self.cfg.executor.drain_timeout_ms}})
+        while self.window.running and time.monotonic() < deadline:
+            self._reap()
+            self.consumer.poll(POLL_S)  # a message polled now is not taken: it comes back
+            self._commit()
+        self._commit(force=True)  # 3.
+        log.info("drained", extra={"fields": {
+            "jobsLeft": len(self.window.running),
+            "durationS": round(time.monotonic() - started, 2)}})
+
+    def _close(self) -> None:
+        """4. shut the pool  5. release leases, close the consumer, the producer, the db,
+        the admin API."""
+        if self.dispatcher is not None:  # jobs still running are past the drain timeout
+            self.dispatcher.pool.shutdown(kill=bool(self.window.running))
+        self.heartbeat.stopped.set()
+        if self.db.opened:
+            try:  # wrapped: a pool timeout (the database away) must not end the stop order
+                with connection.wrapped(), self.db.pool.connection() as conn:
+                    jobrows.release_leases(conn, owner=self.owner)
+            except (errors.StorageError, OSError) as exc:
+                log.warning("cannot release leases", extra={"fields": {"error": str(exc)}})
+        if self.consumer is not None:
+            self.consumer.close()
+        if self.publisher is not None:
+            self.publisher.close()
+        self.db.close()
+        self.ops.close()
+        log.info("daemon stopped", extra={"fields": {"instance": self.owner}})
 
     # ------------------------------------------------------------ operations hooks
 
@@ -338,10 +284,9 @@ class Daemon(JobEndings, JobSubmission, OffsetsAndStop):
 
         Reads copies only: the main thread keeps changing these structures.
         """
-        futures = [s.future for s in list(self.running.values()) if s.future is not None]
-        calls, jobs = self.pool.running(futures) if self.pool is not None else (0, 0)
+        calls, jobs = self.dispatcher.busy() if self.dispatcher is not None else (0, 0)
         busy = min(calls, self.cfg.executor.max_pool_size)  # capped: see WorkerPool.running
-        in_flight = len(self.slots)
+        in_flight = self.window.in_flight
         snap.gauges.update({
             "node_import_executor_active_threads": busy,
             "node_import_executor_queue_size": max(0, in_flight - jobs),  # a bundle's jobs all run
@@ -351,8 +296,6 @@ class Daemon(JobEndings, JobSubmission, OffsetsAndStop):
             "node_import_db_circuit_state": self.admission.gauge(),
         })
         snap.lag.update(dict(self.lag))
-
-
 
 
 # ------------------------------------------------------------------ the foreground service
