@@ -88,9 +88,7 @@ class Intake:
         try:
             with self.db.conn() as conn:
                 claims = jobrows.create_and_claim(
-                    conn, [jobrows.NewJob(s.job.job_id, s.job.group_id, s.job.domain_id,
-                                          s.job.node_type, s.job.source_label)
-                           for s in ready if s.job is not None],
+                    conn, [s.job for s in ready if s.job is not None],
                     owner=self.owner, lease_ms=self.cfg.executor.lease_timeout_ms)
         except (errors.StorageError, OSError) as exc:
             for n, slot in enumerate(ready):  # one outage counts once towards the breaker

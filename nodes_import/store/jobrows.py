@@ -219,24 +219,6 @@ def claim_job(conn: psycopg.Connection[Any], *, job_id: str, owner: str,
     return Claim(CLAIMED, job_status, owner, 0.0)
 
 
-@dataclass(frozen=True)
-class NewJob:
-    """Deprecated: pass the ``ImportJob`` itself to ``create_and_claim``. The job row's
-    columns a daemon knows when it takes a message; kept until ``daemon.service`` stops
-    building it."""
-
-    job_id: str
-    group_id: str
-    domain_id: str
-    node_type: str
-    source: str
-
-    @property
-    def source_label(self) -> str:
-        """What ``job_status.source`` records (as ``ImportJob.source_label``)."""
-        return self.source
-
-
 # The intake's two statements: every new job inserted, then every claimable one claimed,
 # set-based (arrays as parameters): two statements whatever the number of jobs. Rows are
 # locked in id order, so two daemons claiming overlapping jobs never deadlock.
@@ -258,7 +240,7 @@ _CLAIM_JOBS = (
     " RETURNING id::text, status")
 
 
-def create_and_claim(conn: psycopg.Connection[Any], jobs: Sequence[ImportJob | NewJob], *,
+def create_and_claim(conn: psycopg.Connection[Any], jobs: Sequence[ImportJob], *,
                      owner: str, lease_ms: int) -> list[Claim]:
     """``create_job`` then ``claim_job`` for each of ``jobs``, all in ONE transaction: the
     daemon's intake of the messages one poll brought. One claim per job, in order.

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import uuid
 
+from nodes_import.jobs import ImportJob
 from nodes_import.store import jobrows
 from tests.fixtures.postgres import Database
 
@@ -94,7 +95,7 @@ def test_a_daemons_intake_creates_and_claims_a_batch_with_claim_jobs_answers(
     with db.pool.connection() as conn:
         jobrows.finish_job(conn, job_id=finished, status="FAILED", error="bad file")
     new = str(uuid.uuid4())
-    jobs = [jobrows.NewJob(job_id, "g", DOMAIN, "USER", "reference-ids")
+    jobs = [ImportJob(job_id, "g", DOMAIN, reference_ids=("a",))
             for job_id in (new, held, expired, finished)]
     with db.pool.connection() as conn:
         claims = jobrows.create_and_claim(conn, jobs, owner="a:1", lease_ms=LEASE_MS)
