@@ -1,5 +1,6 @@
-"""The documentation holds together: links resolve, the README stays a front door, and the
-operations page names every metric the service exports."""
+"""The documentation holds together: links resolve, the README stays a front door, the
+operations page names every metric the service exports, and every alert's runbook link
+lands on a heading of the operations page."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import re
 from pathlib import Path
 
 import pytest
+import yaml
 
 from nodes_import import metrics
 
@@ -17,6 +19,7 @@ README_MAX_LINES = 220  # "the README is a front door": ~200 lines, a little sla
 _LINK = re.compile(r"\[[^\]]*\]\(([^)\s]+)(?:\s+\"[^\"]*\")?\)")
 _FENCE = re.compile(r"^(```|~~~).*?^\1", re.MULTILINE | re.DOTALL)
 _CODE = re.compile(r"`[^`\n]*`")
+_HEADING = re.compile(r"^#{1,6}[ \t]+(.+?)[ \t]*#*[ \t]*$", re.MULTILINE)
 
 
 def _relative_links(path: Path) -> list[str]:
@@ -56,3 +59,51 @@ def test_the_readme_points_at_every_page_of_the_docs() -> None:
 @pytest.mark.parametrize("name", [s.name for s in metrics.SPECS])
 def test_every_metric_is_documented_on_the_operations_page(name: str) -> None:
     assert f"`{name}`" in (ROOT / "docs" / "operations.md").read_text(encoding="utf-8")
+
+
+def github_anchor(heading: str) -> str:
+    """The anchor GitHub gives a heading: its text (Markdown links and code marks dropped)
+    in lower case, every character but letters, digits, ``_``, ``-`` and spaces removed,
+    spaces turned into ``-`` (github-slugger's rule)."""
+    text = re.sub(r"\[([^\]]*)\]\([^)]*\)", r"\1", heading).replace("`", "")
+    return re.sub(r"[^\w\- ]", "", text.lower()).replace(" ", "-")
+
+
+def heading_anchors(path: Path) -> set[str]:
+    """The anchors of every heading of ``path`` (outside code blocks), a repeated one with
+    GitHub's ``-1``, ``-2``... suffixes."""
+    anchors: set[str] = set()
+    for heading in _HEADING.findall(_FENCE.sub("", path.read_text(encoding="utf-8"))):
+        anchor = base = github_anchor(heading)
+        n = 0
+        while anchor in anchors:
+            n += 1
+            anchor = f"{base}-{n}"
+        anchors.add(anchor)
+    return anchors
+
+
+def test_a_heading_gets_the_anchor_github_gives_it() -> None:
+    assert github_anchor("Alert: NodesImportDown") == "alert-nodesimportdown"
+    assert github_anchor("Several daemons on one VM: `nodes-import@.service`") == (
+        "several-daemons-on-one-vm-nodes-importservice")
+    assert github_anchor("Upgrading: renamed metrics") == "upgrading-renamed-metrics"
+
+
+def _runbook_urls() -> dict[str, str]:
+    rules = yaml.safe_load((ROOT / "deploy" / "prometheus-alerts.yml").read_text())
+    return {rule["alert"]: rule["annotations"]["runbook_url"]
+            for group in rules["groups"] for rule in group["rules"] if "alert" in rule}
+
+
+def test_every_alert_has_a_runbook_url() -> None:
+    assert _runbook_urls(), "no alert found in deploy/prometheus-alerts.yml"
+
+
+@pytest.mark.parametrize("alert", sorted(_runbook_urls()))
+def test_every_runbook_link_lands_on_a_heading_of_the_operations_page(alert: str) -> None:
+    url = _runbook_urls()[alert]
+    page, _, anchor = url.partition("#")
+    assert page.endswith("/docs/operations.md") and anchor, url
+    assert anchor in heading_anchors(ROOT / "docs" / "operations.md"), (
+        f"{alert}: docs/operations.md has no heading with the anchor #{anchor}")
