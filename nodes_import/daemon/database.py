@@ -46,7 +46,7 @@ class MainDatabase:
         """Connect (fails fast past the connect timeout) and apply pending migrations."""
         self._pool = connection.open_pool(self.dsn, max_size=POOL_SIZE,
                                           timeout_s=self.connect_timeout_s)
-        with self._pool.connection() as conn:
+        with connection.wrapped(), self._pool.connection() as conn:
             connection.init_schema(conn)
 
     def reopen(self) -> None:

@@ -8,7 +8,8 @@
    COMPLETED/FAILED jobs finished more than ``node.import.retention.days`` ago, with
    their job_failures rows, in batches (``jobrows.purge_jobs``; ``jobs purge`` by hand).
 
-A database error is logged and the next check tries again; it never stops the daemon.
+A database error is logged and the next check tries again; it never stops the daemon (a
+pool that cannot hand out a connection too: ``connection.wrapped`` makes it a StorageError).
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from psycopg_pool import ConnectionPool
 from nodes_import import metrics
 from nodes_import.config import OperationsConfig
 from nodes_import.errors import StorageError
-from nodes_import.store import jobrows
+from nodes_import.store import connection, jobrows
 
 log = logging.getLogger(__name__)
 
@@ -63,7 +64,7 @@ class Housekeeper(threading.Thread):
 
     def check_long_running(self) -> list[str]:
         """Warn once about each PROCESSING job past the threshold; returns their ids."""
-        with self.pool.connection() as conn:
+        with connection.wrapped(), self.pool.connection() as conn:
             rows = jobrows.running_jobs(conn)
         running = {row["id"] for row in rows}
         self.warned &= running  # finished jobs leave the set: it stays small
@@ -85,7 +86,7 @@ class Housekeeper(threading.Thread):
     def purge(self) -> jobrows.Purged:
         """Delete the finished jobs past the retention period."""
         started = time.monotonic()
-        with self.pool.connection() as conn:
+        with connection.wrapped(), self.pool.connection() as conn:
             purged = jobrows.purge_jobs(conn, older_than_s=self.ops.retention_days * DAY_S,
                                         batch_size=self.ops.retention_batch_size)
         metrics.jobs_purged(purged.jobs)
