@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import uuid
 from dataclasses import dataclass, field
+from datetime import datetime
 from enum import StrEnum
 from typing import Any
 
@@ -53,6 +54,36 @@ class ImportJob:
                 and not self.resume_failed)
 
 
+@dataclass(frozen=True)
+class JobRow:
+    """A job's ``job_status`` row: one field per column read (``store.jobrows.JOB_COLUMNS``
+    is derived from these fields, in this order). The UUID columns are read as text."""
+
+    id: str
+    group_id: str
+    domain_id: str
+    status: str
+    node_type: str
+    source: str
+    total_nodes: int
+    success_count: int
+    failed_count: int
+    inserted_count: int
+    updated_count: int
+    unchanged_count: int
+    rows_committed: int
+    error: str | None
+    attempts: int
+    source_bytes: int | None  # the file's size; None for a list of reference IDs
+    bytes_read: int
+    claimed_by: str | None  # the daemon (host:pid) that holds or last held the job
+    created_at: datetime | None
+    updated_at: datetime | None
+    started_at: datetime | None
+    finished_at: datetime | None
+    heartbeat_at: datetime | None
+
+
 class Ending(StrEnum):
     """How one run of a job ended, as the runner saw it: what the daemon decides on."""
 
@@ -74,13 +105,14 @@ class JobOutcome:
     """How a job ended, as the worker saw it (the database row is the truth).
 
     ``ending`` says how this run ended; ``status`` is the job row's status as this runner
-    last saw it (PENDING or PROCESSING when the run did not end the job).
+    last saw it (PENDING or PROCESSING when the run did not end the job); ``row`` is the
+    row as it last read it (None: not read, or gone).
     """
 
     job_id: str
     status: str
     error: str | None = None
-    row: dict[str, Any] = field(default_factory=dict)
+    row: JobRow | None = None
     # Set when an exception ended the job in the worker: its class (``errors.type_name``)
     # and stack trace (the dead letter's error headers).
     error_type: str | None = None
@@ -88,11 +120,12 @@ class JobOutcome:
     ending: Ending = field(kw_only=True)
 
     @classmethod
-    def ended(cls, job_id: str, row: dict[str, Any], error: str | None = None,
-              **fields: Any) -> JobOutcome:
+    def ended(cls, job_id: str, row: JobRow | None, error: str | None = None, *,
+              missing: str, **fields: Any) -> JobOutcome:
         """The outcome of a run that left the job ``row`` COMPLETED or FAILED (a row
-        that is not COMPLETED counts as FAILED)."""
-        final = status.COMPLETED if row.get("status") == status.COMPLETED else status.FAILED
+        that is not COMPLETED counts as FAILED; with no row, ``missing`` counts)."""
+        seen = missing if row is None else row.status
+        final = status.COMPLETED if seen == status.COMPLETED else status.FAILED
         ending = Ending.COMPLETED if final == status.COMPLETED else Ending.FAILED
         return cls(job_id, final, error, row, ending=ending, **fields)
 

@@ -36,7 +36,7 @@ import os
 import shutil
 import tempfile
 import threading
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -514,11 +514,11 @@ class _InProcess:
         yield from _registry.collect()
 
 
-def progress_percentage(row: Mapping[str, Any]) -> float | None:
+def progress_percentage(job_status: str, source_bytes: int | None,
+                        bytes_read: int) -> float | None:
     """A job's progress: 100 when finished, else bytes read / file size (None: unknown)."""
-    if row.get("status") in ("COMPLETED", "FAILED"):
+    if job_status in ("COMPLETED", "FAILED"):
         return 100.0
-    size, read = row.get("source_bytes"), row.get("bytes_read") or 0
-    if not size:
+    if not source_bytes:
         return None
-    return round(min(100.0, 100.0 * read / size), 2)
+    return round(min(100.0, 100.0 * bytes_read / source_bytes), 2)

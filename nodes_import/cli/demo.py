@@ -16,7 +16,6 @@ import uuid
 from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
-from typing import Any
 
 from nodes_import import status
 from nodes_import.cli import sample
@@ -24,7 +23,7 @@ from nodes_import.cli.local import local_services
 from nodes_import.config import Config
 from nodes_import.daemon.service import Daemon
 from nodes_import.errors import NodesImportError
-from nodes_import.jobs import new_job_id
+from nodes_import.jobs import JobRow, new_job_id
 from nodes_import.kafka.consumer import Publisher, client_settings, submit
 from nodes_import.kafka.payload import NodeExchange
 from nodes_import.store import connection, jobrows
@@ -37,7 +36,7 @@ JOB_TIMEOUT_S = 300.0
 
 
 def run_demo(cfg: Config, echo: Callable[[str], None],
-             summary: Callable[[dict[str, Any]], str]) -> bool:
+             summary: Callable[[JobRow], str]) -> bool:
     """Run the demo; True when both jobs COMPLETED with the expected counts."""
     group = f"demo-{uuid.uuid4().hex[:8]}"  # a fresh group: counts are this run's alone
     with tempfile.TemporaryDirectory(prefix="nodes-import-demo-") as folder, \
@@ -76,17 +75,17 @@ def run_demo(cfg: Config, echo: Callable[[str], None],
             echo(summary(row))
         nodes = _count(dsn, group)
         echo(f"nodes in group {group}: {nodes:,} (expected {DEMO_ROWS + DEMO_IDS:,})")
-    return all(r["status"] == status.COMPLETED for r in rows) and nodes == DEMO_ROWS + DEMO_IDS
+    return all(r.status == status.COMPLETED for r in rows) and nodes == DEMO_ROWS + DEMO_IDS
 
 
-def _wait_for(dsn: str, job_ids: list[str], thread: threading.Thread) -> list[dict[str, Any]]:
+def _wait_for(dsn: str, job_ids: list[str], thread: threading.Thread) -> list[JobRow]:
     deadline = time.monotonic() + JOB_TIMEOUT_S
     pool = connection.open_pool(dsn, max_size=1)
     try:
         while time.monotonic() < deadline and thread.is_alive():
             with pool.connection() as conn:
                 rows = [jobrows.get_job(conn, j) for j in job_ids]
-            if all(r is not None and r["status"] in status.TERMINAL for r in rows):
+            if all(r is not None and r.status in status.TERMINAL for r in rows):
                 return [r for r in rows if r is not None]
             time.sleep(0.2)
     finally:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+from dataclasses import asdict
 from typing import Any, ClassVar
 
 import click
@@ -20,7 +21,7 @@ from nodes_import.cli.common import (
     resolve_dsn,
 )
 from nodes_import.errors import NodesImportError
-from nodes_import.jobs import ImportJob, new_job_id
+from nodes_import.jobs import ImportJob, JobOutcome, JobRow, new_job_id
 from nodes_import.pipeline.validate import MAX_GROUP_ID_CHARS
 from nodes_import.store import connection, jobrows
 from nodes_import.worker import engine
@@ -51,22 +52,33 @@ def db_init(ctx: click.Context, dsn: str | None) -> None:
     click.echo(f"applied: {', '.join(applied)}" if applied else "schema is up to date")
 
 
-def summary(row: dict[str, Any]) -> str:
+def summary(row: JobRow) -> str:
     lines = [
-        f"job {row['id']}: {row['status']}",
-        f"  group {row['group_id']}, domain {row['domain_id']}, type {row['node_type']}",
-        f"  source {row['source']}",
-        (f"  rows {row['total_nodes']:,}: {row['success_count']:,} imported "
-         f"({row['inserted_count']:,} inserted, {row['updated_count']:,} updated, "
-         f"{row['unchanged_count']:,} unchanged), {row['failed_count']:,} failed"),
+        f"job {row.id}: {row.status}",
+        f"  group {row.group_id}, domain {row.domain_id}, type {row.node_type}",
+        f"  source {row.source}",
+        (f"  rows {row.total_nodes:,}: {row.success_count:,} imported "
+         f"({row.inserted_count:,} inserted, {row.updated_count:,} updated, "
+         f"{row.unchanged_count:,} unchanged), {row.failed_count:,} failed"),
     ]
-    if row.get("started_at") and row.get("finished_at"):
-        seconds = (row["finished_at"] - row["started_at"]).total_seconds()
-        rate = row["total_nodes"] / seconds if seconds > 0 else 0
+    if row.started_at and row.finished_at:
+        seconds = (row.finished_at - row.started_at).total_seconds()
+        rate = row.total_nodes / seconds if seconds > 0 else 0
         lines.append(f"  took {seconds:.2f}s ({rate:,.0f} rows/s)")
-    if row.get("error"):
-        lines.append(f"  error: {row['error']}")
+    if row.error:
+        lines.append(f"  error: {row.error}")
     return "\n".join(lines)
+
+
+def _ended(outcome: JobOutcome, as_json: bool) -> str:
+    """What ``import`` prints: the job's row, its status first as ``import --json`` has
+    always printed it (only the status when the row is gone)."""
+    row = outcome.row
+    if as_json:
+        return dumps({"status": outcome.status} if row is None
+                     else {"status": row.status, **asdict(row)})
+    return f"job {outcome.job_id}: {outcome.status} (its row is gone)" if row is None \
+        else summary(row)
 
 
 @click.command("import")
@@ -115,7 +127,7 @@ def import_cmd(ctx: click.Context, source: str | None, ids_file: str | None, gro
         fail_on(exc)
     if shown:
         shown.done()
-    click.echo(dumps(outcome.row) if as_json else summary(outcome.row))
+    click.echo(_ended(outcome, as_json))
     sys.exit(EXIT_OK if outcome.status == status.COMPLETED else EXIT_FAILED)
 
 
@@ -143,12 +155,12 @@ def jobs_list(ctx: click.Context, job_status: str | None, limit: int, dsn: str |
     except NodesImportError as exc:
         fail_on(exc)
     if as_json:
-        click.echo(dumps(rows))
+        click.echo(dumps([asdict(r) for r in rows]))
         return
     click.echo(f"{'id':36}  {'status':10}  {'total':>10}  {'success':>10}  {'failed':>8}  group")
     for r in rows:
-        click.echo(f"{r['id']!s:36}  {r['status']:10}  {r['total_nodes']:>10,}  "
-                   f"{r['success_count']:>10,}  {r['failed_count']:>8,}  {r['group_id']}")
+        click.echo(f"{r.id:36}  {r.status:10}  {r.total_nodes:>10,}  "
+                   f"{r.success_count:>10,}  {r.failed_count:>8,}  {r.group_id}")
 
 
 @jobs.command("show")
@@ -168,11 +180,11 @@ def jobs_show(ctx: click.Context, job_id: Any, dsn: str | None, as_json: bool) -
     if row is None:
         fail(f"no job {job_id}")
     if as_json:
-        click.echo(dumps({**row, "failures": failures}))
+        click.echo(dumps({**asdict(row), "failures": [asdict(f) for f in failures]}))
         return
     click.echo(summary(row))
     for f in failures:
-        click.echo(f"  row {f['row_number']}: {f['reason']}: {f['line']!r}")
+        click.echo(f"  row {f.row_number}: {f.reason}: {f.line!r}")
 
 
 class Duration(click.ParamType):

@@ -26,6 +26,7 @@ import threading
 import uuid
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
+from dataclasses import asdict
 from socketserver import ThreadingMixIn
 from typing import Any
 from urllib.parse import parse_qs
@@ -38,6 +39,7 @@ from nodes_import import metrics, status
 from nodes_import.config import OperationsConfig
 from nodes_import.daemon.housekeeping import Housekeeper
 from nodes_import.errors import NodesImportError
+from nodes_import.jobs import JobRow
 from nodes_import.logs import redact_dsn
 from nodes_import.store import connection, jobrows
 
@@ -183,7 +185,7 @@ class AdminApp:
             if row is None:
                 raise HttpError(404, f"no job {job_id}")
             failures = jobrows.job_failures(conn, job_id, limit=FAILURES_SHOWN)
-        return {**_with_progress(row), "failures": failures}
+        return {**_with_progress(row), "failures": [asdict(f) for f in failures]}
 
     @contextmanager
     def _conn(self) -> Iterator[Any]:
@@ -213,8 +215,10 @@ def _no_params(query: dict[str, list[str]], allowed: set[str]) -> None:
         raise HttpError(400, f"unknown parameter(s): {', '.join(unknown)}")
 
 
-def _with_progress(row: dict[str, Any]) -> dict[str, Any]:
-    return {**row, "progress_percentage": metrics.progress_percentage(row)}
+def _with_progress(row: JobRow) -> dict[str, Any]:
+    """The job's row as JSON fields, and its progress."""
+    return {**asdict(row), "progress_percentage": metrics.progress_percentage(
+        row.status, row.source_bytes, row.bytes_read)}
 
 
 # ---------------------------------------------------------------------- the server
@@ -322,11 +326,11 @@ class Operations:
         with connection.wrapped(), self.pool.connection(timeout=DB_TIMEOUT_S) as conn:
             rows = jobrows.running_jobs(conn)
         snap.gauges["node_import_oldest_running_job_age_seconds"] = \
-            max((row["age_s"] for row in rows), default=0.0)
+            max((row.age_s for row in rows), default=0.0)
         for row in rows:
-            pct = metrics.progress_percentage(row)
-            if row["claimed_by"] == self.owner and pct is not None:
-                snap.progress[row["id"]] = pct
+            pct = metrics.progress_percentage(row.status, row.source_bytes, row.bytes_read)
+            if row.claimed_by == self.owner and pct is not None:
+                snap.progress[row.id] = pct
 
 
 def _loopback(host: str) -> bool:

@@ -100,7 +100,7 @@ class Endings:
         try:
             with self.db.conn() as conn:
                 row = jobrows.finish_job(conn, job_id=job.job_id, status=status.FAILED,
-                                         error=error) or {}
+                                         error=error)
         except (errors.StorageError, OSError) as db_exc:
             slot.state = WAITING
             self.retry_later(slot, "cannot record the failure; retrying the job", db_exc)
@@ -127,11 +127,11 @@ class Endings:
         assert slot.job is not None
         try:
             with self.db.conn() as conn:
-                row = jobrows.get_job(conn, slot.job.job_id) or {}
+                row = jobrows.get_job(conn, slot.job.job_id)
         except (errors.StorageError, OSError) as exc:
             self.retry_later(slot, "cannot read the failed job; retrying", exc)
             return
-        error = str(row.get("error") or "FAILED")
+        error = row.error if row is not None and row.error else "FAILED"
         stage = dl.STAGE_BACKPRESSURE if error == OVERLOADED else dl.STAGE_IMPORT
         self.dead_letter(slot, dl.Failure(stage, error, UNKNOWN_ERROR_TYPE, None,
                                           slot.job.job_id, dl.counts_of(row)))
@@ -145,7 +145,7 @@ class Endings:
                 row = jobrows.create_job(conn, job_id=job.job_id, group_id=job.group_id,
                                          domain_id=job.domain_id, node_type=job.node_type,
                                          source=job.source_label)
-                if row["status"] in status.TERMINAL:
+                if row.status in status.TERMINAL:
                     self.window.done(slot)
                     return
                 row = jobrows.finish_job(conn, job_id=job.job_id, status=status.FAILED,

@@ -66,20 +66,21 @@ class Housekeeper(threading.Thread):
         """Warn once about each PROCESSING job past the threshold; returns their ids."""
         with connection.wrapped(), self.pool.connection() as conn:
             rows = jobrows.running_jobs(conn)
-        running = {row["id"] for row in rows}
+        running = {row.id for row in rows}
         self.warned &= running  # finished jobs leave the set: it stays small
         late = []
         for row in rows:
-            if row["age_s"] < self.warn_after_s:
+            if row.age_s < self.warn_after_s:
                 break  # oldest first: the rest are younger
-            late.append(row["id"])
-            if row["id"] not in self.warned:
-                self.warned.add(row["id"])
+            late.append(row.id)
+            if row.id not in self.warned:
+                self.warned.add(row.id)
                 log.warning("job running for longer than expected", extra={"fields": {
-                    "jobId": row["id"], "groupId": row["group_id"],
-                    "domainId": str(row["domain_id"]), "claimedBy": row["claimed_by"],
-                    "ageS": round(row["age_s"], 1), "rowsCommitted": row["rows_committed"],
-                    "progressPct": metrics.progress_percentage(row),
+                    "jobId": row.id, "groupId": row.group_id,
+                    "domainId": row.domain_id, "claimedBy": row.claimed_by,
+                    "ageS": round(row.age_s, 1), "rowsCommitted": row.rows_committed,
+                    "progressPct": metrics.progress_percentage(row.status, row.source_bytes,
+                                                               row.bytes_read),
                     "thresholdS": self.warn_after_s}})
         return late
 

@@ -27,6 +27,7 @@ from typing import Any
 import orjson
 
 from nodes_import.errors import BrokerError, PayloadError
+from nodes_import.jobs import JobRow
 from nodes_import.kafka import payload
 from nodes_import.kafka.consumer import Delivery, Headers, Publisher, TopicReader
 
@@ -71,11 +72,14 @@ class Failure:
     counts: Mapping[str, Any] | None = None
 
 
-def counts_of(row: Mapping[str, Any]) -> dict[str, Any]:
-    """The job's figures at failure, from its job_status row."""
-    return {"status": row.get("status"), "total": row.get("total_nodes"),
-            "success": row.get("success_count"), "failed": row.get("failed_count"),
-            "rowsCommitted": row.get("rows_committed"), "attempts": row.get("attempts")}
+def counts_of(row: JobRow | None) -> dict[str, Any]:
+    """The job's figures at failure, from its job_status row (None each: no row)."""
+    if row is None:
+        return dict.fromkeys(("status", "total", "success", "failed", "rowsCommitted",
+                              "attempts"))
+    return {"status": row.status, "total": row.total_nodes, "success": row.success_count,
+            "failed": row.failed_count, "rowsCommitted": row.rows_committed,
+            "attempts": row.attempts}
 
 
 def _original(headers: Headers) -> Headers:

@@ -3,39 +3,49 @@
 The SQL of a job's own row (create, start, finish, read), of the claims daemons hold on
 jobs, and of purging old jobs. The batch write, which changes a job's counters in the
 same transaction as its rows, lives in ``batchwrite``. A job is passed whole, as the
-``ImportJob`` that crosses the process boundary (``begin_job``, ``create_and_claim``).
+``ImportJob`` that crosses the process boundary (``begin_job``, ``create_and_claim``); its
+row comes back as a ``JobRow`` (``psycopg.rows.class_row``), never as a dict.
 """
 
 from __future__ import annotations
 
 import uuid
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from typing import Any
 
 import psycopg
 from psycopg import sql
-from psycopg.rows import dict_row
+from psycopg.rows import class_row
 
 from nodes_import import status as states  # "status" names job_status values here
 from nodes_import.errors import StorageError
-from nodes_import.jobs import ImportJob
+from nodes_import.jobs import ImportJob, JobRow
 from nodes_import.store.connection import wrapped
 
 # ------------------------------------------------------------------------- job rows
 
-JOB_COLUMNS = (
-    "id", "group_id", "domain_id", "status", "node_type", "source", "total_nodes",
-    "success_count", "failed_count", "inserted_count", "updated_count", "unchanged_count",
-    "rows_committed", "error", "attempts", "source_bytes", "bytes_read", "claimed_by",
-    "created_at", "updated_at", "started_at", "finished_at", "heartbeat_at",
-)
-_SELECT_JOB = sql.SQL("SELECT {} FROM job_status").format(
-    sql.SQL(", ").join(map(sql.Identifier, JOB_COLUMNS)))
+# The columns a JobRow holds, in its fields' order.
+JOB_COLUMNS = tuple(f.name for f in fields(JobRow))
+# The UUID columns among them, read as text (PostgreSQL's text of a UUID is str(uuid.UUID)).
+_UUID_COLUMNS = frozenset({"id", "domain_id"})
+
+
+def job_columns(table: str | None = None) -> sql.Composed:
+    """The select list a ``JobRow`` is read from (``table``: the alias that qualifies it)."""
+    def column(name: str) -> sql.Composable:
+        ident = sql.Identifier(table, name) if table else sql.Identifier(name)
+        if name in _UUID_COLUMNS:
+            return sql.SQL("{}::text AS {}").format(ident, sql.Identifier(name))
+        return ident
+    return sql.SQL(", ").join(map(column, JOB_COLUMNS))
+
+
+_SELECT_JOB = sql.SQL("SELECT {} FROM job_status").format(job_columns())
 
 
 def create_job(conn: psycopg.Connection[Any], *, job_id: str, group_id: str, domain_id: str,
-               node_type: str, source: str) -> dict[str, Any]:
+               node_type: str, source: str) -> JobRow:
     """Insert the job as PENDING unless it exists; return its current row."""
     with wrapped(), conn.transaction():
         conn.execute(
@@ -93,7 +103,7 @@ def begin_job(conn: psycopg.Connection[Any], job: ImportJob, *, partitions: int,
 
 
 def finish_job(conn: psycopg.Connection[Any], *, job_id: str, status: str,
-               error: str | None = None, owner: str | None = None) -> dict[str, Any] | None:
+               error: str | None = None, owner: str | None = None) -> JobRow | None:
     """PROCESSING (or PENDING) -> COMPLETED/FAILED; return the row as it is afterwards.
 
     With ``owner`` (a daemon's ``host:pid``) the job ends only while that daemon still holds
@@ -106,7 +116,7 @@ def finish_job(conn: psycopg.Connection[Any], *, job_id: str, status: str,
 
 
 def complete_job(conn: psycopg.Connection[Any], *, job_id: str,
-                 owner: str | None = None) -> dict[str, Any]:
+                 owner: str | None = None) -> JobRow:
     """PROCESSING -> COMPLETED inside the caller's open transaction (the one that wrote the
     job's last rows and counters); the row afterwards. Fenced on ``owner`` like
     ``finish_job``; a job that is not PROCESSING or not ``owner``'s raises
@@ -124,21 +134,21 @@ _END = sql.SQL("UPDATE job_status SET status = %s, error = %s, finished_at = now
                " updated_at = now() WHERE id = %s AND status = ANY(%s){} RETURNING {}")
 _END_QUERIES = {fenced: _END.format(
     sql.SQL(" AND claimed_by IS NOT DISTINCT FROM %s" if fenced else ""),
-    sql.SQL(", ").join(map(sql.Identifier, JOB_COLUMNS))) for fenced in (False, True)}
+    job_columns()) for fenced in (False, True)}
 
 
 def _end(conn: psycopg.Connection[Any], job_id: str, status: str, error: str | None,
-         owner: str | None, statuses: tuple[str, ...]) -> dict[str, Any] | None:
+         owner: str | None, statuses: tuple[str, ...]) -> JobRow | None:
     """The ending UPDATE (fenced on ``owner`` when given); the row, None if none matched."""
     params: tuple[Any, ...] = (status, error, job_id, list(statuses)) + (
         () if owner is None else (owner,))
-    with conn.cursor(row_factory=dict_row) as cur:
+    with conn.cursor(row_factory=class_row(JobRow)) as cur:
         return cur.execute(_END_QUERIES[owner is not None], params).fetchone()
 
 
-def get_job(conn: psycopg.Connection[Any], job_id: str) -> dict[str, Any] | None:
-    """One job row as a dict keyed by column name (None if unknown)."""
-    with wrapped(), conn.cursor(row_factory=dict_row) as cur:
+def get_job(conn: psycopg.Connection[Any], job_id: str) -> JobRow | None:
+    """One job's row (None if unknown)."""
+    with wrapped(), conn.cursor(row_factory=class_row(JobRow)) as cur:
         cur.execute(_SELECT_JOB + sql.SQL(" WHERE id = %s"), (job_id,))
         row = cur.fetchone()
     if conn.info.transaction_status != psycopg.pq.TransactionStatus.IDLE:
@@ -147,7 +157,7 @@ def get_job(conn: psycopg.Connection[Any], job_id: str) -> dict[str, Any] | None
 
 
 def list_jobs(conn: psycopg.Connection[Any], *, status: str | None = None,
-              limit: int = 50) -> list[dict[str, Any]]:
+              limit: int = 50) -> list[JobRow]:
     """Most recent jobs first, optionally of one status."""
     query = _SELECT_JOB
     params: list[Any] = []
@@ -156,16 +166,26 @@ def list_jobs(conn: psycopg.Connection[Any], *, status: str | None = None,
         params.append(status)
     query += sql.SQL(" ORDER BY created_at DESC LIMIT %s")
     params.append(limit)
-    with wrapped(), conn.cursor(row_factory=dict_row) as cur:
+    with wrapped(), conn.cursor(row_factory=class_row(JobRow)) as cur:
         rows = cur.execute(query, params).fetchall()
     conn.rollback()
     return rows
 
 
+@dataclass(frozen=True)
+class RejectedRow:
+    """A row of a job's input that was not imported: a ``job_failures`` row."""
+
+    row_number: int
+    reference_id: str | None
+    reason: str
+    line: str | None  # an excerpt of the rejected line
+
+
 def job_failures(conn: psycopg.Connection[Any], job_id: str,
-                 limit: int = 100) -> list[dict[str, Any]]:
+                 limit: int = 100) -> list[RejectedRow]:
     """The first rejected rows of a job, by row number."""
-    with wrapped(), conn.cursor(row_factory=dict_row) as cur:
+    with wrapped(), conn.cursor(row_factory=class_row(RejectedRow)) as cur:
         rows = cur.execute(
             "SELECT row_number, reference_id, reason, line FROM job_failures"
             " WHERE job_id = %s ORDER BY row_number LIMIT %s", (job_id, limit)).fetchall()
@@ -305,12 +325,27 @@ def release_leases(conn: psycopg.Connection[Any], *, owner: str) -> int:
 PURGEABLE = tuple(s for s in states.ALL if s in states.TERMINAL)
 
 
-def running_jobs(conn: psycopg.Connection[Any], *, limit: int = 1000) -> list[dict[str, Any]]:
+@dataclass(frozen=True)
+class RunningJob:
+    """A PROCESSING job as housekeeping and the scrape see it (``running_jobs``)."""
+
+    id: str
+    group_id: str
+    domain_id: str
+    claimed_by: str | None
+    source_bytes: int | None
+    bytes_read: int
+    rows_committed: int
+    status: str
+    age_s: float  # seconds since its first start (the database's clock)
+
+
+def running_jobs(conn: psycopg.Connection[Any], *, limit: int = 1000) -> list[RunningJob]:
     """PROCESSING jobs, oldest first, with ``age_s`` since their first start."""
-    with wrapped(), conn.cursor(row_factory=dict_row) as cur:
+    with wrapped(), conn.cursor(row_factory=class_row(RunningJob)) as cur:
         rows = cur.execute(
-            "SELECT id::text AS id, group_id, domain_id, claimed_by, source_bytes, bytes_read,"
-            " rows_committed, status,"
+            "SELECT id::text AS id, group_id, domain_id::text AS domain_id, claimed_by,"
+            " source_bytes, bytes_read, rows_committed, status,"
             " extract(epoch FROM now() - coalesce(started_at, created_at))::float8 AS age_s"
             " FROM job_status WHERE status = 'PROCESSING'"
             " ORDER BY coalesce(started_at, created_at) LIMIT %s", (limit,)).fetchall()

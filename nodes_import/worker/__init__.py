@@ -170,7 +170,7 @@ def _run_job(job: ImportJob, cfg: ImportConfig) -> JobOutcome:
         # later; an outage when the link itself failed.
         _reset_pool()
         ending = Ending.OUTAGE if isinstance(exc, ConnectionLostError) else Ending.NOT_STARTED
-        return JobOutcome(job.job_id, status.PENDING, str(exc), {}, error_type=type_name(exc),
+        return JobOutcome(job.job_id, status.PENDING, str(exc), error_type=type_name(exc),
                           stack_trace=traceback.format_exc(), ending=ending)
     except Exception as exc:  # a bug: FAIL the job rather than lose it silently
         log.exception("job crashed", extra={"fields": {"jobId": job.job_id}})
@@ -231,14 +231,13 @@ def _run_bundle(jobs: list[ImportJob], cfg: ImportConfig) -> list[JobOutcome]:
 def _fail(job: ImportJob, exc: Exception) -> JobOutcome:
     error = f"internal error: {type(exc).__name__}: {exc}"
     trace = traceback.format_exc()
-    row: dict[str, Any] = {}
     try:
         with _open_pool().connection() as conn:
             row = jobrows.finish_job(conn, job_id=job.job_id, status=status.FAILED,
-                                     error=error) or {}
+                                     error=error)
     except Exception:  # the database is gone too: the daemon retries the job later
         log.exception("cannot record the crash", extra={"fields": {"jobId": job.job_id}})
-        return JobOutcome(job.job_id, status.PENDING, error, {}, error_type=type_name(exc),
+        return JobOutcome(job.job_id, status.PENDING, error, error_type=type_name(exc),
                           stack_trace=trace, ending=Ending.NOT_STARTED)
-    return JobOutcome.ended(job.job_id, {"status": status.FAILED, **row}, error,
+    return JobOutcome.ended(job.job_id, row, error, missing=status.FAILED,
                             error_type=type_name(exc), stack_trace=trace)

@@ -34,12 +34,12 @@ from typing import Any
 
 import psycopg
 from psycopg import sql
-from psycopg.rows import dict_row
+from psycopg.rows import class_row
 
 from nodes_import import metrics, status
 from nodes_import.config import ImportConfig
 from nodes_import.errors import StorageError
-from nodes_import.jobs import BUNDLE_MAX_IDS, Ending, ImportJob, JobOutcome
+from nodes_import.jobs import BUNDLE_MAX_IDS, Ending, ImportJob, JobOutcome, JobRow
 from nodes_import.pipeline.validate import MAX_REFERENCE_ID_CHARS
 from nodes_import.store import connection, jobrows
 from nodes_import.worker.jobstate import WATCHDOG_GRACE_S
@@ -158,7 +158,7 @@ def rounds(jobs: Sequence[ImportJob]) -> list[list[int]]:
 class Written:
     """One committed bundle: each job's row as committed, in the bundle's order."""
 
-    rows: list[dict[str, Any]]
+    rows: list[JobRow]
     seconds: float
 
 
@@ -179,15 +179,12 @@ def write(conn: psycopg.Connection[Any], jobs: Sequence[ImportJob], *, owner: st
         "refs": [ref for j in jobs for ref in (j.reference_ids or ())],
         "owner": owner,
     }
-    query = sql.SQL(_BUNDLE).format(
-        new_id=sql.SQL(new_id),
-        columns=sql.SQL(", ").join(sql.SQL("js.") + sql.Identifier(c)
-                                   for c in jobrows.JOB_COLUMNS))
+    query = sql.SQL(_BUNDLE).format(new_id=sql.SQL(new_id), columns=jobrows.job_columns("js"))
     started = time.monotonic()
     with connection.watchdog(conn, timeout_ms / 1000.0 + WATCHDOG_GRACE_S), connection.wrapped(), \
-            conn.transaction(), conn.cursor(row_factory=dict_row) as cur:
+            conn.transaction(), conn.cursor(row_factory=class_row(JobRow)) as cur:
         cur.execute(sql.SQL("SET LOCAL statement_timeout = {}").format(sql.Literal(timeout_ms)))
-        rows = {str(r["id"]): r for r in cur.execute(query, params).fetchall()}
+        rows = {r.id: r for r in cur.execute(query, params).fetchall()}
         if len(rows) != len(jobs):
             raise Declined(f"{len(jobs) - len(rows)} of {len(jobs)} jobs are not new PENDING "
                            f"jobs claimed by {owner}")
@@ -199,18 +196,16 @@ def outcomes(jobs: Sequence[ImportJob], written: Written) -> list[JobOutcome]:
     path's "job finished")."""
     out = []
     for job, row in zip(jobs, written.rows, strict=True):
-        size = int(row["total_nodes"] or 0)
         metrics.job_started()
-        metrics.batch_written(job.group_id, job.domain_id, inserted=int(row["inserted_count"]),
-                              updated=int(row["updated_count"]),
-                              unchanged=int(row["unchanged_count"]), failed=0,
-                              seconds=written.seconds)
+        metrics.batch_written(job.group_id, job.domain_id, inserted=row.inserted_count,
+                              updated=row.updated_count, unchanged=row.unchanged_count,
+                              failed=0, seconds=written.seconds)
         metrics.job_finished(status.COMPLETED, written.seconds)
         log.info("job finished", extra={"fields": {
             "jobId": job.job_id, "groupId": job.group_id, "domainId": job.domain_id,
             "status": status.COMPLETED, "durationS": round(written.seconds, 3),
-            "total": size, "success": row["success_count"], "failed": row["failed_count"],
-            "inserted": row["inserted_count"], "updated": row["updated_count"],
-            "unchanged": row["unchanged_count"], "bundle": len(jobs)}})
+            "total": row.total_nodes, "success": row.success_count, "failed": row.failed_count,
+            "inserted": row.inserted_count, "updated": row.updated_count,
+            "unchanged": row.unchanged_count, "bundle": len(jobs)}})
         out.append(JobOutcome(job.job_id, status.COMPLETED, None, row, ending=Ending.COMPLETED))
     return out

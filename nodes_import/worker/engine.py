@@ -48,7 +48,7 @@ from nodes_import.errors import (
     TransientStorageError,
     type_name,
 )
-from nodes_import.jobs import BUNDLE_MAX_IDS, Ending, ImportJob, JobOutcome
+from nodes_import.jobs import BUNDLE_MAX_IDS, Ending, ImportJob, JobOutcome, JobRow
 from nodes_import.pipeline import encode
 from nodes_import.pipeline.parse import RawBatch
 from nodes_import.pipeline.validate import Rejected
@@ -190,34 +190,43 @@ def _finish(state: JobState, final: str, error: str | None,
         with attempt, _connection(state) as conn:
             row = jobrows.finish_job(conn, job_id=job.job_id, status=final, error=error,
                                      owner=job.claimed_by)
-    return _ended(state, row or {}, final, error, error_kind, exc)
+    return _ended(state, row, final, error, error_kind, exc)
 
 
-def _ended(state: JobState, row: dict[str, Any], final: str, error: str | None,
+def _ended(state: JobState, row: JobRow | None, final: str, error: str | None,
            error_kind: str | None = None, exc: BaseException | None = None) -> JobOutcome:
-    """Log and count how the job ended (its row as committed); the outcome."""
+    """Log and count how the job ended (its row as committed, None if gone); the outcome."""
     job = state.job
-    if job.claimed_by is not None and row.get("status") not in status.TERMINAL:
+    if job.claimed_by is not None and (row is None or row.status not in status.TERMINAL):
         # fenced: another daemon took the job over; it records the end, not us
         log.warning("job taken over by another runner; its end is theirs to record",
-                    extra={"fields": {**state.ctx, "claimedBy": row.get("claimed_by")}})
+                    extra={"fields": {**state.ctx,
+                                      "claimedBy": None if row is None else row.claimed_by}})
         return JobOutcome(job.job_id, status.PROCESSING, "lease lost", row,
                           ending=Ending.LEASE_LOST)
     duration = round(time.monotonic() - state.progress.started, 3)
-    fields = {**state.ctx, "status": row.get("status", final), "durationS": duration,
-              "total": row.get("total_nodes"), "success": row.get("success_count"),
-              "failed": row.get("failed_count"), "inserted": row.get("inserted_count"),
-              "updated": row.get("updated_count"), "unchanged": row.get("unchanged_count")}
+    seen = final if row is None else row.status
+    fields: dict[str, Any] = {**state.ctx, "status": seen, "durationS": duration,
+                              **_counts(row)}
     if error:
         fields["error"] = error
     log.log(logging.ERROR if final == status.FAILED else logging.INFO, "job finished",
             extra={"fields": fields})
-    metrics.job_finished(str(row.get("status", final)), duration, error_kind)
+    metrics.job_finished(seen, duration, error_kind)
     # The exception that failed the job: the dead letter's class and stack trace headers.
     error_type = None if exc is None else type_name(exc)
     trace = "".join(traceback.format_exception(exc)) if exc is not None else None
-    return JobOutcome.ended(job.job_id, {"status": final, **row}, error,
+    return JobOutcome.ended(job.job_id, row, error, missing=final,
                             error_type=error_type, stack_trace=trace)
+
+
+def _counts(row: JobRow | None) -> dict[str, int | None]:
+    """The counters of the "job finished" line (None each when the row is gone)."""
+    if row is None:
+        return dict.fromkeys(("total", "success", "failed", "inserted", "updated", "unchanged"))
+    return {"total": row.total_nodes, "success": row.success_count, "failed": row.failed_count,
+            "inserted": row.inserted_count, "updated": row.updated_count,
+            "unchanged": row.unchanged_count}
 
 
 def _write_small(state: JobState, batch: RawBatch, header: list[str]) -> JobOutcome | None:
@@ -286,10 +295,10 @@ def _begin(state: JobState, *, partitions: int, source_bytes: int | None) -> lis
     return checkpoint
 
 
-def _job_row(state: JobState) -> dict[str, Any]:
-    """The job's row as it is now ({} if it is gone)."""
+def _job_row(state: JobState) -> JobRow | None:
+    """The job's row as it is now (None if it is gone)."""
     with _connection(state) as conn:
-        return jobrows.get_job(conn, state.job.job_id) or {}
+        return jobrows.get_job(conn, state.job.job_id)
 
 
 def _read_and_write(state: JobState, batches: Iterator[RawBatch], header: list[str],
@@ -319,13 +328,12 @@ def _end(state: JobState) -> JobOutcome:
     if isinstance(fatal, LeaseLostError):  # the new owner ends the job, not us
         log.warning("job taken over by another runner; stopped", extra={"fields": {
             **state.ctx, "error": str(fatal)}})
-        return JobOutcome(job.job_id, status.PROCESSING, str(fatal), {},
-                          ending=Ending.LEASE_LOST)
+        return JobOutcome(job.job_id, status.PROCESSING, str(fatal), ending=Ending.LEASE_LOST)
     if isinstance(fatal, ConnectionLostError) and not job.fail_on_outage:
         # the daemon resumes it from its checkpoint once the database answers
         log.warning("job interrupted: the database went away", extra={"fields": {
             **state.ctx, "error": str(fatal)}})
-        return JobOutcome(job.job_id, status.PROCESSING, str(fatal), {},
+        return JobOutcome(job.job_id, status.PROCESSING, str(fatal),
                           error_type=type_name(fatal), ending=Ending.OUTAGE)
     if fatal is not None:
         return _finish(state, status.FAILED, str(fatal), type(fatal).__name__, fatal)
@@ -354,7 +362,8 @@ def run_import(job: ImportJob, cfg: ImportConfig, pool: ConnectionPool, *,
     if checkpoint is None:
         row = _job_row(state)
         log.info("job already finished; skipped", extra={"fields": state.ctx})
-        return JobOutcome.ended(job.job_id, row, row.get("error"))
+        return JobOutcome.ended(job.job_id, row, None if row is None else row.error,
+                                missing=status.FAILED)
     resume_from = checkpoint if any(checkpoint) else None
     log.info("job started", extra={"fields": {**state.ctx, "source": job.source_label,
                                               "partitions": len(checkpoint),

@@ -97,7 +97,7 @@ def test_bundles_leave_the_nodes_and_counters_the_usual_path_leaves_job_by_job(
     _claim(db, jobs)
     for positions in bundle.rounds(jobs):
         written = _write(db, [jobs[n] for n in positions])
-        assert [str(r["id"]) for r in written.rows] == [jobs[n].job_id for n in positions]
+        assert [r.id for r in written.rows] == [jobs[n].job_id for n in positions]
     assert _nodes(db) == usual_nodes
     assert [{k: _job_row(db, j.job_id)[k] for k in COUNTERS} for j in jobs] == usual
 
@@ -116,7 +116,7 @@ def test_a_bundle_commits_every_job_and_its_nodes_in_one_transaction(db: Databas
     jobs = [_job(f"g{n}", (f"a{n}", f"b{n}")) for n in range(5)]
     _claim(db, jobs)
     written = _write(db, jobs)
-    assert [r["status"] for r in written.rows] == ["COMPLETED"] * 5
+    assert [r.status for r in written.rows] == ["COMPLETED"] * 5
     assert db.scalar("SELECT count(DISTINCT xid) FROM seen") == 1
     assert db.scalar("SELECT count(*) FROM seen WHERE what = 'job_status'") == 5
     assert db.scalar("SELECT count(*) FROM nodes") == 10

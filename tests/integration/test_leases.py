@@ -80,9 +80,9 @@ def test_a_runner_that_lost_its_lease_cannot_end_the_job(db: Database) -> None:
         conn.execute("UPDATE job_status SET claimed_by = 'new:2' WHERE id = %s", (job,))
         conn.commit()
         row = jobrows.finish_job(conn, job_id=job, status="COMPLETED", owner="old:1")
-        assert row is not None and row["status"] == "PROCESSING"
+        assert row is not None and row.status == "PROCESSING"
         row = jobrows.finish_job(conn, job_id=job, status="COMPLETED", owner="new:2")
-        assert row is not None and row["status"] == "COMPLETED"
+        assert row is not None and row.status == "COMPLETED"
 
 
 def test_a_daemons_intake_creates_and_claims_a_batch_with_claim_jobs_answers(

@@ -244,10 +244,9 @@ def test_an_undeclared_scrape_gauge_is_reported_and_the_rest_still_served() -> N
 
 
 def test_progress_is_bytes_read_over_file_size_and_100_once_finished() -> None:
-    assert metrics.progress_percentage({"status": "PROCESSING", "source_bytes": 200,
-                                        "bytes_read": 50}) == 25.0
-    assert metrics.progress_percentage({"status": "PROCESSING", "source_bytes": None}) is None
-    assert metrics.progress_percentage({"status": "FAILED", "source_bytes": None}) == 100.0
+    assert metrics.progress_percentage("PROCESSING", source_bytes=200, bytes_read=50) == 25.0
+    assert metrics.progress_percentage("PROCESSING", source_bytes=None, bytes_read=0) is None
+    assert metrics.progress_percentage("FAILED", source_bytes=None, bytes_read=0) == 100.0
 
 
 def test_private_directories_of_dead_daemons_are_swept_and_live_ones_kept(

@@ -25,13 +25,17 @@ from nodes_import.daemon.decisions import (
     decide,
 )
 from nodes_import.daemon.window import Slot
-from nodes_import.jobs import Ending, ImportJob, JobOutcome
+from nodes_import.jobs import Ending, ImportJob, JobOutcome, JobRow
 from nodes_import.kafka import deadletter as dl
 from nodes_import.kafka.consumer import Delivery
 
 MAX_CRASHES = 3
-ROW = {"status": status.FAILED, "total_nodes": 10, "success_count": 7, "failed_count": 3,
-       "rows_committed": 7, "attempts": 1}
+ROW = JobRow(id="job-1", group_id="g", domain_id="d", status=status.FAILED, node_type="USER",
+             source="reference-ids", total_nodes=10, success_count=7, failed_count=3,
+             inserted_count=7, updated_count=0, unchanged_count=0, rows_committed=7,
+             error="bad file", attempts=1, source_bytes=None, bytes_read=0, claimed_by=None,
+             created_at=None, updated_at=None, started_at=None, finished_at=None,
+             heartbeat_at=None)
 
 
 def _slot(**counters: int) -> Slot:
@@ -73,7 +77,7 @@ def test_a_failed_job_is_dead_lettered_with_the_outcomes_error_type_and_stack_tr
 def test_a_failed_job_without_an_error_is_dead_lettered_as_failed_with_the_base_type() -> None:
     decision = _decide(_outcome(Ending.FAILED, status=status.FAILED), stopping=True)
     assert decision == DeadLetter(dl.Failure(dl.STAGE_IMPORT, "FAILED", UNKNOWN_ERROR_TYPE,
-                                             None, "job-1", dl.counts_of({})))
+                                             None, "job-1", dl.counts_of(None)))
 
 
 def test_an_outage_retries_after_a_backoff_and_counts_as_an_outage() -> None:

@@ -5,9 +5,10 @@ from __future__ import annotations
 import pickle
 import subprocess
 import sys
+from datetime import UTC, datetime
 
 from nodes_import.config import ImportConfig
-from nodes_import.jobs import Ending, ImportJob, JobOutcome
+from nodes_import.jobs import Ending, ImportJob, JobOutcome, JobRow
 from nodes_import.worker import WorkerSettings
 
 
@@ -20,10 +21,16 @@ def test_importing_the_worker_and_the_cli_never_loads_the_kafka_client() -> None
 
 
 def test_what_crosses_the_boundary_pickles_to_an_equal_value() -> None:
+    now = datetime.now(UTC)
+    row = JobRow(id="j", group_id="g", domain_id="d", status="FAILED", node_type="USER",
+                 source="/data/u.csv", total_nodes=1, success_count=0, failed_count=1,
+                 inserted_count=0, updated_count=0, unchanged_count=0, rows_committed=1,
+                 error="boom", attempts=1, source_bytes=10, bytes_read=10, claimed_by="h:1",
+                 created_at=now, updated_at=now, started_at=now, finished_at=now,
+                 heartbeat_at=None)
     values = [ImportJob("j", "g", "d", reference_ids=("a", "b"), claimed_by="h:1"),
               ImportConfig(), WorkerSettings("dbname=x", 3, 1.5),
-              JobOutcome("j", "FAILED", "boom", {"total_nodes": 1}, "X", "trace",
-                             ending=Ending.FAILED)]
+              JobOutcome("j", "FAILED", "boom", row, "X", "trace", ending=Ending.FAILED)]
     for value in values:
         assert pickle.loads(pickle.dumps(value)) == value
 
