@@ -8,8 +8,9 @@ A file named by a URI (``s3://`` in ``s3.py``, ``https://`` and ``http://`` in `
 2. its origin is asked once for the object's size and identity (ETag, Last-Modified):
    ``RemoteFile``, made when the job's ``Source`` is;
 3. each open of the source streams from byte 0 through a ``RemoteStream``: its reads are
-   served from a buffer that ranged fetches fill, growing from 64 KiB to 8 MiB (a read
-   of the magic bytes or the header costs little, a whole file few requests);
+   served from a buffer that ranged fetches fill, each twice the last, from 64 KiB (or
+   the size of the read) to 8 MiB (a read of the magic bytes or the header costs little,
+   a whole file few requests);
 4. a transient error (connection reset, timeout, HTTP 5xx or 429) closes the response,
    waits, and opens a new one at the byte offset already received, on the condition that
    the object is still the one of step 2: another one is a ``SourceChangedError``, more
@@ -249,7 +250,7 @@ class RemoteStream:
             return b"".join(iter(lambda: self.read(MAX_FETCH), b""))
         if self._pos >= len(self._data):
             self._data, self._pos = self._fetch(max(size, self._next_fetch)), 0
-            self._next_fetch = min(self._next_fetch * 2, MAX_FETCH)
+            self._next_fetch = min(max(self._next_fetch, len(self._data)) * 2, MAX_FETCH)
         if self._pos == 0 and size >= len(self._data):
             self._pos = len(self._data)
             return self._data

@@ -61,16 +61,6 @@ def local_ids(users: Path, tmp_path: Path) -> list[str]:
                        max_decompressed_bytes=8 * GiB))
 
 
-@pytest.fixture()
-def s3_proxy(s3_server: S3Server) -> Iterator[FaultProxy]:
-    """The fault proxy in front of the S3 server."""
-    proxy = FaultProxy(upstream_host="127.0.0.1", upstream_port=s3_server.port).start()
-    try:
-        yield proxy
-    finally:
-        proxy.close()
-
-
 # -- S3 -------------------------------------------------------------------------------
 
 
@@ -109,8 +99,9 @@ def test_a_connection_reset_in_the_middle_of_an_s3_object_resumes_and_reads_exac
     assert "NETWORK_CONNECTION" in resumed[0].fields["error"]  # type: ignore[attr-defined]
 
 
-def test_a_stalled_s3_read_times_out_and_resumes(
-        bucket: Bucket, s3_server: S3Server, s3_proxy: FaultProxy, users: Path) -> None:
+def test_a_stalled_s3_read_times_out_and_resumes_at_the_offset_it_reached(
+        bucket: Bucket, s3_server: S3Server, s3_proxy: FaultProxy, users: Path,
+        caplog: pytest.LogCaptureFixture) -> None:
     uri = bucket.put("users.csv.gz", users)
     remote = remote_config(f"http://127.0.0.1:{s3_proxy.port}", (f"s3://{bucket.name}/",),
                            read_timeout_ms=500)
@@ -119,9 +110,13 @@ def test_a_stalled_s3_read_times_out_and_resumes(
     s3_proxy.stall()
     threading.Timer(1.2, s3_proxy.stall, kwargs={"on": False}).start()
     started = time.monotonic()
-    rest = stream.read(-1)
+    with caplog.at_level(logging.WARNING, logger="nodes_import.pipeline.remote"):
+        rest = stream.read(-1)
     assert time.monotonic() - started >= 1.0
     assert stream.resumes == 1
+    offsets = {r.fields["offset"] for r in caplog.records  # type: ignore[attr-defined]
+               if r.message == "remote read interrupted; resuming"}
+    assert offsets == {64 << 10}  # after the first fetch, never from the start
     stream.close()
     assert first + rest == users.read_bytes()
 
