@@ -266,6 +266,8 @@ class RemoteStream:
 
     def _fetch(self, size: int) -> bytes:
         size = min(size, MAX_FETCH)
+        if self._info.size is not None and self._fetched >= self._info.size:
+            return b""  # all in: no request (a range from the end would be refused)
         while True:
             try:
                 if self._body is None:
