@@ -45,8 +45,12 @@ def engine_program(proposal: str | None) -> list[str] | None:
 def import_once(server: BenchServer, schema: str, path: Path, name: str, rows: int, *,
                 ids: bool = False, kind: str = "scenario", settings: dict[str, Any] | None = None,
                 wrap: list[str] | None = None, proposal: str | None = None,
-                timeout_s: float | None = None, expect_failed: int = 0) -> Result:
+                timeout_s: float | None = None, expect_failed: int = 0,
+                source: str | None = None, env_extra: dict[str, str] | None = None) -> Result:
     """One ``nodes-import import`` run, metered; ``rows`` is the file's row count.
+
+    ``source``: what the command is given instead of ``path`` (a URI of the same file);
+    ``env_extra``: more environment (where that URI is allowed and reached).
 
     The run counts as failed unless the job COMPLETED with exactly ``expect_failed``
     rejected rows (a batch that timed out is recorded as failed rows).
@@ -54,11 +58,13 @@ def import_once(server: BenchServer, schema: str, path: Path, name: str, rows: i
     ``timeout_s`` becomes the job's global timeout: a run over it ends FAILED and is
     reported as such (rows/s 0, the reason in ``notes``) instead of stopping the suite.
     """
-    args = ["import", *(["--reference-ids", str(path)] if ids else [str(path)]),
+    given = source or str(path)
+    args = ["import", *(["--reference-ids", given] if ids else [given]),
             "--group", GROUP, "--domain", DOMAIN, "--dsn", server.schema_dsn(schema), "--json"]
     env = settings_env(**(settings or {}))
     env["NODES_IMPORT_NODE_IMPORT_ALLOWED_ROOTS"] = str(path.parent)
     env["PYTHONPATH"] = str(REPO)
+    env.update(env_extra or {})
     if timeout_s:
         env["NODES_IMPORT_NODE_IMPORT_GLOBAL_TIMEOUT_MS"] = str(int(timeout_s * 1000))
         env["NODES_IMPORT_NODE_IMPORT_RETRY_MAX_ATTEMPTS"] = "1"

@@ -8,7 +8,8 @@ declared once, on the dataclass field that holds it. Sources are layered, later 
 3. the environment: ``NODES_IMPORT_`` + the key upper-cased with ``.`` and ``-`` as ``_``
    (``NODES_IMPORT_NODE_IMPORT_BATCH_SIZE=20000``); ``NODES_IMPORT_DSN`` is short for
    ``database.dsn``. There an int may hold ``_`` (``20_000``), a bool is ``1``, ``true``,
-   ``yes``, ``on`` or ``0``, ``false``, ``no``, ``off``, a list is ``:``-separated paths and
+   ``yes``, ``on`` or ``0``, ``false``, ``no``, ``off``, a list is ``:``-separated paths or
+   a YAML list (``[s3://bucket/in/, https://host/files/]``: URIs hold ``:``) and
    a mapping is YAML (``{sasl.password: x}``) merged key by key into the file's mapping (the
    file's other properties stay; a key set to ``null`` removes the file's),
 4. command-line flags (``--dsn``, ``--bootstrap-servers``, ``--admin-port``, ...).
@@ -115,6 +116,58 @@ def libpq_environment(environ: Mapping[str, str]) -> tuple[str, ...]:
 # -- the settings, one field per key ------------------------------------------------------
 
 
+# -- remote sources (object storage, HTTPS): pipeline/remote.py, s3.py, http.py --------
+
+
+def _s3_endpoint(value: str | None, environ: Mapping[str, str]) -> str | None:
+    # The AWS SDKs' own variables when no key says (pyarrow's S3 client reads neither).
+    return value or environ.get("AWS_ENDPOINT_URL_S3") or environ.get("AWS_ENDPOINT_URL") or None
+
+
+@dataclass(frozen=True)
+class S3Config:
+    """How ``s3://`` URIs are reached. Credentials are never set here: they come from the
+    standard AWS chain (environment, shared credentials and config files, instance role)."""
+
+    endpoint_override: str | None = setting("node.import.s3.endpoint-override", None,
+                                            resolve=_s3_endpoint, doc="""
+        Endpoint of an S3-compatible store (`http://127.0.0.1:9000`,
+        `https://storage.example.com`); null: `AWS_ENDPOINT_URL_S3` or `AWS_ENDPOINT_URL`
+        when set, else AWS itself.""")
+    region: str | None = setting("node.import.s3.region", None, doc="""
+        Region of the buckets; null: the AWS chain's (`AWS_REGION`, `AWS_DEFAULT_REGION`, the
+        shared config file), else `us-east-1`.""")
+    path_style: bool = setting("node.import.s3.path-style", True, doc="""
+        With an endpoint override: path-style addressing (`https://endpoint/bucket/key`, what
+        most S3-compatible stores expect); false: virtual-hosted style
+        (`https://bucket.endpoint/key`). AWS itself (no override) is always addressed
+        virtual-hosted style.""")
+
+
+@dataclass(frozen=True)
+class RemoteConfig:
+    """Files in object storage and over HTTPS: which may be read, and how patiently."""
+
+    allowed_uris: tuple[str, ...] = setting("node.import.allowed-uris", [], doc="""
+        URI prefixes that remote files and reference-ID files may be read from
+        (`s3://bucket/prefix/`, `https://host/path/`; `http://` only when listed so): scheme
+        and host must be equal and the path must start with the prefix's path. Checked
+        before any request and on every redirect. `[]`: no remote source is allowed.""")
+    connect_timeout_ms: int = setting("node.import.remote.connect-timeout.ms", 10_000, doc="""
+        Connecting to the S3 endpoint or the HTTPS server; past it the attempt counts as a
+        transient error.""")
+    read_timeout_ms: int = setting("node.import.remote.read-timeout.ms", 60_000, doc="""
+        Waiting for the next bytes of a response; past it the read is resumed.""")
+    max_retries: int = setting("node.import.remote.max-retries", 5, doc="""
+        Transient read errors in a row (connection reset, timeout, HTTP 5xx or 429) on one
+        remote file: each is resumed from the byte offset already read (a ranged request,
+        checked against the object's ETag or Last-Modified); one more fails the job.""")
+    retry_interval_ms: int = setting("node.import.remote.retry-interval.ms", 500, doc="""
+        Wait before the first resume; doubles with each failure in a row, up to 16 times
+        this.""")
+    s3: S3Config = field(default_factory=S3Config)
+
+
 @dataclass(frozen=True)
 class RetryConfig:
     """The tenacity backoff for transient database errors (seed section 3.7)."""
@@ -173,6 +226,7 @@ class ImportConfig:
         Type of the nodes of a row without a `type` cell, in a job whose message names no
         `nodeType`.""")
     retry: RetryConfig = field(default_factory=RetryConfig)
+    remote: RemoteConfig = field(default_factory=RemoteConfig)
 
 
 @dataclass(frozen=True)

@@ -30,6 +30,18 @@ class SourceError(PayloadError):
     """The source file cannot be opened or read (missing, refused, corrupt, too big)."""
 
 
+class SourceRefusedError(SourceError):
+    """The source is outside what may be read: a local path outside
+    ``node.import.allowed-roots``, a URI (or a redirect) outside ``node.import.allowed-uris``.
+    Refused before any read or request."""
+
+
+class SourceChangedError(SourceError):
+    """A remote file was replaced while it was read (its ETag or Last-Modified changed, or
+    the server refused the resume's precondition): the job fails rather than mix two
+    versions of the file."""
+
+
 class StorageError(NodesImportError):
     """A database operation failed."""
 

@@ -9,6 +9,7 @@ from enum import StrEnum
 from typing import Any
 
 from nodes_import import status
+from nodes_import.redact import redact_uri
 
 # The `source` recorded for jobs whose nodes come from a list of reference IDs.
 REFERENCE_IDS_SOURCE = "reference-ids"
@@ -25,7 +26,8 @@ class ImportJob:
 
     Exactly one of ``source`` (a file path or URI: the cost-based path) and
     ``reference_ids`` (the non-cost-based path) is set. ``reference_ids_file`` is a
-    file of IDs, one per line (the CLI's ``--reference-ids FILE``).
+    file of IDs, one per line, a path or URI (the CLI's ``--reference-ids FILE``, the
+    message's ``referenceIdsFile``).
     """
 
     job_id: str
@@ -44,8 +46,9 @@ class ImportJob:
 
     @property
     def source_label(self) -> str:
-        """What ``job_status.source`` records."""
-        return self.source or REFERENCE_IDS_SOURCE
+        """What ``job_status.source`` records (a URI's password and query masked: a
+        pre-signed URL's signature is a credential)."""
+        return redact_uri(self.source) if self.source else REFERENCE_IDS_SOURCE
 
     @property
     def small(self) -> bool:

@@ -229,7 +229,12 @@ def _coerce(kind: Kind, value: Any, from_text: bool) -> Any:
             raise TypeError
         return float(value)
     if kind == STR_LIST:
-        if text is not None:
+        if text is not None and text.lstrip().startswith("["):  # YAML: items may hold ':'
+            try:
+                value = yaml.safe_load(text)
+            except yaml.YAMLError as exc:
+                raise ValueError(str(exc)) from exc
+        elif text is not None:
             return [part for part in text.split(os.pathsep) if part]
         if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
             raise TypeError

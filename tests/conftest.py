@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 
 pytest_plugins = ["tests.fixtures.faultproxy", "tests.fixtures.postgres", "tests.fixtures.files",
-                  "tests.fixtures.kafka", "tests.fixtures.daemon"]
+                  "tests.fixtures.kafka", "tests.fixtures.daemon", "tests.fixtures.s3",
+                  "tests.fixtures.fileserver"]
 
 # fixture name -> marker it implies
 _FIXTURE_MARKERS = {"pg_dsn": "postgres", "pg_server_dsn": "postgres", "db": "postgres",

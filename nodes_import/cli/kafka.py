@@ -4,6 +4,7 @@ client is imported inside each command, so the other commands never load it."""
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 import click
@@ -13,6 +14,35 @@ from nodes_import.errors import NodesImportError
 from nodes_import.jobs import new_job_id
 
 BOOTSTRAP_HELP = "Kafka HOST:PORT list (default: kafka.bootstrap-servers)."
+
+
+def _ids_file_or_uri(ctx: click.Context, param: click.Parameter,
+                     value: str | None) -> str | None:
+    """``--reference-ids``: a URI as it is, else a local file that must exist."""
+    if value is None or "://" in value:
+        return value
+    return str(click.Path(exists=True, dir_okay=False).convert(value, param, ctx))
+
+
+def uploaded(cfg: Any, prefix: str, job_id: str, path: str) -> str:
+    """Upload the local file ``path`` under ``prefix`` (``submit --upload``); its URI."""
+    from pathlib import Path
+
+    from nodes_import.pipeline import remote, s3
+
+    try:
+        uri = s3.upload_uri(prefix, job_id, Path(path))
+        sent = s3.upload(Path(path), uri, cfg.imports.remote)
+    except NodesImportError as exc:
+        fail(str(exc))
+    click.echo(f"uploaded {path} ({sent:,} bytes) to {uri}", err=True)
+    if cfg.imports.remote.allowed_uris:
+        try:
+            remote.check_allowed_uri(uri, cfg.imports.remote.allowed_uris)
+        except NodesImportError as exc:
+            click.echo(f"warning: daemons with this configuration would refuse it: {exc}",
+                       err=True)
+    return uri
 
 
 def _read_ids(path: str) -> tuple[str, ...]:
@@ -25,8 +55,12 @@ def _read_ids(path: str) -> tuple[str, ...]:
 
 @click.command("submit")
 @click.argument("source", required=False)
-@click.option("--reference-ids", "ids_file", type=click.Path(exists=True, dir_okay=False),
-              help="File of reference IDs, one per line: sent inline as referenceIds.")
+@click.option("--reference-ids", "ids_file", callback=_ids_file_or_uri,
+              help="File of reference IDs, one per line: sent inline as referenceIds (with "
+              "--upload, uploaded and sent as referenceIdsFile when too large for a message); "
+              "a URI (s3://, https://) is sent as referenceIdsFile as it is.")
+@click.option("--upload", metavar="s3://BUCKET/PREFIX/", help="Upload the local SOURCE (or "
+              "an ID list too large for a message) to PREFIX<jobId>/<name> and send its URI.")
 @click.option("--group", "group_id", required=True, help="Group the nodes belong to.")
 @click.option("--domain", "domain_id", required=True, type=click.UUID, help="Domain UUID.")
 @click.option("--type", "node_type", default=None, help="Node type (default USER).")
@@ -34,9 +68,9 @@ def _read_ids(path: str) -> tuple[str, ...]:
 @click.option("--job-id", type=click.UUID, help="The idempotency key (default: a new one).")
 @click.option(*BOOTSTRAP_FLAGS, "bootstrap_servers", help=BOOTSTRAP_HELP)
 @click.pass_context
-def submit_cmd(ctx: click.Context, source: str | None, ids_file: str | None, group_id: str,
-               domain_id: Any, node_type: str | None, topic: str | None, job_id: Any,
-               bootstrap_servers: str | None) -> None:
+def submit_cmd(ctx: click.Context, source: str | None, ids_file: str | None, upload: str | None,
+               group_id: str, domain_id: Any, node_type: str | None, topic: str | None,
+               job_id: Any, bootstrap_servers: str | None) -> None:
     """Send one job message (a file SOURCE, or --reference-ids FILE); prints its jobId.
 
     Gives up after kafka.startup-timeout.ms (15 s) when the broker does not answer (exit 1).
@@ -49,19 +83,29 @@ def submit_cmd(ctx: click.Context, source: str | None, ids_file: str | None, gro
     if (source is None) == (ids_file is None):
         raise click.UsageError("give exactly one of SOURCE or --reference-ids FILE")
     cfg = load(ctx, **{"kafka.bootstrap-servers": bootstrap_servers})
+    job_id = str(job_id or new_job_id())
+    if upload and source is not None and "://" not in source:
+        source = uploaded(cfg, upload, job_id, source)
     if source is not None and "://" not in source and Path(source).exists():
         source = str(Path(source).resolve())  # the daemon may run in another directory
+    ids_uri = ids_file if ids_file and "://" in ids_file else None
     request = NodeExchange(
         group_id=group_id, domain_id=str(domain_id), file=source, node_type=node_type,
-        reference_ids=_read_ids(ids_file) if ids_file else None,
-        job_id=str(job_id or new_job_id()))
+        reference_ids=_read_ids(ids_file) if ids_file and not ids_uri else None,
+        reference_ids_file=ids_uri, job_id=job_id)
     size = len(request.to_json())
+    if size > cfg.kafka.max_message_bytes and upload and ids_file and not ids_uri:
+        # Too large inline: the same list as a file in the bucket (referenceIdsFile).
+        request = dataclasses.replace(request, reference_ids=None, reference_ids_file=uploaded(
+            cfg, upload, job_id, ids_file))
+        size = len(request.to_json())
     if size > cfg.kafka.max_message_bytes:
         # The daemon would dead-letter it unread: refuse it here, where it can be fixed.
         fail(f"the job message would be {size:,} bytes ({len(request.reference_ids or ())}"
               f" reference IDs), over kafka.max-message-bytes ({cfg.kafka.max_message_bytes:,}"
               "): split the list into several jobs, or raise that limit together with the"
-              " broker's and the topic's (and the daemon's)", EXIT_USAGE)
+              " broker's and the topic's (and the daemon's), or send it as a file with"
+              " --upload s3://bucket/prefix/", EXIT_USAGE)
     timeout_s = cfg.kafka.startup_timeout_ms / 1000.0
     errors = ClientErrors()
     try:

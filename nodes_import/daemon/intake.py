@@ -61,6 +61,7 @@ class Intake:
             group_id=request.group_id, domain_id=request.domain_id,
             node_type=request.node_type or self.cfg.imports.default_node_type,
             source=request.file, reference_ids=request.reference_ids, claimed_by=self.owner,
+            reference_ids_file=request.reference_ids_file,
             fail_on_outage=False)  # an outage leaves it PROCESSING: resumed after the breaker
         full = self.window.full
         self.window.admit(slot)

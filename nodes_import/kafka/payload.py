@@ -5,8 +5,10 @@ The value is one JSON object::
     {"groupId": "acme", "domainId": "<uuid>", "file": "/data/users.csv.gz",
      "nodeType": "USER", "jobId": "<uuid>"}
 
-with exactly one of ``file`` (a path or URI: the cost-based path) and ``referenceIds``
-(an array of strings: the non-cost-based path). ``nodeType`` and ``jobId`` are optional;
+with exactly one of ``file`` (a path or URI: the cost-based path), ``referenceIds``
+(an array of strings: the non-cost-based path) and ``referenceIdsFile`` (a path or URI of
+a file of IDs, one a line, optionally gzipped: the same path for lists too large for a
+message). ``nodeType`` and ``jobId`` are optional;
 unknown fields are ignored so producers can add fields before consumers know them.
 
 ``parse`` raises ``PayloadError`` with a reason precise enough to fix the producer, and
@@ -45,7 +47,8 @@ class MessageRejected(PayloadError):
 
 @dataclass(frozen=True)
 class NodeExchange:
-    """A validated job request. Exactly one of ``file`` and ``reference_ids`` is set."""
+    """A validated job request. Exactly one of ``file``, ``reference_ids`` and
+    ``reference_ids_file`` is set."""
 
     group_id: str
     domain_id: str
@@ -53,6 +56,7 @@ class NodeExchange:
     reference_ids: tuple[str, ...] | None = None
     node_type: str | None = None
     job_id: str | None = None
+    reference_ids_file: str | None = None
 
     def to_json(self) -> bytes:
         """The wire form (what ``nodes-import submit`` produces)."""
@@ -61,6 +65,8 @@ class NodeExchange:
             body["file"] = self.file
         if self.reference_ids is not None:
             body["referenceIds"] = list(self.reference_ids)
+        if self.reference_ids_file is not None:
+            body["referenceIdsFile"] = self.reference_ids_file
         if self.node_type is not None:
             body["nodeType"] = self.node_type
         if self.job_id is not None:
@@ -165,15 +171,20 @@ def parse(value: bytes | None, *, max_reference_ids: int = 10_000_000,
     domain_id = _uuid(body, "domainId", required=True)
     file = _text(body, "file", required=False)
     ids = _reference_ids(body, max_reference_ids)
-    if file is not None and ids is not None:
-        raise MessageRejected("both file and referenceIds are set; give exactly one",
-                              STAGE_VALIDATE)
-    if file is None and ids is None:
-        raise MessageRejected("neither file nor referenceIds is set; give exactly one",
-                              STAGE_VALIDATE)
+    ids_file = _text(body, "referenceIdsFile", required=False)
+    given = [name for name, value in (("file", file), ("referenceIds", ids),
+                                      ("referenceIdsFile", ids_file)) if value is not None]
+    if len(given) > 1:
+        which = f"both {given[0]} and {given[1]} are" if len(given) == 2 else \
+            f"{', '.join(given[:-1])} and {given[-1]} are all"
+        raise MessageRejected(f"{which} set; give exactly one", STAGE_VALIDATE)
+    if not given:
+        raise MessageRejected("neither file nor referenceIds nor referenceIdsFile is set; "
+                              "give exactly one", STAGE_VALIDATE)
     assert group_id is not None and domain_id is not None
     return NodeExchange(
         group_id=group_id, domain_id=domain_id, file=file, reference_ids=ids,
+        reference_ids_file=ids_file,
         node_type=_text(body, "nodeType", required=False, limit=MAX_TYPE_CHARS),
         job_id=_uuid(body, "jobId", required=False))
 

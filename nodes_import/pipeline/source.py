@@ -1,9 +1,10 @@
 """Source: a file URI -> a decompressed byte stream, with its limits enforced.
 
 Local paths (plain or ``file://``) are read only under the configured allowed roots,
-after resolving symlinks and ``..``. Any other URI goes to
-``pyarrow.fs.FileSystem.from_uri`` (s3://, gs://, hdfs://). GZIP is detected by its magic
-bytes, not by the file name.
+after resolving symlinks and ``..``. A URI (``s3://``, ``https://``, ``gs://``, ...) is read
+only under ``node.import.allowed-uris``, through ``remote.RemoteFile`` (ranged reads that
+resume after a transient error, checked against the object's ETag). GZIP is detected by
+its magic bytes, not by the file name.
 """
 
 from __future__ import annotations
@@ -11,13 +12,15 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, cast
+from typing import cast
 from urllib.parse import unquote, urlparse
 
 import pyarrow as pa
 from isal import igzip, isal_zlib
 
-from nodes_import.errors import SourceError
+from nodes_import.config import RemoteConfig
+from nodes_import.errors import SourceError, SourceRefusedError
+from nodes_import.pipeline.remote import RemoteFile, RemoteStream
 
 GZIP_MAGIC = b"\x1f\x8b"
 # What a damaged or truncated GZIP stream raises from ISA-L's reader: BadGzipFile (an
@@ -53,7 +56,7 @@ def check_allowed(path: Path, allowed_roots: tuple[str, ...]) -> Path:
     for root in allowed_roots:
         if resolved.is_relative_to(Path(root).resolve()):
             return resolved
-    raise SourceError(
+    raise SourceRefusedError(
         f"refused to read {path}: not under an allowed root "
         f"(node.import.allowed-roots: {', '.join(allowed_roots)})"
     )
@@ -66,8 +69,8 @@ class CountingStream:
     ``block_size``, so the per-call overhead of Python here is negligible.
     """
 
-    def __init__(self, raw: pa.NativeFile, decoded: pa.NativeFile | igzip.IGzipFile,
-                 max_decompressed: int):
+    def __init__(self, raw: pa.NativeFile | RemoteStream,
+                 decoded: pa.NativeFile | RemoteStream | igzip.IGzipFile, max_decompressed: int):
         self._raw = raw
         self._decoded = decoded
         self._max = max_decompressed
@@ -124,9 +127,12 @@ class Source:
         allowed_roots: tuple[str, ...],
         max_file_bytes: int,
         max_decompressed_bytes: int,
+        remote: RemoteConfig | None = None,
     ) -> None:
+        """``remote``: the allow-list and settings of remote files (None: no remote file
+        is allowed)."""
         self._max_decompressed = max_decompressed_bytes
-        self._fs: Any = None  # a pyarrow filesystem for remote URIs; None: a local file
+        self._remote: RemoteFile | None = None  # None: a local file
         local = _local_path(uri)
         size: int | None
         try:
@@ -136,7 +142,9 @@ class Source:
                     raise SourceError(f"no such file: {uri}")
                 self._path, size = str(path), path.stat().st_size
             else:
-                size = self._remote(uri)
+                self._remote = RemoteFile(uri, remote or RemoteConfig(),
+                                          max_bytes=max_file_bytes)
+                size, uri = self._remote.info.size, self._remote.label
         except SourceError:
             raise
         except (OSError, pa.ArrowException, ValueError) as exc:
@@ -151,28 +159,13 @@ class Source:
             magic = raw.read(2)
         self.info = SourceInfo(uri=uri, size=size, gzip=bytes(magic) == GZIP_MAGIC)
 
-    def _remote(self, uri: str) -> int | None:
-        """Resolve a remote URI through pyarrow's filesystems; its size. Imported here:
-        ``pyarrow.fs`` loads the S3 and GCS support (~30 ms of every start-up otherwise)."""
-        import pyarrow.fs as pafs
-
-        self._fs, self._path = pafs.FileSystem.from_uri(uri)
-        info = self._fs.get_file_info(self._path)
-        if info.type != pafs.FileType.File:
-            raise SourceError(f"no such file: {uri}")
-        size: int | None = info.size
-        return size
-
-    def _open_raw(self) -> pa.NativeFile:
-        # A random-access file where the filesystem offers one: its tell() is how far
-        # the decompressor has read, the job's progress. Plain streams do not tell.
+    def _open_raw(self) -> pa.NativeFile | RemoteStream:
+        # A local file as a random-access file: its tell() is how far the decompressor
+        # has read, the job's progress (a remote stream tells the same).
+        if self._remote is not None:
+            return self._remote.open()
         try:
-            if self._fs is None:
-                return pa.OSFile(self._path, "r")
-            try:
-                return self._fs.open_input_file(self._path)
-            except (NotImplementedError, pa.ArrowNotImplementedError):
-                return self._fs.open_input_stream(self._path, compression=None)
+            return pa.OSFile(self._path, "r")
         except (OSError, pa.ArrowException) as exc:
             raise SourceError(f"cannot open {self._path}: {exc}") from exc
 

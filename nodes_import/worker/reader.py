@@ -44,7 +44,7 @@ def open_batches(state: JobState) -> tuple[Iterator[RawBatch], list[str], int | 
     if uri is None:
         raise PayloadError("the job has neither a file nor reference IDs")
     source = Source(uri, allowed_roots=cfg.allowed_roots, max_file_bytes=cfg.max_file_bytes,
-                    max_decompressed_bytes=cfg.max_decompressed_bytes)
+                    max_decompressed_bytes=cfg.max_decompressed_bytes, remote=cfg.remote)
     reader: CsvReader | IdFileReader
     if job.source is not None:
         reader = CsvReader(source, block_size=cfg.block_size_bytes, batch_size=cfg.batch_size,
