@@ -24,8 +24,9 @@ from nodes_import.config import Config
 from nodes_import.daemon.service import Daemon
 from nodes_import.errors import NodesImportError
 from nodes_import.jobs import JobRow, new_job_id
-from nodes_import.kafka.consumer import Publisher, client_settings, submit
+from nodes_import.kafka.clients import client_settings
 from nodes_import.kafka.payload import NodeExchange
+from nodes_import.kafka.producer import Publisher, submit
 from nodes_import.store import connection, jobrows
 
 DEMO_ROWS = 20_000

@@ -77,8 +77,9 @@ def submit_cmd(ctx: click.Context, source: str | None, ids_file: str | None, upl
     """
     from pathlib import Path
 
-    from nodes_import.kafka.consumer import ClientErrors, Publisher, submit, tool_settings
+    from nodes_import.kafka.clients import ClientErrors, tool_settings
     from nodes_import.kafka.payload import NodeExchange
+    from nodes_import.kafka.producer import Publisher, submit
 
     if (source is None) == (ids_file is None):
         raise click.UsageError("give exactly one of SOURCE or --reference-ids FILE")
@@ -139,7 +140,8 @@ def dlq_replay(ctx: click.Context, limit: int | None, job_id: Any, new_job_id: b
                from_beginning: bool, bootstrap_servers: str | None) -> None:
     """Re-publish dead letters to the topics they came from."""
     from nodes_import.kafka import deadletter
-    from nodes_import.kafka.consumer import ClientErrors, Publisher, tool_settings
+    from nodes_import.kafka.clients import ClientErrors, tool_settings
+    from nodes_import.kafka.producer import Publisher
 
     cfg = load(ctx, **{"kafka.bootstrap-servers": bootstrap_servers})
     timeout_s = cfg.kafka.startup_timeout_ms / 1000.0

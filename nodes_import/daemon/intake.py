@@ -26,7 +26,7 @@ from nodes_import.daemon.window import DEAD_LETTER, REJECTING, WAITING, Slot, Wi
 from nodes_import.jobs import ImportJob, derived_job_id
 from nodes_import.kafka import deadletter as dl
 from nodes_import.kafka import payload
-from nodes_import.kafka.consumer import Delivery
+from nodes_import.kafka.offsets import Delivery
 from nodes_import.store import jobrows
 
 log = logging.getLogger("nodes_import.daemon")  # one logger for the daemon's job events

@@ -47,7 +47,10 @@ from nodes_import.daemon.intake import Intake
 from nodes_import.daemon.pool import WorkerPool
 from nodes_import.daemon.window import DEAD_LETTER, Heartbeat, Window
 from nodes_import.kafka import deadletter as dl
-from nodes_import.kafka.consumer import TP, JobConsumer, Publisher, client_settings
+from nodes_import.kafka.clients import client_settings
+from nodes_import.kafka.consumer import JobConsumer
+from nodes_import.kafka.offsets import TP
+from nodes_import.kafka.producer import Publisher
 from nodes_import.store import connection, jobrows
 
 log = logging.getLogger("nodes_import.daemon")  # one logger for all the daemon's lines

@@ -27,8 +27,8 @@ from nodes_import import metrics
 from nodes_import.daemon.database import MainDatabase
 from nodes_import.errors import StorageError
 from nodes_import.jobs import ImportJob, JobOutcome
-from nodes_import.kafka.consumer import TP, Delivery, OffsetTracker
 from nodes_import.kafka.deadletter import Failure
+from nodes_import.kafka.offsets import TP, Delivery, OffsetTracker
 from nodes_import.store import connection, jobrows
 
 log = logging.getLogger(__name__)

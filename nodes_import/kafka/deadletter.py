@@ -29,7 +29,9 @@ import orjson
 from nodes_import.errors import BrokerError, PayloadError
 from nodes_import.jobs import JobRow
 from nodes_import.kafka import payload
-from nodes_import.kafka.consumer import Delivery, Headers, Publisher, TopicReader
+from nodes_import.kafka.consumer import TopicReader
+from nodes_import.kafka.offsets import Delivery, Headers
+from nodes_import.kafka.producer import Publisher
 
 log = logging.getLogger(__name__)
 

@@ -8,7 +8,8 @@ from pathlib import Path
 
 from nodes_import.cli.sample import write_users
 from nodes_import.config import KafkaConfig
-from nodes_import.kafka.consumer import JobConsumer, client_settings
+from nodes_import.kafka.clients import client_settings
+from nodes_import.kafka.consumer import JobConsumer
 from tests.fixtures import promtool
 from tests.fixtures.daemon import Daemons
 from tests.fixtures.http import free_port, request, scrape, total

@@ -27,7 +27,7 @@ from nodes_import.daemon.decisions import (
 from nodes_import.daemon.window import Slot
 from nodes_import.jobs import Ending, ImportJob, JobOutcome, JobRow
 from nodes_import.kafka import deadletter as dl
-from nodes_import.kafka.consumer import Delivery
+from nodes_import.kafka.offsets import Delivery
 
 MAX_CRASHES = 3
 ROW = JobRow(id="job-1", group_id="g", domain_id="d", status=status.FAILED, node_type="USER",

@@ -27,7 +27,7 @@ from nodes_import.daemon.window import DEAD_LETTER, RUNNING, WAITING, Slot, Wind
 from nodes_import.errors import BrokerError, ConnectionLostError
 from nodes_import.jobs import ImportJob
 from nodes_import.kafka import deadletter as dl
-from nodes_import.kafka.consumer import Delivery
+from nodes_import.kafka.offsets import Delivery
 
 FAILURE = dl.Failure(dl.STAGE_IMPORT, "bad file", "nodes_import.errors.SourceError",
                      job_id="job-1")

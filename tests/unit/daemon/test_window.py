@@ -6,7 +6,7 @@ from concurrent.futures import Future
 
 from nodes_import.daemon.window import RETRY_MAX_S, RUNNING, WAITING, Slot, Window, backoff_s
 from nodes_import.jobs import Ending, ImportJob, JobOutcome
-from nodes_import.kafka.consumer import Delivery
+from nodes_import.kafka.offsets import Delivery
 
 
 def _take(window: Window, offset: int, partition: int = 0, job_id: str | None = None) -> Slot:

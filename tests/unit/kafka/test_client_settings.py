@@ -6,14 +6,14 @@ import pytest
 
 from nodes_import.config import KafkaConfig
 from nodes_import.errors import ConfigError
-from nodes_import.kafka.consumer import (
+from nodes_import.kafka.clients import (
     TOOL_LOG_LEVEL,
     ClientErrors,
-    Publisher,
     client_settings,
     redacted,
     tool_settings,
 )
+from nodes_import.kafka.producer import Publisher
 
 SHARED = {"security.protocol": "SASL_SSL", "sasl.username": "app", "sasl.password": "s3cret",
           "client.id": "shared", "linger.ms": 50}

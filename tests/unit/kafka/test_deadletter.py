@@ -6,7 +6,7 @@ from __future__ import annotations
 import orjson
 
 from nodes_import.kafka import deadletter as dl
-from nodes_import.kafka.consumer import Delivery
+from nodes_import.kafka.offsets import Delivery
 
 
 def _letter(headers: list[tuple[str, bytes | None]]) -> Delivery:

@@ -6,7 +6,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from nodes_import.config import KafkaConfig
-from nodes_import.kafka.consumer import OffsetTracker, client_settings, redacted
+from nodes_import.kafka.clients import client_settings, redacted
+from nodes_import.kafka.offsets import OffsetTracker
 
 TP = ("jobs-users", 0)
 
