@@ -62,6 +62,7 @@ class StreamProducer:
         self.stop.set()
         self._thread.join(120)
         self.producer.flush(60)
+        del self.producer  # its connections close now, while the broker still answers
         drop(self._conn)
 
     # -- sending

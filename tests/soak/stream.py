@@ -52,6 +52,9 @@ _PLANS = ["free", "pro", "team", "enterprise"]
 _NOTES = ["", "", "", "", "", "", "", "", "", "", 'says "hi"', "back\\slash", "a,b",
           "tab\there", "two\nlines", "café ☕", "ümlaut ß"]
 FRESH_VERSION_BASE = 1_000_000  # versions of repeated occurrences and updates start here
+# Most reference IDs in one message: 4,000 of 11 bytes each stay under the soak's
+# kafka.max-message-bytes (64 KiB); a larger message is dead-lettered, as it should be.
+MAX_IDS = 4000
 
 
 def reference_id(n: int) -> str:
@@ -411,7 +414,7 @@ class ChainBuilder:
             return steps
         if c.kind in ("ids", "trickle"):
             count = rng.randint(1, 20) if c.kind == "trickle" else (
-                rng.randint(1, 1000) if rng.random() < 0.7 else rng.randint(1001, 5000))
+                rng.randint(1, 1000) if rng.random() < 0.7 else rng.randint(1001, MAX_IDS))
             steps = [Step(0, Content(array("i", self._permuted(0, count)), None),
                           self._messages(0, 1))]
             if c.kind == "ids":
@@ -489,7 +492,8 @@ class ChainBuilder:
         hi = min(size, lo + max(1, int(size * rng.uniform(0.1, 0.5))))
         new = rng.randint(0, max(1, size // 10))
         if rng.random() < 0.25:
-            keys = list(range(lo, min(hi, lo + 5000))) + list(range(size, size + min(new, 1000)))
+            keys = list(range(lo, min(hi, lo + MAX_IDS - 1000))) + \
+                list(range(size, size + min(new, 1000)))
             for k in keys:
                 version.setdefault(k, -1)  # present, no metadata
             return Step(index, Content(array("i", keys), None, rng.choice([0, 1])),
