@@ -6,16 +6,19 @@ import pytest
 
 pytest_plugins = ["tests.fixtures.faultproxy", "tests.fixtures.postgres", "tests.fixtures.files",
                   "tests.fixtures.kafka", "tests.fixtures.daemon", "tests.fixtures.s3",
-                  "tests.fixtures.fileserver"]
+                  "tests.fixtures.fileserver", "tests.fixtures.soak"]
 
-# fixture name -> marker it implies
-_FIXTURE_MARKERS = {"pg_dsn": "postgres", "pg_server_dsn": "postgres", "db": "postgres",
-                    "kafka_broker": "kafka"}
+# fixture name -> markers it implies
+_FIXTURE_MARKERS = {"pg_dsn": ("postgres",), "pg_server_dsn": ("postgres",),
+                    "db": ("postgres",), "kafka_broker": ("kafka",),
+                    # the chaos soak starts a PostgreSQL and a broker of its own
+                    "soak": ("slow", "postgres", "kafka")}
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
         names = getattr(item, "fixturenames", ())
-        for fixture, marker in _FIXTURE_MARKERS.items():
+        for fixture, markers in _FIXTURE_MARKERS.items():
             if fixture in names:
-                item.add_marker(getattr(pytest.mark, marker))
+                for marker in markers:
+                    item.add_marker(getattr(pytest.mark, marker))

@@ -65,6 +65,9 @@ class _RowNumbers:
         if self.pending and count:
             if len(self.pending) > _VECTOR_SHIFT_LIMIT:
                 numbers, taken = self._take_slow(start, count)
+                # The batch ends at its last valid row (a row number the slow path
+                # skipped for an invalid row lies before it): the next batch starts after.
+                last = int(numbers[-1].as_py())
             else:
                 for bad in self.pending:
                     if bad.row_number < start:  # number unknown or already passed
