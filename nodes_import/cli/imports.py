@@ -4,7 +4,8 @@
 from __future__ import annotations
 
 import sys
-from typing import Any
+from dataclasses import asdict
+from typing import Any, NoReturn
 
 import click
 
@@ -24,7 +25,7 @@ from nodes_import.errors import NodesImportError
 from nodes_import.jobs import ImportJob, JobOutcome, new_job_id
 from nodes_import.pipeline.validate import MAX_GROUP_ID_CHARS
 from nodes_import.store import connection
-from nodes_import.worker import engine
+from nodes_import.worker import dryrun, engine
 
 
 @click.group()
@@ -62,8 +63,10 @@ def _ended(outcome: JobOutcome, as_json: bool) -> str:
 @click.argument("source", required=False)
 @click.option("--reference-ids", "ids_file", help="File of reference IDs, one per line "
               "(optionally gzipped): the non-cost-based path.")
-@click.option("--group", "group_id", required=True, help="Group the nodes belong to.")
-@click.option("--domain", "domain_id", required=True, type=click.UUID, help="Domain UUID.")
+@click.option("--group", "group_id", help="Group the nodes belong to (required, but with "
+              "--dry-run).")
+@click.option("--domain", "domain_id", type=click.UUID, help="Domain UUID (required, but "
+              "with --dry-run).")
 @click.option("--type", "node_type", default=None, help="Node type (default USER).")
 @click.option("--job-id", type=click.UUID, help="Job id (default: a new one). Re-running "
               "an unfinished job resumes it from its checkpoint.")
@@ -75,13 +78,23 @@ def _ended(outcome: JobOutcome, as_json: bool) -> str:
               default=progress.PROGRESS_INTERVAL_S, show_default=True,
               help="Seconds between progress lines on stderr when it is not a terminal "
                    "(a log, CI); 0: none. On a terminal a progress bar shows instead.")
+@click.option("--dry-run", is_flag=True, help="Read and validate the whole file with the "
+              "import's pipeline, write nothing (no database needed), print what it would "
+              "count; exit 0 if it would complete, 1 if it would fail.")
 @click.pass_context
-def import_cmd(ctx: click.Context, source: str | None, ids_file: str | None, group_id: str,
-               domain_id: Any, node_type: str | None, job_id: Any, retry_failed: bool,
-               dsn: str | None, as_json: bool, progress_interval: float) -> None:
+def import_cmd(ctx: click.Context, source: str | None, ids_file: str | None,
+               group_id: str | None, domain_id: Any, node_type: str | None, job_id: Any,
+               retry_failed: bool, dsn: str | None, as_json: bool, progress_interval: float,
+               dry_run: bool) -> None:
     """Run one import job in the foreground: a CSV file (SOURCE) or --reference-ids FILE."""
     if (source is None) == (ids_file is None):
         raise click.UsageError("give exactly one of SOURCE or --reference-ids FILE")
+    if dry_run:
+        _dry_run(ctx, source, ids_file, as_json)
+    for name, value in (("--group", group_id), ("--domain", domain_id)):
+        if value is None:
+            raise click.UsageError(f"Missing option '{name}'.")
+    assert group_id is not None
     if not group_id.strip() or len(group_id) > MAX_GROUP_ID_CHARS:
         raise click.UsageError(f"--group must be 1..{MAX_GROUP_ID_CHARS} characters")
     if retry_failed and job_id is None:
@@ -107,3 +120,43 @@ def import_cmd(ctx: click.Context, source: str | None, ids_file: str | None, gro
     click.echo(_ended(outcome, as_json))
     sys.exit(EXIT_OK if outcome.status == status.COMPLETED else EXIT_FAILED)
 
+
+def _dry_run(ctx: click.Context, source: str | None, ids_file: str | None,
+             as_json: bool) -> NoReturn:
+    """``import --dry-run``: the whole file through the import's pipeline, nothing written;
+    exit 0 if the import would complete, 1 if it would fail."""
+    metrics.disable()
+    cfg = load(ctx)
+    job = ImportJob(job_id=new_job_id(), group_id="dry-run", domain_id=new_job_id(),
+                    source=source, reference_ids_file=ids_file)
+    report = dryrun.dry_run(job, cfg.imports)
+    click.echo(_dry_run_json(report) if as_json else _dry_run_text(report))
+    sys.exit(EXIT_OK if report.would_complete else EXIT_FAILED)
+
+
+def _dry_run_json(r: dryrun.DryRun) -> str:
+    return dumps({
+        "source": r.source, "would_complete": r.would_complete, "error": r.error,
+        "error_type": r.error_type, "rows": r.rows, "valid": r.valid, "rejected": r.rejected,
+        "rejected_by_reason": dict(r.reasons.most_common()), "distinct_keys": r.distinct_keys,
+        "duplicate_keys": r.duplicate_keys, "columns": r.columns,
+        "first_rejected": [asdict(x) for x in r.first_rejected], "seconds": round(r.seconds, 3),
+    })
+
+
+def _dry_run_text(r: dryrun.DryRun) -> str:
+    verdict = "would complete" if r.would_complete else f"would FAIL: {r.error}"
+    rate = f" ({r.rows / r.seconds:,.0f} rows/s)" if r.seconds > 0 else ""
+    read = "rows" if r.would_complete else "rows read before that"
+    lines = [f"dry run of {r.source}: {verdict} (nothing written)",
+             f"  {read} {r.rows:,}: {r.valid:,} would be imported, {r.rejected:,} rejected",
+             f"  keys {r.distinct_keys:,} distinct; {r.duplicate_keys:,} rows repeat a key "
+             "seen before (the last occurrence wins)"]
+    if r.reasons:
+        lines.append("  rejected by reason:")
+        lines += [f"    {count:>10,}  {reason}" for reason, count in r.reasons.most_common()]
+    if r.first_rejected:
+        lines.append(f"  first rejected rows ({len(r.first_rejected)} of {r.rejected:,}):")
+        lines += [f"    row {x.row_number}: {x.reason}: {x.line!r}" for x in r.first_rejected]
+    lines.append(f"  read in {r.seconds:.2f}s{rate}")
+    return "\n".join(lines)
