@@ -1,15 +1,23 @@
-"""Following a job from the outside until it ends (``jobs cancel --wait``): its row read
-every ``POLL_S``, its progress shown as ``import`` shows it."""
+"""Following a job from the outside until it ends (``submit --wait``, ``jobs cancel
+--wait``): its row read every ``POLL_S``, its progress shown as ``import`` shows it (a bar
+on a terminal, a line every ``--progress-interval`` seconds elsewhere), the same exit codes
+(0 COMPLETED, 1 FAILED). A job the daemon has not taken yet (no row) is waited for."""
 
 from __future__ import annotations
 
+import sys
 import time
 from collections.abc import Callable
+from typing import Any
 
 import click
 from psycopg_pool import ConnectionPool
 
 from nodes_import import status
+from nodes_import.cli import progress
+from nodes_import.cli.common import EXIT_FAILED, EXIT_OK, database, fail, fail_on, load
+from nodes_import.cli.progress import final_text
+from nodes_import.errors import NodesImportError
 from nodes_import.jobs import JobRow
 from nodes_import.store import jobrows
 from nodes_import.worker.jobstate import Progress
@@ -51,3 +59,46 @@ def until_finished(pool: ConnectionPool, job_id: str, *, timeout_s: float | None
         if deadline is not None and time.monotonic() + poll_s > deadline:
             return None
         time.sleep(poll_s)
+
+
+def wait_options(command: Callable[..., Any]) -> Callable[..., Any]:
+    """The options of ``submit --wait``."""
+    for option in reversed((
+            click.option("--wait", is_flag=True, help="Follow the job until it ends, with "
+                         "import's progress and exit codes (0 COMPLETED, 1 FAILED); needs "
+                         "the database the daemon writes to."),
+            timeout_option,
+            click.option("--dsn", help="With --wait: the daemon's PostgreSQL (default: "
+                         "database.dsn, else the libpq environment)."),
+            click.option("--progress-interval", type=click.FloatRange(min=0),
+                         default=progress.PROGRESS_INTERVAL_S, show_default=True,
+                         help="With --wait off a terminal: seconds between progress lines "
+                              "(0: none)."),
+            click.option("--json", "as_json", is_flag=True,
+                         help="With --wait: print the final job row as JSON."))):
+        command = option(command)
+    return command
+
+
+def after_submit(ctx: click.Context, job_id: str, *, wait: bool, timeout: float | None,
+                 dsn: str | None, progress_interval: float, as_json: bool) -> None:
+    """With ``--wait``: follow the job just sent until it ends; print it as ``import``
+    does and exit 0 (COMPLETED) or 1 (FAILED, or still running at ``--timeout``)."""
+    if not wait:
+        return
+    cfg = load(ctx, **{"database.dsn": dsn})
+    shown = progress.reporter(job_id, on_terminal=sys.stderr.isatty(),
+                              interval_s=progress_interval, as_json=as_json)
+    try:
+        with database(cfg, max_size=1) as pool:
+            row = until_finished(pool, job_id, timeout_s=timeout, shown=shown)
+    except NodesImportError as exc:
+        fail_on(exc)
+    finally:
+        if shown:
+            shown.done()
+    if row is None:
+        fail(f"job {job_id} has not ended after {timeout:g}s; it goes on "
+             f"(nodes-import jobs show {job_id})")
+    click.echo(final_text(row, as_json))
+    sys.exit(EXIT_OK if row.status == status.COMPLETED else EXIT_FAILED)
