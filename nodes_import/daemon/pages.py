@@ -88,8 +88,8 @@ def _badge(row: JobRow) -> str:
 def _bar(percent: float | None) -> str:
     if percent is None:
         return '<span class="muted">size unknown</span>'
-    return (f'<span class="bar" title="{percent:.1f}%"><span style="width:{percent:.1f}%">'
-            f"</span></span> {percent:.1f}%")
+    return (f'<span class="bar" title="{percent:.1f}%" data-percent="{percent:.2f}">'
+            f'<span style="width:{percent:.1f}%"></span></span> {percent:.1f}%')
 
 
 def _rate(p: metrics.JobProgress) -> str:
@@ -110,8 +110,9 @@ def jobs_page(rows: Sequence[JobRow], *, wanted_status: str | None, group: str |
         error = row.error or ""
         cut = error[:ERROR_CHARS] + ("…" if len(error) > ERROR_CHARS else "")
         lines.append(
-            f"<tr><td>{_badge(row)}</td>"
-            f'<td><a href="/jobs/{quote(row.id, safe="")}"><code>{_e(row.id)}</code></a>'
+            f'<tr id="job-{_e(row.id)}"><td>{_badge(row)}</td>'
+            f'<td><a href="/jobs/{quote(row.id, safe="")}" title="{_e(row.id)}">'
+            f"<code>{_e(row.id[:8])}…</code></a>"
             f'<br><span class="muted">{_e(_time(row.created_at))}</span></td>'
             f'<td><a href="/?{_e(urlencode({"group": row.group_id}))}">{_e(row.group_id)}</a>'
             f'<br><span class="muted">{_e(row.source)}</span></td>'
