@@ -17,9 +17,9 @@ from nodes_import import status
 from nodes_import.cli import progress
 from nodes_import.cli.common import EXIT_FAILED, EXIT_OK, database, fail, fail_on, load
 from nodes_import.cli.progress import final_text
-from nodes_import.errors import NodesImportError
+from nodes_import.errors import NodesImportError, TransientStorageError
 from nodes_import.jobs import JobRow
-from nodes_import.store import jobrows
+from nodes_import.store import connection, jobrows
 from nodes_import.worker.jobstate import Progress
 
 # How often the job's row is read while waiting.
@@ -47,11 +47,15 @@ def until_finished(pool: ConnectionPool, job_id: str, *, timeout_s: float | None
                    poll_s: float = POLL_S) -> JobRow | None:
     """Read the job's row every ``poll_s`` until it is COMPLETED or FAILED (its row), or
     ``timeout_s`` passed (None). A job not created yet (the daemon has not taken its
-    message) is waited for; each PROCESSING row is shown."""
+    message) is waited for; each PROCESSING row is shown. A database that goes away for a
+    while is waited for too (the job goes on without us)."""
     deadline = None if timeout_s is None else time.monotonic() + timeout_s
     while True:
-        with pool.connection() as conn:
-            row = jobrows.get_job(conn, job_id)
+        try:
+            with connection.wrapped(), pool.connection(timeout=max(poll_s, 1.0)) as conn:
+                row = jobrows.get_job(conn, job_id)
+        except TransientStorageError:
+            row = None
         if row is not None and row.status in status.TERMINAL:
             return row
         if row is not None and row.status == status.PROCESSING and shown is not None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import os
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -205,6 +206,9 @@ def jobs_rejects(ctx: click.Context, job_id: Any, as_format: str, output: str | 
                         written += 1
     except NodesImportError as exc:
         fail_on(exc)
+    except BrokenPipeError:  # `| head`: the reader has what it wanted
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no error at exit
+        return
     if output not in (None, "-"):
         click.echo(f"{written:,} rejected rows of job {job_id} written to {output}", err=True)
 

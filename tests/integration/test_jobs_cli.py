@@ -148,3 +148,14 @@ def test_a_million_rejected_rows_are_streamed_in_bounded_memory(
     # some 400 MB; streamed, the peak is that of a handful of 5,000-row pages.
     print(f"peak RSS: {small:.0f} MB (10 rejects), {big:.0f} MB (1M rejects)")
     assert big - small < 60, (small, big)
+
+
+def test_jobs_rejects_into_a_pipe_closed_early_exits_quietly(db: Database,
+                                                             tmp_path: Path) -> None:
+    job_id = _with_rejects(db, 20_000)  # ~2.5 MB: far more than a pipe holds
+    result = subprocess.run(
+        f"{sys.executable} -m nodes_import jobs rejects {job_id} | head -3", shell=True,
+        cwd=tmp_path, env=_env(db), capture_output=True, text=True, timeout=120, check=False)
+    assert result.stdout.splitlines()[0] == "row_number,reference_id,reason,line"
+    assert len(result.stdout.splitlines()) == 3
+    assert "Traceback" not in result.stderr and "BrokenPipe" not in result.stderr, result.stderr
