@@ -348,15 +348,16 @@ class OperationsConfig:
 
     admin_enabled: bool = setting("admin.enabled", True, doc="""
         Serve the admin HTTP API of `nodes-import run` (`/metrics`, `/healthz`, `/readyz`,
-        `/jobs`).""")
+        `/jobs`, the jobs page `/`).""")
     admin_host: str = setting("admin.host", "127.0.0.1", doc="""
         Address of the admin API; `0.0.0.0` lets a remote Prometheus scrape it (the API is
-        read-only).""")
+        read-only but for `POST /jobs/{id}/cancel`, which needs `admin.token`).""")
     admin_port: int = setting("admin.port", 9400, maximum=65535, doc="""
         Port of the admin API (also `nodes-import run --admin-port N`).""")
     admin_token: str | None = setting("admin.token", None, secret=True, doc="""
         A bearer token every route but `/healthz` and `/readyz` requires
-        (`Authorization: Bearer <token>`); null: none.""")
+        (`Authorization: Bearer <token>`; a browser: HTTP Basic, the token as the password);
+        null: none, and no job can be cancelled through the API.""")
     group_label: bool = setting("metrics.labels.group", True, doc="""
         `node_import_success`/`node_import_failures` carry the job's group: one series per
         group per worker process; switch off when there are many groups (the label is then

@@ -69,6 +69,14 @@ class JobRejectedError(NodesImportError):
     """The job rejected more rows than ``node.import.max-reject-ratio`` allows."""
 
 
+class JobCancelledError(NodesImportError):
+    """An operator cancelled the job (``jobs cancel``): it stopped at a batch boundary."""
+
+
+# The error a cancelled job ends FAILED with (job_status.error), wherever it was stopped.
+CANCELLED_MESSAGE = "Cancelled"
+
+
 class BrokerError(NodesImportError):
     """Kafka could not be reached or refused an operation."""
 

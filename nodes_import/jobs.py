@@ -85,6 +85,8 @@ class JobRow:
     started_at: datetime | None
     finished_at: datetime | None
     heartbeat_at: datetime | None
+    # When a cancel was asked for (``jobs cancel``); None: never, or cleared by a re-run.
+    cancel_requested_at: datetime | None = None
 
 
 class Ending(StrEnum):

@@ -38,8 +38,9 @@ import tempfile
 import threading
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from nodes_import import errors, status
 
@@ -522,3 +523,52 @@ def progress_percentage(job_status: str, source_bytes: int | None,
     if not source_bytes:
         return None
     return round(min(100.0, 100.0 * bytes_read / source_bytes), 2)
+
+
+@dataclass(frozen=True)
+class JobProgress:
+    """A job's progress as its row tells it (``jobs show``, ``submit --wait``, the jobs
+    page): percent read, rows per second and the time left, None each where unknown."""
+
+    percent: float | None
+    rows_per_s: float | None
+    eta_s: float | None
+    elapsed_s: float | None  # from its first start to its last committed batch (or end)
+
+
+class ProgressRow(Protocol):
+    """What ``job_progress`` reads of a job row (``jobs.JobRow``, which metrics may not
+    import)."""
+
+    @property
+    def status(self) -> str: ...
+    @property
+    def source_bytes(self) -> int | None: ...
+    @property
+    def bytes_read(self) -> int: ...
+    @property
+    def rows_committed(self) -> int: ...
+    @property
+    def started_at(self) -> datetime | None: ...
+    @property
+    def updated_at(self) -> datetime | None: ...
+    @property
+    def finished_at(self) -> datetime | None: ...
+
+
+def job_progress(row: ProgressRow) -> JobProgress:
+    """The figures of a job from its row: the rows committed between its first start and
+    its last batch (or its end), both times the database's clock, so a reader on another
+    machine computes the same figures. ETA: the time taken so far times what is left to
+    read over what was read (running file jobs only)."""
+    percent = progress_percentage(row.status, row.source_bytes, row.bytes_read)
+    last = row.finished_at or row.updated_at
+    if row.started_at is None or last is None:
+        return JobProgress(percent, None, None, None)
+    elapsed = max((last - row.started_at).total_seconds(), 0.0)
+    rate = row.rows_committed / elapsed if elapsed > 0 else None
+    eta = None
+    if row.status == "PROCESSING" and row.source_bytes and row.bytes_read > 0:
+        done = min(row.bytes_read / row.source_bytes, 1.0)
+        eta = elapsed * (1 - done) / done
+    return JobProgress(percent, rate, eta, elapsed)

@@ -11,7 +11,7 @@ import gc
 import click
 
 from nodes_import import logs
-from nodes_import.cli import imports, kafka, service
+from nodes_import.cli import dlq, imports, jobs, kafka, service
 from nodes_import.cli.common import DEFAULT_LOG_LEVEL, RUN_LOG_LEVEL
 from nodes_import.pipeline import memory
 
@@ -47,6 +47,8 @@ def main(ctx: click.Context, config_path: str | None, log_level: str | None) -> 
 
 # The command families, one module each.
 
-for _command in (imports.db, imports.import_cmd, imports.jobs, service.run_cmd,
+for _command in (imports.db, imports.import_cmd, jobs.jobs, service.run_cmd,
                  service.demo_cmd, kafka.submit_cmd, kafka.dlq):
     main.add_command(_command)
+for _command in (dlq.dlq_list, dlq.dlq_show):
+    kafka.dlq.add_command(_command)

@@ -32,6 +32,10 @@ RUN_LOG_LEVEL = "INFO"
 # passes its own. Not empty: an empty DSN means "none configured" throughout the service.
 LIBPQ_ENVIRONMENT_DSN = "fallback_application_name=nodes-import"
 
+DSN_HELP = ("PostgreSQL connection string (default: database.dsn, else the libpq environment: "
+            "PGHOST, PGSERVICE...; else the embedded server of the 'local' extra).")
+JSON_HELP = "Print JSON instead of text."
+
 # Both spellings of the flag: ours, and that of Kafka's own tools (kafka-console-producer.sh).
 BOOTSTRAP_FLAGS = ("--bootstrap-servers", "--bootstrap-server")
 

@@ -9,6 +9,7 @@ from typing import Any
 
 import click
 
+from nodes_import.cli import follow
 from nodes_import.cli.common import BOOTSTRAP_FLAGS, EXIT_USAGE, fail, fail_on, load
 from nodes_import.errors import NodesImportError
 from nodes_import.jobs import new_job_id
@@ -67,11 +68,13 @@ def _read_ids(path: str) -> tuple[str, ...]:
 @click.option("--topic", help="Topic (default: kafka.submit-topic, nodes-import-users).")
 @click.option("--job-id", type=click.UUID, help="The idempotency key (default: a new one).")
 @click.option(*BOOTSTRAP_FLAGS, "bootstrap_servers", help=BOOTSTRAP_HELP)
+@follow.wait_options
 @click.pass_context
 def submit_cmd(ctx: click.Context, source: str | None, ids_file: str | None, upload: str | None,
                group_id: str, domain_id: Any, node_type: str | None, topic: str | None,
-               job_id: Any, bootstrap_servers: str | None) -> None:
+               job_id: Any, bootstrap_servers: str | None, **wait: Any) -> None:
     """Send one job message (a file SOURCE, or --reference-ids FILE); prints its jobId.
+    With --wait, follows the job until it ends (exit 0 COMPLETED, 1 FAILED).
 
     Gives up after kafka.startup-timeout.ms (15 s) when the broker does not answer (exit 1).
     """
@@ -120,6 +123,8 @@ def submit_cmd(ctx: click.Context, source: str | None, ids_file: str | None, upl
     except NodesImportError as exc:
         fail_on(exc, errors.explain(str(exc)))
     click.echo(request.job_id)
+    assert request.job_id is not None  # set above
+    follow.after_submit(ctx, request.job_id, **wait)
 
 
 @click.group()

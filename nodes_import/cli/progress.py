@@ -1,16 +1,21 @@
-"""How ``nodes-import import`` shows a running job: a bar on a terminal, a line every N
-seconds elsewhere (a log file, journald, CI), as timescaledb-parallel-copy's
-``--reporting-period`` does. Both are ``on_progress`` callbacks of the engine, called
-after each committed batch part, from the writer threads."""
+"""How the command line shows a job. A running job (``import``; ``submit --wait``): a bar
+on a terminal, a line every N seconds elsewhere (a log file, journald, CI), as
+timescaledb-parallel-copy's ``--reporting-period`` does; both are ``on_progress``
+callbacks of the engine, called after each committed batch part, from the writer threads.
+A job row (``import``, ``jobs show``, ``submit --wait``): ``summary``, ``final_text``."""
 
 from __future__ import annotations
 
 import threading
 import time
 from collections.abc import Callable
+from dataclasses import asdict
 
 import click
 
+from nodes_import import metrics, status
+from nodes_import.cli.common import dumps
+from nodes_import.jobs import JobRow
 from nodes_import.worker.jobstate import Progress
 
 # How often the terminal bar redraws at most.
@@ -84,3 +89,45 @@ def reporter(job_id: str, *, on_terminal: bool, interval_s: float,
     if on_terminal:
         return None if as_json else Bar()
     return Periodic(job_id, interval_s) if interval_s > 0 else None
+
+
+def progress_line(row: JobRow) -> str:
+    """Rows, percent read, rows/s and ETA of a running job, as ``jobs show`` prints them."""
+    p = metrics.job_progress(row)
+    parts = [f"{row.rows_committed:,} rows"]
+    if p.percent is not None:
+        parts.append(f"{p.percent:.1f}% read")
+    if p.rows_per_s is not None:
+        parts.append(f"{p.rows_per_s:,.0f} rows/s")
+    if p.eta_s is not None:
+        parts.append(f"ETA {p.eta_s:,.0f}s")
+    return ", ".join(parts)
+
+
+def summary(row: JobRow) -> str:
+    """A job row as text: what ``import``, ``jobs show`` and ``submit --wait`` print."""
+    lines = [
+        f"job {row.id}: {row.status}",
+        f"  group {row.group_id}, domain {row.domain_id}, type {row.node_type}",
+        f"  source {row.source}",
+        (f"  rows {row.total_nodes:,}: {row.success_count:,} imported "
+         f"({row.inserted_count:,} inserted, {row.updated_count:,} updated, "
+         f"{row.unchanged_count:,} unchanged), {row.failed_count:,} failed"),
+    ]
+    if row.status == status.PROCESSING:
+        lines.append(f"  progress {progress_line(row)}")
+        if row.cancel_requested_at is not None:
+            lines.append(f"  cancel requested at {row.cancel_requested_at:%Y-%m-%d %H:%M:%S%z}"
+                         ": it stops at its next batch boundary")
+    if row.started_at and row.finished_at:
+        seconds = (row.finished_at - row.started_at).total_seconds()
+        rate = row.total_nodes / seconds if seconds > 0 else 0
+        lines.append(f"  took {seconds:.2f}s ({rate:,.0f} rows/s)")
+    if row.error:
+        lines.append(f"  error: {row.error}")
+    return "\n".join(lines)
+
+
+def final_text(row: JobRow, as_json: bool) -> str:
+    """A finished job's row as ``import`` prints it: its status first in JSON."""
+    return dumps({"status": row.status, **asdict(row)}) if as_json else summary(row)

@@ -17,7 +17,7 @@ from nodes_import.cli.common import (
     load,
     log_level,
 )
-from nodes_import.cli.imports import summary
+from nodes_import.cli.progress import summary
 from nodes_import.errors import NodesImportError
 
 

@@ -1,73 +1,87 @@
-"""The admin HTTP API (parent side): one port, read-only, the standard library's WSGI server.
+"""The admin HTTP API (parent side): one port, the standard library's WSGI server; read-only
+but for one route (a cancel, behind the token).
 
-Routes (GET or HEAD; anything else is 405):
+Routes (GET or HEAD; anything else is 405; the job routes are ``jobroutes.JobRoutes``):
 
 - ``/metrics``: Prometheus text (or OpenMetrics when asked) of every process: the
   workers' and the daemon's files in the multiprocess directory, plus gauges computed now;
 - ``/healthz``: the process answers (200);
 - ``/readyz``: 200 when the database answers and the daemon is subscribed to Kafka and
   not stopping; 503 with the reasons otherwise;
-- ``/jobs?status=&limit=``: the most recent jobs, with their progress percentage;
-- ``/jobs/{id}``: one job, with its progress and its first rejected rows.
+- ``/jobs?status=&group=&limit=``: the most recent jobs, with their progress percentage;
+- ``/jobs/{id}``: one job, with its progress and its first rejected rows (HTML when the
+  client prefers it: a browser);
+- ``/jobs/{id}/rejects?after=&limit=``: its rejected rows, a page at a time;
+- ``/`` for a browser (``Accept: text/html``): the jobs page (``pages.py``).
 
-Errors are JSON ``{"error": ...}``: 400 for a bad id or parameter, 404 for an unknown
-path or job, 503 when the database does not answer. Nothing here ever shows a DSN. With
-``admin.token`` set, every route but the two probes needs ``Authorization: Bearer <token>``
-(401 otherwise): Prometheus sends it with ``authorization: {credentials: ...}``.
-``Operations`` wires the API and the housekeeping thread into the daemon.
+The one route that changes anything is ``POST /jobs/{id}/cancel`` (``store.cancel``),
+and only with ``admin.token`` configured: without one it is refused (403).
+
+Errors are JSON ``{"error": ...}`` (HTML for a browser): 400 for a bad id or parameter,
+404 for an unknown path or job, 503 when the database does not answer. Nothing here ever
+shows a DSN. With ``admin.token`` set, every route but the two probes needs
+``Authorization: Bearer <token>`` (401 otherwise): Prometheus sends it with
+``authorization: {credentials: ...}``; a browser logs in with HTTP Basic, the token as
+its password (any user name). A cancel needs more than a browser's stored Basic login (a
+page of another site could make the browser send it): the Bearer header, or the token in
+the posted form (the job page's button posts ``form_key``, a key derived from the token
+that can only cancel). ``Operations`` wires the API and the housekeeping thread into the
+daemon.
 """
 
 from __future__ import annotations
 
+import base64
 import hmac
 import ipaddress
 import logging
 import threading
-import uuid
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
-from dataclasses import asdict
 from socketserver import ThreadingMixIn
 from typing import Any
 from urllib.parse import parse_qs
 from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
-import orjson
 from psycopg_pool import ConnectionPool
 
-from nodes_import import metrics, status
+from nodes_import import metrics
 from nodes_import.config import OperationsConfig
+from nodes_import.daemon import pages
 from nodes_import.daemon.housekeeping import Housekeeper
+from nodes_import.daemon.http import (
+    JSON,
+    REASONS,
+    Answer,
+    HttpError,
+    json_body,
+    prefers_html,
+)
+from nodes_import.daemon.jobroutes import JobRoutes
 from nodes_import.errors import NodesImportError
-from nodes_import.jobs import JobRow
 from nodes_import.logs import redact_dsn
 from nodes_import.store import connection, jobrows
 
 log = logging.getLogger(__name__)
 
-JSON = "application/json"
-MAX_LIMIT = 1000  # /jobs?limit=
-FAILURES_SHOWN = 20  # rejected rows in /jobs/{id}
 DB_TIMEOUT_S = 2.0  # an admin request waits at most this for a connection
+# The daemon's lease (node.import.lease-timeout.ms) when none is given: a running job
+# without a heartbeat this long is run by nobody, and a cancel ends it at once.
+DEFAULT_LEASE_MS = 30_000
 
 Readiness = Callable[[], str | None]  # None: ready; else the reason it is not
 StartResponse = Callable[..., Any]
 
-
-class HttpError(Exception):
-    """An error answer: status code and message."""
-
-    def __init__(self, code: int, message: str) -> None:
-        super().__init__(message)
-        self.code, self.message = code, message
-
-
 # Routes that answer without the token: probes (systemd, a load balancer) carry none.
 OPEN_PATHS = ("/healthz", "/readyz")
 
-_REASONS = {200: "OK", 400: "Bad Request", 401: "Unauthorized", 404: "Not Found",
-            405: "Method Not Allowed",
-            500: "Internal Server Error", 503: "Service Unavailable"}
+
+def _cancel_target(path: str) -> str | None:
+    """The job id of ``/jobs/{id}/cancel`` (None: another path)."""
+    parts = path.split("/")
+    if len(parts) == 4 and parts[1] == "jobs" and parts[3] == "cancel":
+        return parts[2]
+    return None
 
 
 class AdminApp:
@@ -76,66 +90,105 @@ class AdminApp:
     def __init__(self, *, pool: ConnectionPool | None = None,
                  readiness: Readiness | None = None,
                  collectors: Iterable[Any] = (), db_timeout_s: float = DB_TIMEOUT_S,
-                 token: str | None = None) -> None:
+                 token: str | None = None, lease_ms: int = DEFAULT_LEASE_MS) -> None:
         self.pool = pool
         self._token = f"Bearer {token}".encode() if token else None
+        self._basic_password = token.encode() if token else None
         self.db_timeout_s = db_timeout_s
         self.readiness = readiness
         self.registry = metrics.registry(collectors)
+        self.job_routes = JobRoutes(self._conn, token=token, lease_ms=lease_ms)
 
     def __call__(self, environ: dict[str, Any], start_response: StartResponse) -> list[bytes]:
         method = environ.get("REQUEST_METHOD", "GET")
+        path = environ.get("PATH_INFO", "/") or "/"
+        browser = prefers_html(environ)
+        allow = "GET, HEAD"
         try:
-            if method not in ("GET", "HEAD"):
-                raise HttpError(405, f"method {method} not allowed: this API is read-only")
-            self._authorize(environ)
-            code, content_type, body = self._route(environ)
+            target = _cancel_target(path)
+            if target is not None:
+                allow = "POST"
+                if method != "POST":
+                    raise HttpError(405, f"method {method} not allowed: POST to cancel")
+                code, content_type, body, more = self.job_routes.cancel(environ, target, browser)
+            else:
+                if method not in ("GET", "HEAD"):
+                    raise HttpError(405, f"method {method} not allowed: this API is read-only "
+                                         "but for POST /jobs/{id}/cancel")
+                self._authorize(environ)
+                code, content_type, body, more = self._route(environ, browser)
         except HttpError as exc:
-            code, content_type, body = exc.code, JSON, _json({"error": exc.message})
+            code, content_type, body, more = self._error(exc.code, exc.message, browser)
         except NodesImportError as exc:  # the database went away mid-request
-            code, content_type = 503, JSON
-            body = _json({"error": f"database unavailable: {redact_dsn(str(exc))}"})
+            code, content_type, body, more = self._error(
+                503, f"database unavailable: {redact_dsn(str(exc))}", browser)
         except Exception:  # a bug: a JSON 500 and one log line, never a stack trace page
-            log.exception("admin request failed", extra={"fields": {
-                "path": environ.get("PATH_INFO")}})
-            code, content_type, body = 500, JSON, _json({"error": "internal error"})
+            log.exception("admin request failed", extra={"fields": {"path": path}})
+            code, content_type, body, more = self._error(500, "internal error", browser)
         headers = [("Content-Type", content_type), ("Content-Length", str(len(body))),
-                   ("Cache-Control", "no-store")]
+                   ("Cache-Control", "no-store"), *more]
         if code == 405:
-            headers.append(("Allow", "GET, HEAD"))
+            headers.append(("Allow", allow))
         if code == 401:
-            headers.append(("WWW-Authenticate", 'Bearer realm="nodes-import"'))
-        start_response(f"{code} {_REASONS.get(code, '')}", headers)
+            # A browser asks its user for a login (the token as the password) on Basic.
+            headers.append(("WWW-Authenticate", 'Basic realm="nodes-import", charset="UTF-8"'
+                            if browser else 'Bearer realm="nodes-import"'))
+        start_response(f"{code} {REASONS.get(code, '')}", headers)
         return [] if method == "HEAD" else [body]
 
+    @staticmethod
+    def _error(code: int, message: str, browser: bool) -> Answer:
+        if browser:
+            return code, pages.HTML, pages.error_page(code, message), list(
+                pages.SECURITY_HEADERS)
+        return code, JSON, json_body({"error": message}), []
+
     def _authorize(self, environ: dict[str, Any]) -> None:
-        """With a token configured, refuse (401) a request without it, probes excepted."""
+        """With a token configured, refuse (401) a request without it, probes excepted:
+        ``Authorization: Bearer <token>``, or HTTP Basic with the token as the password."""
         if self._token is None or environ.get("PATH_INFO") in OPEN_PATHS:
             return
         given = environ.get("HTTP_AUTHORIZATION", "").encode("latin-1", "replace")
-        if not hmac.compare_digest(given, self._token):  # constant time: no timing oracle
-            raise HttpError(401, "missing or wrong bearer token (admin.token)")
+        if hmac.compare_digest(given, self._token):  # constant time: no timing oracle
+            return
+        if given[:6].lower() == b"basic " and self._basic_password is not None:
+            try:
+                _, _, password = base64.b64decode(given[6:].strip(), validate=True) \
+                    .partition(b":")
+            except ValueError:
+                password = b""
+            if hmac.compare_digest(password, self._basic_password):
+                return
+        raise HttpError(401, "missing or wrong bearer token (admin.token)")
 
-    def _route(self, environ: dict[str, Any]) -> tuple[int, str, bytes]:
+    def _route(self, environ: dict[str, Any], browser: bool) -> Answer:
         path = environ.get("PATH_INFO", "/") or "/"
         query = parse_qs(environ.get("QUERY_STRING", ""), keep_blank_values=True)
+        jobs = self.job_routes
         if path == "/metrics":
             from prometheus_client.exposition import choose_encoder
 
             encoder, content_type = choose_encoder(environ.get("HTTP_ACCEPT", ""))
-            return 200, content_type, encoder(self.registry)
+            return 200, content_type, encoder(self.registry), []
         if path == "/healthz":
-            return 200, JSON, _json({"status": "ok"})
+            return 200, JSON, json_body({"status": "ok"}), []
         if path == "/readyz":
             reasons = self.not_ready()
             if reasons:
-                return 503, JSON, _json({"status": "not ready", "reasons": reasons})
-            return 200, JSON, _json({"status": "ready"})
+                return 503, JSON, json_body({"status": "not ready", "reasons": reasons}), []
+            return 200, JSON, json_body({"status": "ready"}), []
+        if path == "/" and browser:
+            return jobs.jobs_page(query)
         if path in ("/jobs", "/jobs/"):
-            return 200, JSON, _json(self.jobs(query))
+            return jobs.jobs(query)
+        parts = path.split("/")
+        if len(parts) == 4 and parts[1] == "jobs" and parts[3] == "rejects":
+            return jobs.rejects(parts[2], query)
         if path.startswith("/jobs/"):
-            _no_params(query, set())
-            return 200, JSON, _json(self.job(path.removeprefix("/jobs/")))
+            raw_id = path.removeprefix("/jobs/")
+            return jobs.job_page(raw_id, query) if browser else jobs.job(raw_id, query)
+        if path == "/":
+            raise HttpError(404, "no such path: / (the jobs page is HTML: ask for text/html)")
         raise HttpError(404, f"no such path: {path}")
 
     # ------------------------------------------------------------------ handlers
@@ -155,38 +208,6 @@ class AdminApp:
                 reasons.append(reason)
         return reasons
 
-    def jobs(self, query: dict[str, list[str]]) -> list[dict[str, Any]]:
-        """``/jobs``: the most recent jobs, optionally of one status."""
-        _no_params(query, {"status", "limit"})
-        wanted = _one(query, "status")
-        if wanted is not None and wanted.upper() not in status.ALL:
-            raise HttpError(400, f"status must be one of {', '.join(status.ALL)}, "
-                                 f"got {wanted!r}")
-        raw_limit = _one(query, "limit") or "50"
-        try:
-            limit = int(raw_limit)
-        except ValueError:
-            raise HttpError(400, f"limit must be an integer, got {raw_limit!r}") from None
-        if not 1 <= limit <= MAX_LIMIT:
-            raise HttpError(400, f"limit must be within 1..{MAX_LIMIT}, got {limit}")
-        with self._conn() as conn:
-            rows = jobrows.list_jobs(conn, status=wanted.upper() if wanted else None,
-                                     limit=limit)
-        return [_with_progress(row) for row in rows]
-
-    def job(self, raw_id: str) -> dict[str, Any]:
-        """``/jobs/{id}``: one job and its first rejected rows."""
-        try:
-            job_id = str(uuid.UUID(raw_id))
-        except ValueError:
-            raise HttpError(400, f"not a job id (UUID): {raw_id[:100]!r}") from None
-        with self._conn() as conn:
-            row = jobrows.get_job(conn, job_id)
-            if row is None:
-                raise HttpError(404, f"no job {job_id}")
-            failures = jobrows.job_failures(conn, job_id, limit=FAILURES_SHOWN)
-        return {**_with_progress(row), "failures": [asdict(f) for f in failures]}
-
     @contextmanager
     def _conn(self) -> Iterator[Any]:
         """A pooled connection; psycopg errors come out as the StorageError tree."""
@@ -194,31 +215,6 @@ class AdminApp:
             raise HttpError(503, "database not connected yet")
         with connection.wrapped(), self.pool.connection(timeout=self.db_timeout_s) as conn:
             yield conn
-
-
-def _json(value: Any) -> bytes:
-    return orjson.dumps(value, default=str)
-
-
-def _one(query: dict[str, list[str]], name: str) -> str | None:
-    values = query.get(name)
-    if not values:
-        return None
-    if len(values) > 1:
-        raise HttpError(400, f"{name} given {len(values)} times")
-    return values[0] or None
-
-
-def _no_params(query: dict[str, list[str]], allowed: set[str]) -> None:
-    unknown = sorted(set(query) - allowed)
-    if unknown:
-        raise HttpError(400, f"unknown parameter(s): {', '.join(unknown)}")
-
-
-def _with_progress(row: JobRow) -> dict[str, Any]:
-    """The job's row as JSON fields, and its progress."""
-    return {**asdict(row), "progress_percentage": metrics.progress_percentage(
-        row.status, row.source_bytes, row.bytes_read)}
 
 
 # ---------------------------------------------------------------------- the server
@@ -281,10 +277,12 @@ class Operations:
     """
 
     def __init__(self, ops: OperationsConfig, *, owner: str, readiness: Readiness,
-                 scrape: Callable[[metrics.Scrape], None]) -> None:
+                 scrape: Callable[[metrics.Scrape], None],
+                 lease_ms: int = DEFAULT_LEASE_MS) -> None:
         self.ops, self.owner = ops, owner
         self.app = AdminApp(readiness=readiness, collectors=[metrics.ScrapeCollector(
-            [scrape, self._scrape_jobs], on_error=_scrape_failed)], token=ops.admin_token)
+            [scrape, self._scrape_jobs], on_error=_scrape_failed)], token=ops.admin_token,
+            lease_ms=lease_ms)
         self.server: AdminServer | None = None
         self.pool: ConnectionPool | None = None
         self.housekeeper: Housekeeper | None = None

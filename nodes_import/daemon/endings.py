@@ -133,7 +133,10 @@ class Endings:
             return
         error = row.error if row is not None and row.error else "FAILED"
         stage = dl.STAGE_BACKPRESSURE if error == OVERLOADED else dl.STAGE_IMPORT
-        self.dead_letter(slot, dl.Failure(stage, error, UNKNOWN_ERROR_TYPE, None,
+        cancelled = row is not None and row.cancel_requested_at is not None
+        error_type = errors.type_name(errors.JobCancelledError()) if cancelled \
+            else UNKNOWN_ERROR_TYPE
+        self.dead_letter(slot, dl.Failure(stage, error, error_type, None,
                                           slot.job.job_id, dl.counts_of(row)))
 
     def reject(self, slot: Slot) -> None:

@@ -97,7 +97,7 @@ class Daemon:
         self.lag: dict[TP, int] = {}  # read by the admin thread at scrape time
         self._last_lag = 0.0
         self.ops = Operations(cfg.operations, owner=self.owner, readiness=self.readiness,
-                              scrape=self.scrape)
+                              scrape=self.scrape, lease_ms=cfg.executor.lease_timeout_ms)
 
     # ----------------------------------------------------------------- lifecycle
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any, Self
 
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, TopicPartition
@@ -257,11 +257,16 @@ class TopicReader:
         """The messages from ``start`` (partition -> offset; default: the beginning) to the
         end: the read stops ``idle_s`` after the last message once every partition's end
         was reached, or ``timeout_s`` after the last message before that."""
-        deliveries: list[Delivery] = []
+        return list(self.iter_to_end(timeout_s=timeout_s, idle_s=idle_s, start=start))
+
+    def iter_to_end(self, *, timeout_s: float, idle_s: float,
+                    start: Mapping[int, int] | None = None) -> Iterator[Delivery]:
+        """``read_to_end`` one message at a time (a caller that keeps only some of them
+        holds only those)."""
         try:
             partitions = self._partitions(timeout_s)
             if not partitions:
-                return deliveries
+                return
             self.consumer.assign([TopicPartition(self.topic, p, (start or {}).get(p, 0))
                                   for p in partitions])
             at_end: set[int] = set()
@@ -276,7 +281,32 @@ class TopicReader:
                 if err is not None and err.code() == KafkaError._PARTITION_EOF:
                     at_end.add(int(msg.partition() or 0))
                 elif err is None:
-                    deliveries.append(Delivery.of(msg))
+                    yield Delivery.of(msg)
         except KafkaException as exc:
             raise BrokerError(str(exc.args[0])) from exc
-        return deliveries
+
+    def read_at(self, partition: int, offset: int, *, timeout_s: float) -> Delivery | None:
+        """The message at ``offset`` of ``partition`` (None: there is none: past the end,
+        or deleted by retention). Reads by assignment: nothing committed."""
+        try:
+            if partition not in self._partitions(timeout_s):
+                return None
+            low, high = self.consumer.get_watermark_offsets(
+                TopicPartition(self.topic, partition), timeout=timeout_s, cached=False)
+            if not low <= offset < high:  # assigned there, a consumer would only wait
+                return None
+            self.consumer.assign([TopicPartition(self.topic, partition, offset)])
+            deadline = time.monotonic() + timeout_s
+            while time.monotonic() < deadline:
+                msg = self.consumer.poll(0.2)
+                if msg is None:
+                    continue
+                err = msg.error()
+                if err is not None and err.code() == KafkaError._PARTITION_EOF:
+                    return None
+                if err is None:
+                    return Delivery.of(msg) if msg.offset() == offset else None
+        except KafkaException as exc:
+            raise BrokerError(str(exc.args[0])) from exc
+        raise BrokerError(f"no answer from {self.topic}/{partition} within {timeout_s:g}s")
+

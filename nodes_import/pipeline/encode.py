@@ -263,7 +263,7 @@ def payload_rows(part: EncodedPart) -> list[tuple[int, str]]:
     return rows
 
 
-def _partition_of(refs: pa.Array, partitions: int) -> pa.Array:
+def partition_of(refs: pa.Array, partitions: int) -> pa.Array:
     """A stable partition number per key: a multiplicative hash of its last 4 bytes."""
     refs = pc.fill_null(refs, "")
     # Padding only changes the last 4 bytes of a key shorter than 4 bytes: skipped (one
@@ -290,6 +290,30 @@ def metadata_keys(header: list[str]) -> list[str]:
     return [name for name in header if name not in (REFERENCE_ID, TYPE)]
 
 
+@dataclass(frozen=True)
+class Validated:
+    """What ``validate_batch`` found: the keys of the rows import would write, and the rows
+    it would reject (the parser's invalid rows too), by row number."""
+
+    keys: pa.Array  # reference_id of each valid row
+    rejected: list[Rejected]
+
+
+def validate_batch(batch: RawBatch, max_field_bytes: int = 1 << 20) -> Validated:
+    """The checks of ``encode_batch`` without the encoding (``import --dry-run``): the same
+    scans, the same ``reject_mask`` and reasons, nothing built for COPY."""
+    table, numbers = batch.table, batch.row_numbers
+    controls = {name for name, column in zip(table.column_names, table.columns, strict=True)
+                if _scan(column).controls}
+    mask = reject_mask(table, max_field_bytes, controls)
+    keys = table.column(REFERENCE_ID).combine_chunks()
+    rejected = from_invalid(batch.invalid)
+    if pc.any(mask).as_py():
+        rejected += rejected_rows(table, numbers, mask, max_field_bytes)
+        keys = keys.filter(pc.invert(mask))
+    return Validated(keys, sorted(rejected, key=lambda r: r.row_number))
+
+
 def encode_batch(batch: RawBatch, header: list[str], partitions: int,
                  skip_through: list[int] | None = None,
                  max_field_bytes: int = 1 << 20) -> list[EncodedPart]:
@@ -299,7 +323,7 @@ def encode_batch(batch: RawBatch, header: list[str], partitions: int,
     job's checkpoint).
     """
     table, numbers = batch.table, batch.row_numbers
-    part = (_partition_of(table.column(REFERENCE_ID).combine_chunks(), partitions)
+    part = (partition_of(table.column(REFERENCE_ID).combine_chunks(), partitions)
             if partitions > 1 else None)
     if skip_through is not None and any(skip_through):
         keep = None

@@ -8,7 +8,8 @@ module never calls back up. In ONE transaction on that connection:
    INSERT; on a concurrent insert of the same keys, a savepoint and the ON CONFLICT one);
 4. the rejected rows into ``job_failures``;
 5. the job's counters and checkpoint, fenced on the job's owner: the counters therefore
-   never disagree with the rows they count.
+   never disagree with the rows they count. Its answer says whether a cancel of the job
+   was asked for (``PartResult.cancelled``): the runner stops there.
 ``fail_rows`` records a part the database kept refusing as failed rows (4 and 5 only).
 """
 
@@ -44,6 +45,9 @@ class PartResult:
     updated: int
     unchanged: int
     failed: int
+    # A cancel of the job was asked for (``store.cancel``): read in the answer of the
+    # counters UPDATE, so the runner learns it at each batch boundary at no extra cost.
+    cancelled: bool = False
 
     @property
     def success(self) -> int:
@@ -163,6 +167,7 @@ WHERE id = %(job_id)s AND status = 'PROCESSING'
   -- A partition's parts come in file order, so a part at or below its checkpoint was
   -- committed already: a retry after a lost COMMIT acknowledgement. Count it once.
   AND coalesce(checkpoint[%(slot)s], 0) < %(last_row)s
+RETURNING cancel_requested_at IS NOT NULL
 """
 
 
@@ -255,23 +260,27 @@ def _write_part(conn: psycopg.Connection[Any], job: ImportJob, part: EncodedPart
             updated += part.rows - (inserted + updated + unchanged)
         if part.rejected:
             _copy_failures(cur, job.job_id, part.rejected)
-        result = PartResult(inserted, updated, unchanged, len(part.rejected))
+        failed = len(part.rejected)
+        success = inserted + updated + unchanged
         cur.execute(_COUNTERS, {
-            "job_id": job.job_id, "total": result.success + result.failed,
-            "success": result.success, "failed": result.failed, "inserted": inserted,
+            "job_id": job.job_id, "total": success + failed,
+            "success": success, "failed": failed, "inserted": inserted,
             "updated": updated, "unchanged": unchanged, "slot": part.partition + 1,
             "last_row": part.last_row, "bytes_read": bytes_read, "owner": job.claimed_by,
         })
         if cur.rowcount != 1:
             raise _refused(cur, job, part)
-    return result
+        counted = cur.fetchone()
+    return PartResult(inserted, updated, unchanged, failed,
+                      cancelled=counted is not None and bool(counted[0]))
 
 
 def fail_rows(conn: psycopg.Connection[Any], job: ImportJob, part: EncodedPart,
-              rejected: Sequence[Rejected], *, bytes_read: int) -> None:
+              rejected: Sequence[Rejected], *, bytes_read: int) -> bool:
     """Record a whole partition's rows as failed (its write kept failing) and move on.
 
-    Fenced on the job's claimer like ``write_part``; a part already counted is left alone."""
+    Fenced on the job's claimer like ``write_part``; a part already counted is left alone.
+    Returns whether a cancel of the job was asked for (as ``PartResult.cancelled``)."""
     try:
         with wrapped(), conn.transaction(), conn.cursor() as cur:
             _copy_failures(cur, job.job_id, rejected)
@@ -283,6 +292,9 @@ def fail_rows(conn: psycopg.Connection[Any], job: ImportJob, part: EncodedPart,
             })
             if cur.rowcount != 1:
                 raise _refused(cur, job, part)
+            counted = cur.fetchone()
     except _Replayed:
         log.warning("failed batch part was already committed; not recorded again",
                     extra={"fields": {"jobId": job.job_id, "partition": part.partition}})
+        return False
+    return counted is not None and bool(counted[0])

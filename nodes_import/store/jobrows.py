@@ -19,7 +19,7 @@ from psycopg import sql
 from psycopg.rows import class_row
 
 from nodes_import import status as states  # "status" names job_status values here
-from nodes_import.errors import StorageError
+from nodes_import.errors import CANCELLED_MESSAGE, StorageError
 from nodes_import.jobs import ImportJob, JobRow
 from nodes_import.store.connection import wrapped
 
@@ -57,14 +57,23 @@ def create_job(conn: psycopg.Connection[Any], *, job_id: str, group_id: str, dom
     return job
 
 
-# PENDING/PROCESSING (or FAILED, for a re-run) -> PROCESSING; returns the checkpoint.
+# PENDING/PROCESSING (or FAILED, for a re-run) -> PROCESSING; returns the checkpoint. A
+# re-run on purpose (the last parameter) also clears a cancel request; a plain start keeps
+# one that arrives while it waits for the row, so the runner still sees it.
 _START = (
     "UPDATE job_status SET status = 'PROCESSING', attempts = attempts + 1,"
     " started_at = coalesce(started_at, now()), updated_at = now(),"
     " heartbeat_at = now(), claimed_by = coalesce(%s, claimed_by),"
     " source_bytes = coalesce(%s, source_bytes), error = NULL, finished_at = NULL,"
-    " checkpoint = coalesce(checkpoint, array_fill(0::bigint, ARRAY[%s::int]))"
+    " checkpoint = coalesce(checkpoint, array_fill(0::bigint, ARRAY[%s::int])),"
+    " cancel_requested_at = CASE WHEN %s THEN NULL ELSE cancel_requested_at END"
     " WHERE id = %s AND status = ANY(%s) RETURNING checkpoint")
+# A job whose cancel was asked for never starts (unless re-run on purpose): it ends FAILED
+# "Cancelled" instead, in the transaction that would have started it.
+_REFUSE_CANCELLED = (
+    "UPDATE job_status SET status = 'FAILED', error = %s, finished_at = now(),"
+    " updated_at = now() WHERE id = %s AND status IN ('PENDING', 'PROCESSING')"
+    " AND cancel_requested_at IS NOT NULL")
 
 
 def start_job(conn: psycopg.Connection[Any], *, job_id: str, partitions: int,
@@ -77,8 +86,8 @@ def start_job(conn: psycopg.Connection[Any], *, job_id: str, partitions: int,
     """
     statuses = ["PENDING", "PROCESSING"] + (["FAILED"] if resume_failed else [])
     with wrapped(), conn.transaction():
-        row = conn.execute(_START, (claimed_by, source_bytes, partitions, job_id,
-                                    statuses)).fetchone()
+        row = conn.execute(_START, (claimed_by, source_bytes, partitions, resume_failed,
+                                    job_id, statuses)).fetchone()
     return None if row is None else [int(x) for x in row[0]]
 
 
@@ -89,7 +98,9 @@ def begin_job(conn: psycopg.Connection[Any], job: ImportJob, *, partitions: int,
     The job is inserted PENDING unless it exists and moved to PROCESSING in the same
     commit, so no reader ever sees a job that started without its row. The job's
     ``claimed_by`` becomes the row's (when set), and its ``resume_failed`` takes a FAILED
-    job up again. Returns the checkpoint (None: the job is finished).
+    job up again. A job whose cancel was asked for is ended FAILED "Cancelled" instead of
+    started, in the same transaction (unless re-run on purpose: ``resume_failed`` clears the
+    request). Returns the checkpoint (None: the job is finished).
     """
     statuses = ["PENDING", "PROCESSING"] + (["FAILED"] if job.resume_failed else [])
     with wrapped(), conn.pipeline(), conn.transaction():
@@ -97,8 +108,10 @@ def begin_job(conn: psycopg.Connection[Any], job: ImportJob, *, partitions: int,
             "INSERT INTO job_status (id, group_id, domain_id, status, node_type, source)"
             " VALUES (%s, %s, %s, 'PENDING', %s, %s) ON CONFLICT (id) DO NOTHING",
             (job.job_id, job.group_id, job.domain_id, job.node_type, job.source_label))
-        row = conn.execute(_START, (job.claimed_by, source_bytes, partitions, job.job_id,
-                                    statuses)).fetchone()
+        if not job.resume_failed:
+            conn.execute(_REFUSE_CANCELLED, (CANCELLED_MESSAGE, job.job_id))
+        row = conn.execute(_START, (job.claimed_by, source_bytes, partitions,
+                                    job.resume_failed, job.job_id, statuses)).fetchone()
     return None if row is None else [int(x) for x in row[0]]
 
 
@@ -157,13 +170,24 @@ def get_job(conn: psycopg.Connection[Any], job_id: str) -> JobRow | None:
 
 
 def list_jobs(conn: psycopg.Connection[Any], *, status: str | None = None,
-              limit: int = 50) -> list[JobRow]:
-    """Most recent jobs first, optionally of one status."""
-    query = _SELECT_JOB
+              limit: int = 50, group_id: str | None = None,
+              since_s: float | None = None) -> list[JobRow]:
+    """Most recent jobs first, optionally of one status, of one group, created in the last
+    ``since_s`` seconds (the database's clock)."""
+    where: list[sql.Composable] = []
     params: list[Any] = []
     if status:
-        query += sql.SQL(" WHERE status = %s")
+        where.append(sql.SQL("status = %s"))
         params.append(status)
+    if group_id is not None:
+        where.append(sql.SQL("group_id = %s"))
+        params.append(group_id)
+    if since_s is not None:
+        where.append(sql.SQL("created_at >= now() - %s * interval '1 second'"))
+        params.append(since_s)
+    query = _SELECT_JOB
+    if where:
+        query += sql.SQL(" WHERE ") + sql.SQL(" AND ").join(where)
     query += sql.SQL(" ORDER BY created_at DESC LIMIT %s")
     params.append(limit)
     with wrapped(), conn.cursor(row_factory=class_row(JobRow)) as cur:

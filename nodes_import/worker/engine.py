@@ -11,7 +11,8 @@ Shape of a job (``run_import``):
    transaction each, with retries for transient errors; the bounded queues between 3
    and 4 keep memory flat;
 5. the job ends COMPLETED, or FAILED with the reason (timeout, too many rejects, the
-   database lost, an unreadable file).
+   database lost, an unreadable file, a cancel: seen in the answer of a batch's counters
+   UPDATE, the job stops at that batch boundary with what it committed).
 
 The data path reads in one direction. For each attempt the engine borrows a connection
 from the pool (``_connection``) and calls a store function with it and the job, whole:
@@ -39,7 +40,9 @@ from psycopg_pool import ConnectionPool
 from nodes_import import metrics, status
 from nodes_import.config import ImportConfig
 from nodes_import.errors import (
+    CANCELLED_MESSAGE,
     ConnectionLostError,
+    JobCancelledError,
     JobTimeoutError,
     LeaseLostError,
     NodesImportError,
@@ -143,6 +146,9 @@ def _write_one(state: JobState, part: encode.EncodedPart, bytes_read: int) -> No
         **state.ctx, "partition": part.partition, "batchSize": part.rows + len(part.rejected),
         "inserted": result.inserted, "updated": result.updated, "unchanged": result.unchanged,
         "failed": result.failed, "durationMs": round(seconds * 1000, 1)}})
+    if result.cancelled:  # asked in the database (store.cancel): stop here, keep the rest
+        log.info("job cancelled; stopping at this batch boundary", extra={"fields": state.ctx})
+        state.fail(JobCancelledError(CANCELLED_MESSAGE))
 
 
 def _fail_part(state: JobState, part: encode.EncodedPart, bytes_read: int,
@@ -152,13 +158,14 @@ def _fail_part(state: JobState, part: encode.EncodedPart, bytes_read: int,
     try:
         for attempt in retry.attempts(state.cfg.retry, context=state.ctx):
             with attempt, _connection(state) as conn:
-                batchwrite.fail_rows(conn, state.job, part, rows, bytes_read=bytes_read)
+                cancelled = batchwrite.fail_rows(conn, state.job, part, rows,
+                                                 bytes_read=bytes_read)
     except NodesImportError as exc:
         state.fail(exc)
         return None
     log.error("batch failed; its rows are recorded as failed", extra={"fields": {
         **state.ctx, "partition": part.partition, "rows": len(rows), "error": reason}})
-    return batchwrite.PartResult(0, 0, 0, len(rows))
+    return batchwrite.PartResult(0, 0, 0, len(rows), cancelled=cancelled)
 
 
 def _writer(state: JobState, inbox: queue.Queue[tuple[encode.EncodedPart, int] | None]) -> None:
@@ -254,6 +261,8 @@ def _write_small(state: JobState, batch: RawBatch, header: list[str]) -> JobOutc
             result = batchwrite.write_part(conn, job, part, columns=state.columns,
                                            bytes_read=batch.bytes_read, timeout_ms=timeout_ms,
                                            new_id=state.new_id)
+            if result.cancelled:  # rolled back: the normal path stops at its first batch
+                raise JobCancelledError(CANCELLED_MESSAGE)
             row = jobrows.complete_job(conn, job_id=job.job_id, owner=job.claimed_by)
     except NodesImportError as exc:  # rolled back: the normal path decides what it means
         log.info("one-transaction write declined; normal path", extra={"fields": {
@@ -362,8 +371,11 @@ def run_import(job: ImportJob, cfg: ImportConfig, pool: ConnectionPool, *,
     if checkpoint is None:
         row = _job_row(state)
         log.info("job already finished; skipped", extra={"fields": state.ctx})
+        cancelled = row is not None and row.status == status.FAILED \
+            and row.cancel_requested_at is not None
         return JobOutcome.ended(job.job_id, row, None if row is None else row.error,
-                                missing=status.FAILED)
+                                missing=status.FAILED, error_type=type_name(
+                                    JobCancelledError()) if cancelled else None)
     resume_from = checkpoint if any(checkpoint) else None
     log.info("job started", extra={"fields": {**state.ctx, "source": job.source_label,
                                               "partitions": len(checkpoint),

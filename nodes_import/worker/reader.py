@@ -19,7 +19,9 @@ from collections.abc import Iterator
 from typing import Any
 
 from nodes_import import metrics
-from nodes_import.errors import JobRejectedError, JobTimeoutError, PayloadError
+from nodes_import.config import ImportConfig
+from nodes_import.errors import JobRejectedError, JobTimeoutError, NodesImportError, PayloadError
+from nodes_import.jobs import ImportJob
 from nodes_import.pipeline import encode
 from nodes_import.pipeline.parse import (
     REFERENCE_ID,
@@ -34,7 +36,12 @@ from nodes_import.worker.jobstate import TIMEOUT_MESSAGE, JobState
 
 def open_batches(state: JobState) -> tuple[Iterator[RawBatch], list[str], int | None]:
     """The job's batches, its header and its source's size (None: an inline ID list)."""
-    job, cfg = state.job, state.cfg
+    return open_source(state.job, state.cfg)
+
+
+def open_source(job: ImportJob, cfg: ImportConfig) -> tuple[Iterator[RawBatch], list[str],
+                                                            int | None]:
+    """``open_batches`` for any caller (``import --dry-run`` too): no job state needed."""
     if job.reference_ids is not None:
         if len(job.reference_ids) > cfg.max_reference_ids:
             raise PayloadError(f"{len(job.reference_ids)} reference IDs, over "
@@ -80,17 +87,9 @@ def read_all(state: JobState, batches: Iterator[RawBatch], header: list[str],
             state.progress.bytes_read = max(state.progress.bytes_read, batch.bytes_read)
             rows_read = state.progress.rows_read
         rejected += sum(len(p.rejected) for p in parts)
-        if state.job.reference_ids_file is not None and rows_read > state.cfg.max_reference_ids:
-            state.fail(PayloadError(f"more than node.import.max-reference-ids "
-                                    f"({state.cfg.max_reference_ids}) reference IDs"))
-            return
-        if rows_read > state.cfg.max_rows:
-            state.fail(PayloadError(f"more than node.import.max-rows ({state.cfg.max_rows}) rows"))
-            return
-        if rows_read and rejected / rows_read > state.cfg.max_reject_ratio:
-            state.fail(JobRejectedError(
-                f"{rejected} of {rows_read} rows rejected, over "
-                f"node.import.max-reject-ratio ({state.cfg.max_reject_ratio})"))
+        passed = limit_passed(state.job, state.cfg, rows_read, rejected)
+        if passed is not None:
+            state.fail(passed)
             return
         for part in parts:
             if part.rows or part.rejected:
@@ -101,3 +100,19 @@ def read_all(state: JobState, batches: Iterator[RawBatch], header: list[str],
                     except queue.Full:
                         if state.remaining_ms() <= 0:
                             state.fail(JobTimeoutError(TIMEOUT_MESSAGE))
+
+
+def limit_passed(job: ImportJob, cfg: ImportConfig, rows_read: int,
+                 rejected: int) -> NodesImportError | None:
+    """The error of the first row limit the job passed after ``rows_read`` rows of which
+    ``rejected`` were rejected (None: within them): reference IDs of a file, rows, the
+    reject ratio."""
+    if job.reference_ids_file is not None and rows_read > cfg.max_reference_ids:
+        return PayloadError(f"more than node.import.max-reference-ids "
+                            f"({cfg.max_reference_ids}) reference IDs")
+    if rows_read > cfg.max_rows:
+        return PayloadError(f"more than node.import.max-rows ({cfg.max_rows}) rows")
+    if rows_read and rejected / rows_read > cfg.max_reject_ratio:
+        return JobRejectedError(f"{rejected} of {rows_read} rows rejected, over "
+                                f"node.import.max-reject-ratio ({cfg.max_reject_ratio})")
+    return None

@@ -12,7 +12,7 @@ from pathlib import Path
 import click
 import pytest
 
-from nodes_import.cli.imports import Duration
+from nodes_import.cli.jobs import Duration
 from nodes_import.config import OperationsConfig
 from nodes_import.daemon.housekeeping import Housekeeper
 from nodes_import.store import jobrows
