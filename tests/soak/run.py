@@ -122,6 +122,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     notes: list[str] = []
     timings: dict[str, float] = {}
     started = time.monotonic()
+    result: dict[str, Any] = {}
     cluster = Cluster(folder, args.daemons, args.partitions)
     try:
         for slot in cluster.slots:
@@ -189,7 +190,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         return result
     finally:
         cluster.close()
-        if args.workdir is None and "result" in locals() and result.get("pass"):
+        if args.workdir is None and result.get("pass"):
             shutil.rmtree(folder, ignore_errors=True)
         elif args.workdir is None:
             print(f"work dir kept for inspection: {folder}")
