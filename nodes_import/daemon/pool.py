@@ -195,7 +195,12 @@ class WorkerPool:
         """Stop the workers; ``kill`` ends busy ones too (their open batch rolls back)."""
         if self._executor is None:
             return
-        if kill:
+        # A worker that died idle broke the executor without a job to notice it (nothing
+        # called ``replace``): its manager thread then waits for the survivors, which ignore
+        # SIGTERM and may never see the shutdown (the dead one may have held the call
+        # queue's lock). Found by the chaos soak: a SIGTERM after an idle worker's death
+        # hung the stop order. The survivors are killed then too.
+        if kill or any(proc.exitcode is not None for proc in self._processes().values()):
             self._kill_workers()
         self._executor.shutdown(wait=True, cancel_futures=True)
         self._executor = None

@@ -35,11 +35,8 @@ def _reading(pid: int) -> bool:
     return number == READ_SYSCALL[platform.machine()]
 
 
-@pytest.mark.skipif(platform.machine() not in READ_SYSCALL, reason="syscall numbers known for x86_64 and aarch64")
-@pytest.mark.xfail(strict=True, reason=(
-    "daemon/pool.WorkerPool.shutdown(kill=False) calls executor.shutdown(wait=True) on an "
-    "executor broken by an idle worker's death, whose manager thread is stuck joining the "
-    "SIGTERM-ignoring survivors: the stop hangs"))
+@pytest.mark.skipif(platform.machine() not in READ_SYSCALL,
+                    reason="syscall numbers known for x86_64 and aarch64")
 def test_sigterm_after_an_idle_worker_was_killed_stops_the_daemon_with_exit_0(
         daemons: Daemons, kafka: KafkaTest) -> None:
     kafka.create_topic()
