@@ -80,7 +80,7 @@ def test_a_file_the_import_would_fail_exits_1_with_the_reason(tmp_path: Path) ->
     assert missing.returncode == 1 and "would FAIL: no such file" in missing.stdout
     refused = _cli("import", "/etc/passwd", "--dry-run", "--json", cwd=tmp_path)
     assert refused.returncode == 1
-    assert orjson.loads(refused.stdout)["error_type"] == "nodes_import.errors.SourceError"
+    assert orjson.loads(refused.stdout)["error_type"] == "nodes_import.errors.SourceRefusedError"
     (tmp_path / "bad.csv").write_text("reference_id,a\n,1\n,2\nok,3\n")
     ratio = _cli("import", "bad.csv", "--dry-run", cwd=tmp_path,
                  env={"NODES_IMPORT_NODE_IMPORT_MAX_REJECT_RATIO": "0.5"})
