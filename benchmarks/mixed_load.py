@@ -134,19 +134,32 @@ def mixed(rig: DaemonRig, path: Path, rows: int, *, count: int = LARGE_JOBS,
             "client_cpu_s": round(daemon_burst._tree_cpu(rig.pid) - cpu0, 2)}
 
 
+def machine_busy_s() -> float:
+    """CPU seconds the whole machine has spent busy since boot (``/proc/stat``)."""
+    fields = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    idle = fields[3] + fields[4]  # idle + iowait
+    return (sum(fields[:8]) - idle) / os.sysconf("SC_CLK_TCK")
+
+
 def _metered(server: BenchServer | None, schema: str | None, name: str,
              phase: Callable[[], dict[str, Any]]) -> dict[str, Any]:
-    """Run one phase on emptied tables; with a ``server``, its server CPU and WAL too."""
+    """Run one phase; with a ``server``, its server CPU and WAL too, and the CPU that
+    other processes of the (shared) machine took meanwhile: busy CPU of the machine minus
+    the server's and the daemon's."""
     if server is None:
         return phase()
     result = Result(name, "daemon", 0, 0)
+    busy = machine_busy_s()
     with meter(server, schema, result):
         out = phase()
         large = out.get("large", out)
         result.rows = large["completed"] * large["rows_each"]
         result.seconds = large["wall_s"] or 0.0
+        busy = machine_busy_s() - busy
     out.update(server_cpu_s=result.server_cpu_s,
-               wal_mb=round((result.wal_bytes or 0) / 1e6, 1))
+               wal_mb=round((result.wal_bytes or 0) / 1e6, 1),
+               others_cpu_s=round(busy - (result.server_cpu_s or 0)
+                                  - (out.get("client_cpu_s") or 0), 1))
     return out
 
 
@@ -195,7 +208,9 @@ def show(figures: dict[str, Any]) -> None:
               f"finished {a.get('finished_after_s')}); mixed {m['large']['rows_per_s']:,.0f} "
               f"rows/s ({m['large']['wall_s']} s, finished "
               f"{m['large'].get('finished_after_s')}); keep {r['keep']}; server CPU "
-              f"alone {a.get('server_cpu_s')} s, mixed {m.get('server_cpu_s')} s")
+              f"alone {a.get('server_cpu_s')} s, mixed {m.get('server_cpu_s')} s; other "
+              f"processes' CPU alone {a.get('others_cpu_s')} s, mixed "
+              f"{m.get('others_cpu_s')} s")
         print(f"         small jobs during: {s['jobs']} of {s['sent']}, p50 {s['p50_ms']} "
               f"p95 {s['p95_ms']} max {s['max_ms']} ms (all: p95 {s['all_p95_ms']} "
               f"max {s['all_max_ms']} ms); completed {s['completed']}")

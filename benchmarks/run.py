@@ -212,9 +212,9 @@ def _loads(server: BenchServer, plan: Plan, results: list[Result], step: Step) -
     and B on the large import's file."""
     args = plan.args
     if args.daemon_only:
-        step("B (for the ratios)")
-        results.append(baselines.copy_b(server, baselines.prepare(
-            generate.ensure(args.data_dir, "new", plan.rows))))
+        step("B and C★ (for the ratios)")
+        data = baselines.prepare(generate.ensure(args.data_dir, "new", plan.rows))
+        results += [baselines.copy_b(server, data), baselines.copy_c_star(server, data)]
         return
     if not args.no_baselines:
         step("baselines")
