@@ -8,6 +8,11 @@ the database design is timed; this favours the baselines):
 - ``B``: the index-bound limit, one ``COPY`` into a nodes-shaped table with its three
   indexes (primary key with ``uuidv7()`` ids as the engine uses on PostgreSQL 18, the
   unique (reference_id, group_id), domain_id), no metadata, no upsert;
+- ``C★``: the schema's own limit (issue 17): the same rows into the real ``nodes`` AND
+  ``node_metadata`` (its foreign key checked), one ``COPY`` each in one transaction on one
+  connection, keys pre-sorted, time-ordered ids (uuidv7 layout, ascending) chosen and the
+  metadata JSON built before the clock starts. Everything the import must do and nothing
+  it may skip, in the cheapest order the schema allows;
 - ``seed-design``: the seed LLD as written: 500-row batches, each CREATE TEMP TABLE +
   COPY + nodes upsert + node_metadata upsert + commit, on 4 threads/connections;
 - ``naive``: psycopg ``executemany`` of one INSERT ... ON CONFLICT per row (nodes and its
@@ -31,11 +36,13 @@ import resource
 import sys
 import threading
 import time
+import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
 import psycopg
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 
 from benchmarks import generate
@@ -99,6 +106,8 @@ class Prepared:
     b_csv: bytes  # reference_id, group_id, type, domain_id
     seed_batches: list[bytes]  # reference_id, metadata JSON; SEED_BATCH rows each
     naive_params: list[tuple[str, str, str, str]]
+    c_nodes: bytes = b""  # C★: id, reference_id, group_id, type, domain_id (COPY text)
+    c_metadata: bytes = b""  # C★: node_id, metadata (COPY text)
 
 
 def prepare(path: Path, *, only_b: bool = False) -> Prepared:
@@ -114,16 +123,49 @@ def prepare(path: Path, *, only_b: bool = False) -> Prepared:
                         "group_id": pa.repeat(pa.scalar(GROUP), rows),
                         "type": pa.repeat(pa.scalar("USER"), rows),
                         "domain_id": pa.repeat(pa.scalar(DOMAIN), rows)})
-    if only_b:
-        return Prepared(rows, path.stat().st_size, b"", _csv(b_table), [], [])
-    raw_csv = data[data.index(b"\n") + 1:]
     meta = metadata_json(table, [c for c in table.column_names if c != "reference_id"])
+    c_nodes, c_metadata = _c_star_payloads(refs, meta)
+    if only_b:
+        return Prepared(rows, path.stat().st_size, b"", _csv(b_table), [], [],
+                        c_nodes, c_metadata)
+    raw_csv = data[data.index(b"\n") + 1:]
     staged = pa.table({"reference_id": refs, "metadata": meta})
     seed_batches = [_csv(staged.slice(off, SEED_BATCH)) for off in range(0, rows, SEED_BATCH)]
     naive_params = [(ref, GROUP, DOMAIN, m) for ref, m in
                     zip(refs.to_pylist(), meta.to_pylist(), strict=True)]
     return Prepared(rows, path.stat().st_size, raw_csv, _csv(b_table), seed_batches,
-                    naive_params)
+                    naive_params, c_nodes, c_metadata)
+
+
+def _time_ordered_ids(count: int) -> pa.Array:
+    """``count`` ascending UUIDs in the uuidv7 layout (48-bit milliseconds, version 7, a
+    counter in the random bits), as PostgreSQL 18's ``uuidv7()`` makes them in one session."""
+    millis = time.time_ns() // 1_000_000
+    ids = (uuid.UUID(int=(millis << 80) | (0x7 << 76) | (0b10 << 62) | n) for n in range(count))
+    return pa.array([str(u) for u in ids], pa.string())
+
+
+def _c_star_payloads(refs: pa.ChunkedArray, meta: pa.ChunkedArray) -> tuple[bytes, bytes]:
+    """C★'s two COPY payloads (text format): the rows sorted by reference_id, ids ascending
+    in that order, so every index of both tables is appended to at its right edge."""
+    order = pc.sort_indices(refs)
+    refs, meta = pc.take(refs, order), pc.take(meta, order)
+    ids = _time_ordered_ids(len(refs))
+    nodes = pa.table({"id": ids, "reference_id": refs,
+                      "group_id": pa.repeat(pa.scalar(GROUP), len(refs)),
+                      "type": pa.repeat(pa.scalar("USER"), len(refs)),
+                      "domain_id": pa.repeat(pa.scalar(DOMAIN), len(refs))})
+    # COPY text: a backslash escapes; the JSON's own backslashes are doubled
+    metadata = pa.table({"node_id": ids, "metadata": pc.replace_substring(
+        meta, "\\", "\\\\")})
+    return _text(nodes), _text(metadata)
+
+
+def _text(table: pa.Table) -> bytes:
+    """COPY text format of columns that hold no tab, newline or backslash (but the JSON's
+    escaped ones)."""
+    lines = pc.binary_join_element_wise(*table.columns, "\t")
+    return "\n".join(lines.to_pylist()).encode() + b"\n"
 
 
 def _csv(table: pa.Table) -> bytes:
@@ -224,6 +266,31 @@ def copy_b(server: BenchServer, data: Prepared, id_function: str = "uuidv7()") -
     return result
 
 
+C_STAR_NAME = "C★: COPY nodes + node_metadata (FK), sorted keys, uuidv7"
+
+
+def copy_c_star(server: BenchServer, data: Prepared) -> Result:
+    """C★: one COPY into ``nodes`` and one into ``node_metadata`` (the engine's schema,
+    foreign key checked), one transaction."""
+    schema, dsn = _engine_schema(server, "cstar")
+    result = Result(C_STAR_NAME, "baseline", data.rows, 0, data.compressed_bytes,
+                    params={"id": "uuidv7 layout, ascending", "keys": "sorted"})
+
+    def work() -> None:
+        with psycopg.connect(dsn) as conn:
+            _copy(conn, "COPY nodes (id, reference_id, group_id, type, domain_id)"
+                  " FROM STDIN (FORMAT text)", data.c_nodes)
+            _copy(conn, "COPY node_metadata (node_id, metadata) FROM STDIN (FORMAT text)",
+                  data.c_metadata)
+            conn.commit()
+
+    _timed(server, schema, result, work)
+    rows = server.query(f"SELECT count(*) FROM {schema}.node_metadata")  # our own name
+    result.ok = rows[0][0] == data.rows
+    server.drop_schema(schema)
+    return result
+
+
 def _engine_schema(server: BenchServer, prefix: str) -> tuple[str, str]:
     schema = server.new_schema(prefix)
     dsn = server.schema_dsn(schema)
@@ -288,7 +355,8 @@ def run_all(server: BenchServer, path: Path, *, slow: bool = True,
             extra_b: bool = False) -> list[Result]:
     """Every baseline on ``path``; ``slow=False`` skips seed and naive (the sweep only)."""
     data = prepare(path)
-    results = [client_floor(path, data.rows), raw_copy(server, data), copy_b(server, data)]
+    results = [client_floor(path, data.rows), raw_copy(server, data), copy_b(server, data),
+               copy_c_star(server, data)]
     if extra_b:
         results.append(copy_b(server, data, "gen_random_uuid()"))
     if slow:

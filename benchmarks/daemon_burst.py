@@ -88,9 +88,13 @@ class DaemonRig:
 
     def __init__(self, dsn: str, folder: Path, *, workers: int = 2, capacity: int = 100,
                  backpressure: str = "pause", allowed_roots: list[str] | None = None,
-                 extra_import: dict[str, Any] | None = None) -> None:
+                 extra_import: dict[str, Any] | None = None,
+                 executor: dict[str, Any] | None = None) -> None:
         self.dsn, self.folder = dsn, folder
         self.workers, self.capacity, self.backpressure = workers, capacity, backpressure
+        # node.import.executor: these over the rig's own (workers, capacity)
+        self.executor = {"max-pool-size": workers, "core-pool-size": workers,
+                         "queue-capacity": capacity, **(executor or {})}
         self.allowed_roots = allowed_roots or []
         self.extra_import = extra_import or {}
         self.broker = LocalBroker(log_path=str(folder / "tansu.log"))
@@ -106,8 +110,7 @@ class DaemonRig:
             f.result(10)
         node_import: dict[str, Any] = {
             "backpressure": self.backpressure,
-            "executor": {"max-pool-size": self.workers, "core-pool-size": self.workers,
-                         "queue-capacity": self.capacity},
+            "executor": dict(self.executor),
             **self.extra_import}
         if self.allowed_roots:
             node_import["allowed-roots"] = self.allowed_roots
@@ -122,8 +125,10 @@ class DaemonRig:
         path.write_text(yaml.safe_dump(config))
         log = open(self.folder / "daemon.log", "wb")  # noqa: SIM115 - the child keeps it
         env = {k: v for k, v in os.environ.items() if not k.startswith("NODES_IMPORT_")}
+        # WARNING: the figures are ours, not the log's (BENCH_DAEMON_LOG_LEVEL=INFO to look)
+        level = os.environ.get("BENCH_DAEMON_LOG_LEVEL", "WARNING")
         self.daemon = subprocess.Popen([sys.executable, "-m", "nodes_import", "--log-level",
-                                        "WARNING", "run", "--config", str(path)],
+                                        level, "run", "--config", str(path)],
                                        stdout=log, stderr=subprocess.STDOUT, env=env,
                                        start_new_session=True)
         log.close()
@@ -133,6 +138,12 @@ class DaemonRig:
         time.sleep(join_s)  # the group join (no messages yet to wait on)
         if self.daemon.poll() is not None:
             raise RuntimeError(f"the daemon exited: {(self.folder / 'daemon.log').read_text()}")
+
+    @property
+    def pid(self) -> int:
+        """The daemon's process id."""
+        assert self.daemon is not None
+        return self.daemon.pid
 
     def stop(self) -> int | None:
         """SIGTERM (the operators' stop); returns the exit status, None if it was killed."""
@@ -157,7 +168,7 @@ class DaemonRig:
 
     # ------------------------------------------------------------------ producing
 
-    def _send(self, bodies: list[dict[str, Any]], rate: float = 0) -> dict[str, float]:
+    def send(self, bodies: list[dict[str, Any]], rate: float = 0) -> dict[str, float]:
         """Produce ``bodies`` round-robin over the partitions: at once, or ``rate`` a second."""
         assert self.producer is not None
         sent: dict[str, float] = {}
@@ -175,7 +186,7 @@ class DaemonRig:
         self.producer.flush(30)
         return sent
 
-    def _wait(self, sent: dict[str, float], timeout_s: float) -> list[tuple[Any, ...]]:
+    def wait(self, sent: dict[str, float], timeout_s: float) -> list[tuple[Any, ...]]:
         """Until every job is COMPLETED or FAILED (or ``timeout_s``); their job rows."""
         assert self.conn is not None and self.daemon is not None
         deadline = time.monotonic() + timeout_s
@@ -219,8 +230,8 @@ class DaemonRig:
         bodies = [{"groupId": f"{label}-{n}", "domainId": DOMAIN, "jobId": str(uuid.uuid4()),
                    "referenceIds": [f"r{k}" for k in range(ids)]} for n in range(jobs)]
         started = time.time()
-        sent = self._send(bodies, rate)
-        done = self._wait(sent, timeout_s)
+        sent = self.send(bodies, rate)
+        done = self.wait(sent, timeout_s)
         out = self._figures(sent, started, done, cpu0)
         row = self.conn.execute("SELECT count(*) FROM nodes WHERE group_id LIKE %s",
                                 (f"{label}-%",)).fetchone()
@@ -237,12 +248,12 @@ class DaemonRig:
         bodies = [{"groupId": f"{label}-{n}", "domainId": DOMAIN, "jobId": str(uuid.uuid4()),
                    "file": str(path)} for n in range(count)]
         started = time.time()
-        sent = self._send(bodies)
+        sent = self.send(bodies)
         deadline = time.monotonic() + timeout_s
         while True:  # sample RSS while the jobs run
             rss, workers = _rss_mb(self.daemon.pid)
             peak = [max(peak[0], rss), max(peak[1], workers)]
-            done = self._wait(sent, 0)
+            done = self.wait(sent, 0)
             if len(done) == len(sent) or time.monotonic() > deadline \
                     or self.daemon.poll() is not None:
                 break

@@ -68,6 +68,7 @@ class Result:
     dead_tuples: int | None = None  # row versions made dead: updated + deleted tuples
     job_seconds: float | None = None  # the job row's finished_at - started_at
     ratio_b: float | None = None
+    ratio_cstar: float | None = None  # to C★ of the same run (issue 17)
     params: dict[str, Any] = field(default_factory=dict)
     notes: str = ""
     ok: bool = True  # False: the job failed or timed out; its rows/s mean nothing

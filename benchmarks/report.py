@@ -20,9 +20,15 @@ from benchmarks.harness import Result
 B_NAME = "B: COPY, 3 indexes"
 # Targets of issue 6: scenario name prefix -> minimum ratio to B.
 RATIO_TARGETS = {"fresh import": 0.6, "re-import unchanged": 0.8, "re-import 100% changed": 0.35}
+# Issue 17, scenario 6: the fresh import against C★ (the schema's own limit), small table.
+CSTAR_TARGETS = {"fresh import": 0.85}
 CPU_TARGET_PER_M = 1.5  # client CPU seconds per 1M rows
 RSS_TARGET_MB = 300
 DAEMON_P50_TARGET_MS = 200
+# Issue 17, scenario 1 (mixed load): small-job p95 while the large jobs run, and the
+# large jobs' rows/s mixed over alone.
+MIXED_P95_TARGET_MS = 300
+MIXED_KEEP_TARGET = 0.9
 
 
 def _fmt(value: Any, spec: str = "") -> str:
@@ -33,15 +39,17 @@ def _fmt(value: Any, spec: str = "") -> str:
 
 def table(results: list[Result]) -> str:
     """The result table (markdown, readable on a terminal too)."""
-    head = ("| scenario | rows | s | rows/s | MB/s gz | x B | client CPU s | CPU s/1M rows "
-            "| client peak RSS MB | server CPU s | WAL MB | new row versions | dead versions |")
-    lines = [head, "|" + "---|" * 13]
+    head = ("| scenario | rows | s | rows/s | MB/s gz | x B | x C★ | client CPU s "
+            "| CPU s/1M rows | client peak RSS MB | server CPU s | WAL MB | new row versions "
+            "| dead versions |")
+    lines = [head, "|" + "---|" * 14]
     for r in results:
         cpu_m = r.client_cpu_s / r.rows * 1e6 if r.client_cpu_s is not None and r.rows else None
         name = r.name if r.ok else f"{r.name} (FAILED)"
         lines.append(
             f"| {name} | {r.rows:,} | {r.seconds:.2f} | {r.rows_per_s:,.0f} | {r.mb_per_s:.2f} "
-            f"| {_fmt(r.ratio_b, '.2f')} | {_fmt(r.client_cpu_s, '.2f')} | {_fmt(cpu_m, '.2f')} "
+            f"| {_fmt(r.ratio_b, '.2f')} | {_fmt(r.ratio_cstar, '.2f')} "
+            f"| {_fmt(r.client_cpu_s, '.2f')} | {_fmt(cpu_m, '.2f')} "
             f"| {_fmt(r.client_peak_rss_mb, '.0f')} | {_fmt(r.server_cpu_s, '.1f')} "
             f"| {_fmt(None if r.wal_bytes is None else r.wal_bytes / 1e6, '.0f')} "
             f"| {_fmt(r.new_row_versions, ',')} | {_fmt(r.dead_tuples, ',')} |")
@@ -51,8 +59,8 @@ def table(results: list[Result]) -> str:
 def daemon_table(results: list[Result]) -> str:
     """The daemon step's own figures."""
     lines = [("| daemon scenario | jobs | wall s | jobs/s | p50 ms | p95 ms | max ms | rows/s "
-              "| x B | daemon+workers CPU s | peak RSS MB daemon / workers | ok |"),
-             "|" + "---|" * 12]
+              "| x B | x C★ | daemon+workers CPU s | peak RSS MB daemon / workers | ok |"),
+             "|" + "---|" * 13]
     for r in results:
         if r.kind != "daemon":
             continue
@@ -62,16 +70,54 @@ def daemon_table(results: list[Result]) -> str:
         lines.append(f"| {r.name} | {p.get('jobs')} | {r.seconds:.2f} | {p.get('jobs_per_s')} "
                      f"| {p.get('p50_ms')} | {p.get('p95_ms')} | {p.get('max_ms')} "
                      f"| {r.rows_per_s:,.0f} | {_fmt(r.ratio_b, '.2f')} "
+                     f"| {_fmt(r.ratio_cstar, '.2f')} "
                      f"| {_fmt(r.client_cpu_s, '.2f')} | {rss} | {'yes' if r.ok else 'NO'} |")
     return "\n".join(lines)
 
 
+def mixed_results(figures: dict[str, Any], file_bytes: int) -> list[Result]:
+    """The mixed-load step's figures (``mixed_load.measure``) as result rows, per round:
+    the large jobs alone, the same jobs with small ones meanwhile, the small jobs."""
+    out = []
+    for n, r in enumerate(figures["rounds"]):
+        a, m = r["alone"], r["mixed"]
+        large, small = m["large"], m["small"]
+        count, rows = a["jobs"], a["rows_each"]
+        tag = f" (round {n + 1})" if len(figures["rounds"]) > 1 else ""
+        for name, phase, fig in (("alone", a, a), ("with small jobs meanwhile", m, large)):
+            res = Result(f"mixed load: {count} x {rows:,}-row jobs, {name}{tag}", "daemon",
+                         count * rows, fig["wall_s"] or 0.0, count * file_bytes,
+                         client_cpu_s=phase.get("client_cpu_s"),
+                         server_cpu_s=phase.get("server_cpu_s"),
+                         wal_bytes=int(phase.get("wal_mb", 0) * 1e6) or None,
+                         params={**fig, "mixed": "large", "phase": name,
+                                 "executor": figures["executor"]},
+                         ok=fig["completed"] == count)
+            if phase is m:
+                res.params["keep"] = r["keep"]
+                res.notes = f"keeps {r['keep']} of its rows/s alone"
+            out.append(res)
+        out.append(Result(
+            f"mixed load: {small['sent']} small jobs ({small['ids']} IDs) paced "
+            f"{small['rate']:g}/s while they run{tag}", "daemon", small["sent"] * small["ids"],
+            0.0, params={**small, "small": True, "mixed": "small",
+                         "executor": figures["executor"]},
+            notes=f"{small['jobs']} of {small['sent']} sent while a large job ran",
+            ok=small["completed"] == small["sent"]))
+    return out
+
+
 def with_ratios(results: list[Result]) -> list[Result]:
-    """Set ratio_b on every result from the B of the same run."""
+    """Set ratio_b and ratio_cstar on every result from the B and C★ of the same run."""
     b = next((r for r in results if r.name == B_NAME), None)
+    c = next((r for r in results if r.name == baselines.C_STAR_NAME and r.ok), None)
     for r in results:
-        if b and r.ok and b.rows_per_s and r.name != baselines.FLOOR_NAME:  # no database
+        if not r.ok or r.name == baselines.FLOOR_NAME:  # no database: not a load rate
+            continue
+        if b and b.rows_per_s:
             r.ratio_b = round(r.rows_per_s / b.rows_per_s, 3)
+        if c and c.rows_per_s:
+            r.ratio_cstar = round(r.rows_per_s / c.rows_per_s, 3)
     return results
 
 
@@ -97,7 +143,7 @@ def all_ratios(results: list[Result], large_rows: int) -> None:
     large_ratios(results, large_rows)
     for r in results:
         if r.kind == "daemon" and r.params.get("small"):
-            r.ratio_b = None  # 5 IDs a job: per-job overhead, not a load rate
+            r.ratio_b = r.ratio_cstar = None  # 5 IDs a job: per-job overhead, not a load rate
     swept = [r for r in results if r.kind == "sweep"]
     sweep_b_rate = next((r.rows_per_s for r in swept if r.name.startswith("B on")), 0)
     for r in swept:
@@ -126,6 +172,10 @@ def _scenario_verdicts(r: Result, seed: Result | None,
         if r.name == prefix or r.name.startswith(prefix + " ["):
             out.append((f"{r.name}: >= {minimum} B", r.ratio_b,
                         bool(r.ratio_b and r.ratio_b >= minimum)))
+    for prefix, minimum in CSTAR_TARGETS.items():
+        if (r.name == prefix or r.name.startswith(prefix + " [")) and r.rows <= 1_000_000:
+            out.append((f"{r.name}: >= {minimum} C★ (small table)", r.ratio_cstar,
+                        bool(r.ratio_cstar and r.ratio_cstar >= minimum)))
     if r.name.startswith("re-import unchanged"):
         out.append((f"{r.name}: no new row versions", r.new_row_versions,
                     r.new_row_versions == 0))
@@ -147,7 +197,7 @@ def _scenario_verdicts(r: Result, seed: Result | None,
 
 
 def verdicts(results: list[Result]) -> list[dict[str, Any]]:
-    """Each target of issue 6 that this run measured, met or not."""
+    """Each target of issues 6 and 17 that this run measured, met or not."""
     seed = next((r for r in results if r.name.startswith("seed design")), None)
     naive = next((r for r in results if r.name.startswith("naive")), None)
     checks: list[tuple[str, Any, bool]] = []
@@ -155,7 +205,15 @@ def verdicts(results: list[Result]) -> list[dict[str, Any]]:
         if r.kind == "scenario" and r.rows >= 1_000_000:  # smaller runs are smoke tests
             checks += _scenario_verdicts(r, seed, naive)
     for r in results:
-        if r.kind == "daemon" and r.params.get("small") and r.params.get("p50_ms") is not None:
+        if r.params.get("mixed") == "small":
+            p95 = r.params.get("p95_ms")
+            checks.append((f"{r.name}: p95 < {MIXED_P95_TARGET_MS} ms", p95,
+                           r.ok and p95 is not None and p95 < MIXED_P95_TARGET_MS))
+        elif r.params.get("mixed") == "large" and "keep" in r.params:
+            keep = r.params["keep"]
+            checks.append((f"{r.name}: >= {MIXED_KEEP_TARGET} of the rows/s alone", keep,
+                           r.ok and keep is not None and keep >= MIXED_KEEP_TARGET))
+        elif r.kind == "daemon" and r.params.get("small") and r.params.get("p50_ms") is not None:
             checks.append((f"{r.name}: median latency < {DAEMON_P50_TARGET_MS} ms",
                            r.params["p50_ms"], r.ok and r.params["p50_ms"] < DAEMON_P50_TARGET_MS))
     return [{"target": t, "measured": value, "met": met} for t, value, met in checks]
@@ -196,8 +254,29 @@ def _sweep_lines(ax: Any, results: list[Result], swept: list[Result]) -> None:
     ax.legend()
 
 
+def _latencies(ax: Any, small: list[Result]) -> None:
+    """Small-job latency p50/p95/max (log scale): alone (the daemon step) and while large
+    jobs run (the mixed-load step), the 300 ms target as a line."""
+    labels = [r.name.replace("daemon: ", "").replace("mixed load: ", "") for r in small]
+    width = 0.27
+    for k, (key, color) in enumerate((("p50_ms", "#2a6fdb"), ("p95_ms", "#ff7f0e"),
+                                      ("max_ms", "#888888"))):
+        ax.bar([n + (k - 1) * width for n in range(len(small))],
+               [r.params.get(key) or 0 for r in small], width, color=color,
+               label=key.replace("_ms", ""))
+    ax.axhline(MIXED_P95_TARGET_MS, color="#d62728", linestyle="--",
+               label=f"{MIXED_P95_TARGET_MS} ms (p95 target under load)")
+    ax.set_yscale("log")
+    ax.set_ylabel("ms, produce -> COMPLETED")
+    ax.set_xticks(range(len(small)))
+    ax.set_xticklabels([label[:40] for label in labels], rotation=20, ha="right", fontsize=7)
+    ax.set_title("small-job latency")
+    ax.legend(fontsize=7)
+
+
 def chart(results: list[Result], path: Path) -> str | None:
-    """rows/s per scenario against B and raw COPY; the sweep as lines. None: no matplotlib."""
+    """rows/s per scenario against B and raw COPY; the sweep as lines; small-job latency.
+    None: no matplotlib."""
     try:
         import matplotlib
 
@@ -206,11 +285,15 @@ def chart(results: list[Result], path: Path) -> str | None:
     except ImportError:
         return None
     swept = [r for r in results if r.kind == "sweep" and "batch_size" in r.params]
-    fig, axes = plt.subplots(1, 2 if swept else 1, figsize=(15 if swept else 9, 6.5),
-                             squeeze=False)
+    small = [r for r in results if r.kind == "daemon" and r.params.get("small")
+             and r.params.get("p50_ms") is not None]
+    panels = 1 + bool(swept) + bool(small)
+    fig, axes = plt.subplots(1, panels, figsize=(7.5 * panels, 6.5), squeeze=False)
     _bars(axes[0][0], results)
     if swept:
         _sweep_lines(axes[0][1], results, swept)
+    if small:
+        _latencies(axes[0][panels - 1], small)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     return str(path)
@@ -236,7 +319,7 @@ def render(info: dict[str, Any], results: list[Result],
     if not checks:
         print("\ntargets (issue 6) are judged at 1,000,000 rows or more: none judged here.")
     else:
-        print("\ntargets (issue 6):")
+        print("\ntargets (issues 6 and 17):")
         for c in checks:
             print(f"  [{'met' if c['met'] else 'NOT met'}] {c['target']}: {c['measured']}")
     floor = client_floor_ratios(results)

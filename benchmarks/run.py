@@ -7,13 +7,15 @@ the same server, from the same file (see README.md). Modes:
 - (default)     1,000,000 rows, the full sweep on 250,000 rows, extras, the profile;
 - ``--large``   the default plus a 10,000,000-row fresh import (peak RSS) and B on that file;
 - ``--rss-rows N`` a fresh import of N rows for the client's peak RSS;
-- ``--daemon-only`` only the daemon step (``--no-daemon``: everything but it);
+- ``--daemon-only`` only the daemon steps (``--no-daemon``: everything but them);
 - ``--from-json PATH`` measure nothing: print a saved run (and chart it with ``--png``).
 
 The daemon step (``benchmarks/daemon_burst.py``) runs ``nodes-import run`` on the same
 server with a local Tansu broker: 200 small jobs on 4 partitions (jobs/s, latency from
 produce to ``finished_at`` p50/p95), then 4 large file jobs produced at once (4 x 250,000
-rows; 4 x 25,000 with ``--quick``).
+rows; 4 x 25,000 with ``--quick``). The mixed-load step (``benchmarks/mixed_load.py``,
+issue 17) runs 4 x 1M-row jobs alone, then again with 200 small jobs paced at 20/s while
+they run: the small jobs' latency and the large jobs' rows/s against alone.
 
 Scenarios run on the engine as it is; with ``--proposal NAME`` they run again with that
 proposal of ``benchmarks/proposals.py`` applied (labelled ``[NAME]``), and the extras,
@@ -39,7 +41,16 @@ from typing import Any
 
 import orjson
 
-from benchmarks import baselines, daemon_burst, generate, imports, profile_import, report, sweep
+from benchmarks import (
+    baselines,
+    daemon_burst,
+    generate,
+    imports,
+    mixed_load,
+    profile_import,
+    report,
+    sweep,
+)
 from benchmarks.harness import BenchServer, Result, meter
 
 DAEMON_JOBS, DAEMON_IDS = 200, 5  # the burst: 200 small jobs of 5 reference IDs
@@ -114,6 +125,24 @@ def daemon_step(server: BenchServer, data_dir: Path, quick: bool) -> list[Result
     return out
 
 
+def mixed_step(server: BenchServer, data_dir: Path, quick: bool) -> list[Result]:
+    """Scenario 1 of issue 17 (``mixed_load.py``): 4 large jobs alone, then the same with
+    small jobs paced at 20/s while they run; 4 x 1M rows (4 x 100k with ``--quick``, and
+    40 small jobs instead of 200)."""
+    rows = 100_000 if quick else 1_000_000
+    small = 40 if quick else mixed_load.SMALL_JOBS
+    path = generate.ensure(data_dir, "new", rows)
+    schema = server.new_schema("mixed")
+    try:
+        with daemon_burst.rig(server.schema_dsn(schema),
+                              allowed_roots=[str(path.parent)]) as rig:
+            figures = mixed_load.measure(rig, path, rows, server=server, schema=schema,
+                                         small=small)
+    finally:
+        server.drop_schema(schema)
+    return report.mixed_results(figures, path.stat().st_size)
+
+
 def _parser() -> argparse.ArgumentParser:
     """The command line."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -125,7 +154,8 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--no-sweep", action="store_true")
     parser.add_argument("--no-profile", action="store_true")
     parser.add_argument("--no-baselines", action="store_true")
-    parser.add_argument("--no-daemon", action="store_true", help="skip the daemon step")
+    parser.add_argument("--no-daemon", action="store_true",
+                        help="skip the daemon steps (burst, large jobs, mixed load)")
     parser.add_argument("--daemon-only", action="store_true",
                         help="B and the daemon step only")
     parser.add_argument("--proposal", default="none",
@@ -182,9 +212,9 @@ def _loads(server: BenchServer, plan: Plan, results: list[Result], step: Step) -
     and B on the large import's file."""
     args = plan.args
     if args.daemon_only:
-        step("B (for the ratios)")
-        results.append(baselines.copy_b(server, baselines.prepare(
-            generate.ensure(args.data_dir, "new", plan.rows))))
+        step("B and C★ (for the ratios)")
+        data = baselines.prepare(generate.ensure(args.data_dir, "new", plan.rows))
+        results += [baselines.copy_b(server, data), baselines.copy_c_star(server, data)]
         return
     if not args.no_baselines:
         step("baselines")
@@ -230,6 +260,12 @@ def measure(plan: Plan, info: dict[str, Any], results: list[Result],
             except Exception as exc:  # the figures so far still get reported
                 print(f"daemon step failed: {type(exc).__name__}: {exc}", file=sys.stderr)
                 info["daemon_error"] = f"{type(exc).__name__}: {exc}"
+            step("mixed load: small jobs while 4 large jobs run (issue 17)")
+            try:
+                results += mixed_step(server, args.data_dir, args.quick)
+            except Exception as exc:  # the figures so far still get reported
+                print(f"mixed-load step failed: {type(exc).__name__}: {exc}", file=sys.stderr)
+                info["mixed_error"] = f"{type(exc).__name__}: {exc}"
         if plan.proposal and not args.daemon_only:
             step(f"scenarios, engine + [{plan.proposal}]")
             results += imports.run_all(server, args.data_dir, plan.rows, proposal=plan.proposal,

@@ -308,6 +308,11 @@ class ExecutorConfig:
     max_pool_size: int = setting("node.import.executor.max-pool-size", 2, doc="""
         Worker processes per daemon, each running one job (or one bundle of small jobs) at a
         time.""")
+    small_job_workers: int = setting("node.import.executor.small-job-workers", 1,
+                                     minimum=0, doc="""
+        Workers that never start a large job (a file, or more than 1,000 reference IDs), so
+        that small jobs never wait behind large ones; large jobs run on the other
+        `max-pool-size` minus this (at least one). 0: first come, first served.""")
     queue_capacity: int = setting("node.import.executor.queue-capacity", 100, doc="""
         Jobs accepted but not finished per daemon (running or waiting for a worker): the
         backpressure window.""")

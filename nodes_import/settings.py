@@ -74,7 +74,7 @@ class Setting:
     def check(self, value: Any) -> None:
         """Raise ``ConfigError`` naming the key when a coerced value is out of range."""
         key = self.key
-        if self.kind is int and value <= 0:
+        if self.kind is int and self.minimum is None and value <= 0:  # else: the minimum
             raise ConfigError(f"{key}: must be positive, got {value}")
         low, high = self.minimum, self.maximum
         if low is not None and high is not None and not low <= value <= high:
@@ -97,7 +97,7 @@ class Setting:
         if self.choices:
             return " | ".join(f"`{choice}`" for choice in self.choices)
         text = KIND_TEXT.get(kind_name(self.kind), kind_name(self.kind))
-        if self.kind is int:
+        if self.kind is int and self.minimum is None:
             text += " > 0"
         if self.minimum is not None and self.maximum is not None:
             return f"{text} {self.minimum}..{self.maximum}"

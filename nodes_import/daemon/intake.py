@@ -6,8 +6,9 @@
 2. ``start``: the jobs of a poll are created (PENDING, idempotent) and claimed in one
    transaction; a redelivery of a job already in the window waits for the first copy.
 3. each claim is acted on: a COMPLETED/FAILED job is skipped (a FAILED one dead-lettered
-   again), a job whose lease another live daemon holds waits, the others go to the
-   workers (new small jobs in bundles).
+   again), a job whose lease another live daemon holds waits, the others are queued for
+   a worker of their lane (new small jobs may go in bundles);
+4. ``dispatch``: the queued jobs the lanes have room for go to the workers.
 ``retry_waiting`` takes up the slots whose retry time has come.
 """
 
@@ -74,8 +75,8 @@ class Intake:
         return slot
 
     def start(self, slots: list[Slot]) -> None:
-        """2. Create and claim the slots' jobs (one transaction for all), then 3. submit
-        each (or let it wait, or skip it)."""
+        """2. Create and claim the slots' jobs (one transaction for all), then 3. queue
+        each (or let it wait, or skip it), then 4. dispatch."""
         ready: list[Slot] = []
         for slot in slots:
             assert slot.job is not None
@@ -97,17 +98,13 @@ class Intake:
                                          count=n == 0)
             return
         self.admission.database_ok()
-        small: list[Slot] = []
         for slot, claim in zip(ready, claims, strict=True):
-            if claim.outcome == jobrows.CLAIMED and claim.status == status.PENDING \
-                    and slot.job is not None and slot.job.small and slot.crashes == 0:
-                small.append(slot)  # new small jobs go to workers in bundles
-            else:
-                self._claimed(slot, claim)
-        self._unsent(self.dispatcher.submit_bundles(small))
+            self._claimed(slot, claim)
+        self.dispatch()
 
     def _claimed(self, slot: Slot, claim: jobrows.Claim) -> None:
-        """3. Act on the claim of a slot's job: skip it, wait for its lease, or submit it."""
+        """3. Act on the claim of a slot's job: skip it, wait for its lease, or queue it
+        (a new small job that never crashed a worker may go in a bundle)."""
         if claim.outcome == jobrows.FINISHED:
             log.info("job already finished; skipped", extra={"fields": {
                 **slot.ctx(), "status": claim.status, "ranBy": claim.holder}})
@@ -123,7 +120,15 @@ class Intake:
             slot.waiting_for = claim.holder
             slot.not_before = time.monotonic() + self.cfg.executor.heartbeat_interval_ms / 1e3
         else:
-            self._unsent(self.dispatcher.submit(slot))
+            self.dispatcher.queue(slot, bundle=claim.status == status.PENDING
+                                  and slot.job is not None and slot.job.small
+                                  and slot.crashes == 0)
+
+    def dispatch(self) -> None:
+        """4. Start the queued jobs the workers have room for (none while the breaker is
+        open: they would only meet the outage)."""
+        if self.admission.allows_jobs:
+            self._unsent(self.dispatcher.pump())
 
     def _unsent(self, unsent: Unsent) -> None:
         """Jobs the broken pool did not take: they wait for a retry on its replacement."""

@@ -9,8 +9,9 @@ One message's life:
    validate) and done (``intake.Intake``);
 2. its job row is created (PENDING, idempotent) and claimed: a COMPLETED/FAILED job is
    skipped (a redelivery), a job whose lease another live daemon holds waits;
-3. the job goes to a worker; the slot stays in the in-flight window (``window.Window``)
-   until then;
+3. the job waits for a worker of its lane (``lanes.py``: small jobs never wait behind
+   large ones), then goes to it; the slot stays in the in-flight window
+   (``window.Window``) until the job is done;
 4. COMPLETED is done; FAILED is dead-lettered (stage import), then done; a worker that
    died has its pool replaced and the job retried (it resumes from its checkpoint):
    ``decisions.decide`` says which, ``endings.Endings`` does it;
@@ -145,7 +146,8 @@ class Daemon:
                 domain_label=cfg.operations.domain_label),
             max_workers=cfg.executor.max_pool_size, core=cfg.executor.core_pool_size,
             start_method=cfg.executor.start_method)
-        self.dispatcher = Dispatcher(pool, self.window, cfg.imports)
+        self.dispatcher = Dispatcher(pool, self.window, cfg.imports,
+                                     small_job_workers=cfg.executor.small_job_workers)
         pool.start()
         self.intake = Intake(cfg, owner=self.owner, window=self.window,
                              admission=self.admission, db=self.db, endings=self.endings,
@@ -155,13 +157,16 @@ class Daemon:
         self.ops.attach(self.dsn, cfg.database.connect_timeout_ms / 1000.0)
         log.info("daemon started", extra={"fields": {
             "instance": self.owner, "workers": cfg.executor.max_pool_size,
+            "smallJobWorkers": cfg.executor.small_job_workers,
             "queueCapacity": self.window.capacity, "backpressure": cfg.executor.backpressure,
             "bootstrapServers": self.bootstrap, "dlq": cfg.kafka.dlq_topic}})
 
     def _step(self) -> None:
-        """One turn of the main loop: reap, probe, retry, steer, take, commit, lag."""
+        """One turn of the main loop: reap, dispatch, probe, retry, steer, take, commit,
+        lag."""
         assert self.consumer is not None and self.intake is not None
         self._reap()
+        self.intake.dispatch()  # to the workers the reaped jobs freed
         if self.admission.check_database():
             self._reopen_db()
         self.intake.retry_waiting()
@@ -235,7 +240,7 @@ class Daemon:
         started = time.monotonic()
         deadline = started + self.cfg.executor.drain_timeout_ms / 1000.0
         self.consumer.pause()  # 1. polling goes on only to keep the group informed
-        for slot in self.window.idle():
+        for slot in self.window.idle() + self.window.queued():  # queued: resume next start
             if slot.state == DEAD_LETTER and slot.failure is not None:
                 self.endings.dead_letter(slot, slot.failure)  # one last try, or it comes back
             self.window.drop(slot)

@@ -1,16 +1,18 @@
 """The in-flight window (parent side): its slots, the jobs running, the offsets, the leases.
 
-One ``Slot`` per message taken and not done. A slot goes ``waiting`` (to be claimed and
-submitted, or retried after an error) -> ``running`` (in a worker) -> out of the window,
-done or dropped; ``rejecting`` and ``dead-letter`` are the backpressure ``reject`` path and
-a dead letter still to be acknowledged.
+One ``Slot`` per message taken and not done. A slot goes ``waiting`` (to be claimed, or
+retried after an error) -> ``queued`` (claimed, waiting for a worker of its lane:
+``lanes.py``) -> ``running`` (in a worker) -> out of the window, done or dropped;
+``rejecting`` and ``dead-letter`` are the backpressure ``reject`` path and a dead letter
+still to be acknowledged.
 
 ``Window`` owns that state and its transitions: ``done`` releases a slot and lets its
 offset be committed; ``drop`` releases it without committing (the message comes back);
 ``later`` delays a slot's retry with backoff; ``revoke`` gives up the waiting work of
-revoked partitions. A job's lease is held from its hand-over to a worker until its slot
-leaves the window, whether it runs or waits there, so no other daemon takes over a job
-that is queued here; the ``Heartbeat`` thread renews every held lease.
+revoked partitions (their queued and running jobs go on here). A job's lease is held from
+its claim until its slot leaves the window, whether it runs or waits for a worker, so no
+other daemon takes over a job that is queued here; the ``Heartbeat`` thread renews every
+held lease.
 """
 
 from __future__ import annotations
@@ -33,7 +35,8 @@ from nodes_import.store import connection, jobrows
 
 log = logging.getLogger(__name__)
 
-WAITING, RUNNING, DEAD_LETTER, REJECTING = "waiting", "running", "dead-letter", "rejecting"
+WAITING, QUEUED, RUNNING = "waiting", "queued", "running"
+DEAD_LETTER, REJECTING = "dead-letter", "rejecting"
 RETRY_MAX_S = 5.0  # longest wait before trying a job again after a database error
 
 
@@ -52,6 +55,8 @@ class Slot:
     future: Future[JobOutcome] | None = None
     generation: int = 0  # which process pool runs it
     not_before: float = 0.0
+    bundle: bool = False  # queued: may go to a worker in a bundle of small jobs
+    queued_at: float = 0.0  # when it was queued (monotonic)
     crashes: int = 0  # worker deaths while this job ran
     failures: int = 0  # database errors while starting it
     outage_resumes: int = 0  # times it FAILED because the database went away, and resumed
@@ -155,14 +160,19 @@ class Window:
                 if s.state == RUNNING and s.future is not None and s.future.done()]
 
     def due(self, now: float) -> list[Slot]:
-        """Slots not running whose retry time has come."""
-        return [s for s in self.slots if s.state != RUNNING and s.not_before <= now]
+        """Idle slots whose retry time has come."""
+        return [s for s in self.idle() if s.not_before <= now]
 
     def idle(self, tps: Iterable[TP] | None = None) -> list[Slot]:
-        """Slots not running (of partitions ``tps`` only, when given)."""
+        """Slots neither running nor queued for a worker (of partitions ``tps`` only, when
+        given)."""
         gone = None if tps is None else set(tps)
-        return [s for s in self.slots
-                if s.state != RUNNING and (gone is None or s.delivery.tp in gone)]
+        return [s for s in self.slots if s.state not in (RUNNING, QUEUED)
+                and (gone is None or s.delivery.tp in gone)]
+
+    def queued(self) -> list[Slot]:
+        """Slots claimed and waiting for a worker, in the order they were taken."""
+        return [s for s in self.slots if s.state == QUEUED]
 
     # ------------------------------------------------------------------ changing
 
@@ -181,6 +191,11 @@ class Window:
         """The slot's job is claimed and handed over: its lease is ours until it leaves."""
         assert slot.job is not None
         self.leases.hold(slot.job.job_id)
+
+    def queue(self, slot: Slot, *, bundle: bool) -> None:
+        """The slot's job is claimed: it waits for a worker of its lane, its lease held."""
+        self.hold(slot)
+        slot.state, slot.bundle, slot.queued_at = QUEUED, bundle, time.monotonic()
 
     def run(self, slot: Slot, future: Future[JobOutcome], generation: int) -> None:
         """The slot's job runs in a worker of pool ``generation``."""

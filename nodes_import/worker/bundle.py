@@ -183,7 +183,11 @@ def write(conn: psycopg.Connection[Any], jobs: Sequence[ImportJob], *, owner: st
     started = time.monotonic()
     with connection.watchdog(conn, timeout_ms / 1000.0 + WATCHDOG_GRACE_S), connection.wrapped(), \
             conn.transaction(), conn.cursor(row_factory=class_row(JobRow)) as cur:
-        cur.execute(sql.SQL("SET LOCAL statement_timeout = {}").format(sql.Literal(timeout_ms)))
+        # enable_seqscan off: the key lookups stay index probes whatever the statistics
+        # say (as in store.batchwrite: a nodes table ANALYZEd while empty costs a
+        # sequential scan per key at nothing)
+        cur.execute(sql.SQL("SET LOCAL statement_timeout = {}; SET LOCAL enable_seqscan = off")
+                    .format(sql.Literal(timeout_ms)))
         rows = {r.id: r for r in cur.execute(query, params).fetchall()}
         if len(rows) != len(jobs):
             raise Declined(f"{len(jobs) - len(rows)} of {len(jobs)} jobs are not new PENDING "

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import os
 import shutil
 import signal
@@ -272,7 +273,10 @@ def test_a_worker_death_counts_a_crash_only_for_its_own_job_and_ends_the_other_w
     FAILED; the other job, interrupted only because the pool broke, resumes and COMPLETES,
     and the other old worker is ended at once instead of finishing that job alongside."""
     kafka.create_topic()
-    daemon = daemons.start(node={"import": {"executor": {"max-job-crashes": 1},
+    # small-job-workers 0: both workers may take a large job (the default keeps one for
+    # small jobs)
+    daemon = daemons.start(node={"import": {"executor": {"max-job-crashes": 1,
+                                                         "small-job-workers": 0},
                                             "batch": {"size": 5000}}})
     jobs = {}
     for group in ("first", "second"):
@@ -375,6 +379,37 @@ def test_a_burst_of_small_jobs_is_written_in_bundles_of_several_jobs_per_commit(
     assert max(e.get("bundle", 1) for e in submitted) > 1
     wait_until(lambda: sum(kafka.committed(partitions=4).values()) == 120, 10,
                "every offset committed")
+
+
+def test_a_small_job_completes_while_large_jobs_occupy_the_workers(
+        daemons: Daemons, kafka: KafkaTest, db: Database, tmp_path: Path) -> None:
+    """Issue 17: 2 workers, one of them for small jobs (the default). Three large jobs
+    queue for the other; a small job sent after them runs on its own worker and completes
+    before even the first of them (first come, first served, it would wait for a worker
+    behind the third), and the large ones run one at a time."""
+    kafka.create_topic()
+    daemon = daemons.start(node={"import": {"batch": {"size": 5000}}})
+    users = write_users(tmp_path / "users.csv.gz", 100_000)
+    large = [str(uuid.uuid4()) for _ in range(3)]
+    for n, job in enumerate(large):
+        kafka.send(job_message(f"large{n}", file=str(users), job_id=job))
+    wait_until(lambda: (job_row(db, large[0]) or {}).get("rows_committed", 0) > 0, 60,
+               "the first large job writing")
+    small = str(uuid.uuid4())
+    kafka.send(job_message("small", ids=["a", "b", "c"], job_id=small))
+    row = wait_status(db, small, timeout=120)
+    assert (row["total"], row["inserted"]) == (3, 3)
+    for job in large:
+        row = wait_status(db, job, timeout=180)
+        assert (row["total"], row["inserted"]) == (100_000, 100_000)
+    ends = dict(db.query("SELECT id::text, finished_at FROM job_status"
+                         " WHERE id = ANY(%s::uuid[])", ([small, *large],)))
+    assert ends[small] < min(ends[j] for j in large)
+    spans = sorted(db.query("SELECT started_at, finished_at FROM job_status"
+                            " WHERE id = ANY(%s::uuid[])", (large,)))
+    assert all(a[1] <= b[0] for a, b in itertools.pairwise(spans))  # one at a time
+    submitted = {e["jobId"]: e for e in daemon.events("job submitted")}
+    assert submitted[large[2]]["queuedMs"] > 0
 
 
 def test_reject_mode_fails_the_overflow_as_overloaded_and_dead_letters_it(
