@@ -84,12 +84,14 @@ def _pct(values: list[float], q: float) -> float:
 
 
 class DaemonRig:
-    """A broker, a job topic with 4 partitions and one ``nodes-import run`` process."""
+    """A broker, a job topic with ``partitions`` partitions (4) and ``daemons`` (1)
+    ``nodes-import run`` processes in one consumer group."""
 
     def __init__(self, dsn: str, folder: Path, *, workers: int = 2, capacity: int = 100,
                  backpressure: str = "pause", allowed_roots: list[str] | None = None,
                  extra_import: dict[str, Any] | None = None,
-                 executor: dict[str, Any] | None = None) -> None:
+                 executor: dict[str, Any] | None = None, partitions: int = PARTITIONS,
+                 daemons: int = 1, log_level: str | None = None) -> None:
         self.dsn, self.folder = dsn, folder
         self.workers, self.capacity, self.backpressure = workers, capacity, backpressure
         # node.import.executor: these over the rig's own (workers, capacity)
@@ -97,8 +99,12 @@ class DaemonRig:
                          "queue-capacity": capacity, **(executor or {})}
         self.allowed_roots = allowed_roots or []
         self.extra_import = extra_import or {}
+        self.partitions, self.count = partitions, daemons
+        # WARNING: the figures are ours, not the log's (BENCH_DAEMON_LOG_LEVEL=INFO to look)
+        self.log_level = log_level or os.environ.get("BENCH_DAEMON_LOG_LEVEL", "WARNING")
         self.broker = LocalBroker(log_path=str(folder / "tansu.log"))
-        self.daemon: subprocess.Popen[bytes] | None = None
+        self.daemons: list[subprocess.Popen[bytes]] = []
+        self.daemon: subprocess.Popen[bytes] | None = None  # the first one
         self.producer: Producer | None = None
         self.conn: psycopg.Connection[Any] | None = None
         self._sent_total = 0
@@ -106,8 +112,24 @@ class DaemonRig:
     def start(self, join_s: float = 5.0) -> None:
         bootstrap = self.broker.start()
         admin = AdminClient({"bootstrap.servers": bootstrap})
-        for f in admin.create_topics([NewTopic(TOPIC, PARTITIONS, 1)]).values():
+        for f in admin.create_topics([NewTopic(TOPIC, self.partitions, 1)]).values():
             f.result(10)
+        self.daemons = [self._spawn(n, bootstrap) for n in range(self.count)]
+        self.daemon = self.daemons[0]
+        self.producer = Producer({"bootstrap.servers": bootstrap, "enable.idempotence": True,
+                                  "acks": "all", "linger.ms": 5})
+        self.conn = psycopg.connect(self.dsn, autocommit=True)
+        time.sleep(join_s)  # the group join (no messages yet to wait on)
+        for n, daemon in enumerate(self.daemons):
+            if daemon.poll() is not None:
+                raise RuntimeError(f"daemon {n} exited: {self.log_path(n).read_text()}")
+
+    def log_path(self, n: int) -> Path:
+        """Daemon ``n``'s log (JSON lines)."""
+        return self.folder / ("daemon.log" if n == 0 else f"daemon{n}.log")
+
+    def _spawn(self, n: int, bootstrap: str) -> subprocess.Popen[bytes]:
+        """Daemon ``n``: its own config file and metrics directory (never shared)."""
         node_import: dict[str, Any] = {
             "backpressure": self.backpressure,
             "executor": dict(self.executor),
@@ -119,52 +141,76 @@ class DaemonRig:
             "kafka": {"bootstrap-servers": bootstrap, "topic-pattern": "^bench-.*",
                       "consumer": {"properties": dict(CONSUMER)}},
             "admin": {"enabled": False},  # no port to fight over on a shared machine
-            "metrics": {"multiproc-dir": str(self.folder / "metrics")},
+            "metrics": {"multiproc-dir": str(self.folder / f"metrics{n}")},
             "node": {"import": node_import}}
-        path = self.folder / "bench.yaml"
+        path = self.folder / f"bench{n}.yaml"
         path.write_text(yaml.safe_dump(config))
-        log = open(self.folder / "daemon.log", "wb")  # noqa: SIM115 - the child keeps it
+        log = open(self.log_path(n), "wb")  # noqa: SIM115 - the child keeps it
         env = {k: v for k, v in os.environ.items() if not k.startswith("NODES_IMPORT_")}
-        # WARNING: the figures are ours, not the log's (BENCH_DAEMON_LOG_LEVEL=INFO to look)
-        level = os.environ.get("BENCH_DAEMON_LOG_LEVEL", "WARNING")
-        self.daemon = subprocess.Popen([sys.executable, "-m", "nodes_import", "--log-level",
-                                        level, "run", "--config", str(path)],
-                                       stdout=log, stderr=subprocess.STDOUT, env=env,
-                                       start_new_session=True)
-        log.close()
-        self.producer = Producer({"bootstrap.servers": bootstrap, "enable.idempotence": True,
-                                  "acks": "all", "linger.ms": 5})
-        self.conn = psycopg.connect(self.dsn, autocommit=True)
-        time.sleep(join_s)  # the group join (no messages yet to wait on)
-        if self.daemon.poll() is not None:
-            raise RuntimeError(f"the daemon exited: {(self.folder / 'daemon.log').read_text()}")
+        try:
+            return subprocess.Popen([sys.executable, "-m", "nodes_import", "--log-level",
+                                     self.log_level, "run", "--config", str(path)],
+                                    stdout=log, stderr=subprocess.STDOUT, env=env,
+                                    start_new_session=True)
+        finally:
+            log.close()
+
+    def events(self, n: int, message: str) -> list[dict[str, Any]]:
+        """Daemon ``n``'s log lines with ``message`` (INFO lines need ``log_level`` INFO)."""
+        out = []
+        for line in self.log_path(n).read_bytes().splitlines():
+            with suppress(orjson.JSONDecodeError):
+                entry = orjson.loads(line)
+                if isinstance(entry, dict) and entry.get("message") == message:
+                    out.append(entry)
+        return out
+
+    def wait_balanced(self, timeout_s: float = 60.0) -> dict[int, int]:
+        """Until every daemon holds partitions and together all of them (``log_level``
+        INFO): the partitions each holds."""
+        deadline = time.monotonic() + timeout_s
+        held: dict[int, int] = {}
+        while time.monotonic() < deadline:
+            for n in range(self.count):
+                last = self.events(n, "partitions assigned") \
+                    + self.events(n, "partitions revoked")
+                last.sort(key=lambda e: e["ts"])
+                held[n] = last[-1]["partitions"] if last and \
+                    last[-1]["message"] == "partitions assigned" else 0
+            if sum(held.values()) == self.partitions and all(held.values()):
+                return held
+            time.sleep(0.2)
+        raise RuntimeError(f"the group did not settle: {held}")
 
     @property
     def pid(self) -> int:
-        """The daemon's process id."""
+        """The (first) daemon's process id."""
         assert self.daemon is not None
         return self.daemon.pid
 
     def stop(self) -> int | None:
-        """SIGTERM (the operators' stop); returns the exit status, None if it was killed."""
-        code = None
+        """SIGTERM (the operators' stop) to every daemon; the first one's exit status,
+        None if it was killed."""
+        codes: list[int | None] = []
         if self.conn is not None:
             self.conn.close()
         if self.producer is not None:
             self.producer.flush(10)
             self.producer = None
-        if self.daemon is not None:
-            if self.daemon.poll() is None:
-                self.daemon.send_signal(signal.SIGTERM)
-                with suppress(subprocess.TimeoutExpired):
-                    code = self.daemon.wait(60)
-            if self.daemon.poll() is None:
-                os.killpg(self.daemon.pid, signal.SIGKILL)
-                self.daemon.wait(10)
-            else:
-                code = self.daemon.returncode
+        for daemon in self.daemons:
+            if daemon.poll() is None:
+                daemon.send_signal(signal.SIGTERM)
+        for daemon in self.daemons:
+            code = None
+            with suppress(subprocess.TimeoutExpired):
+                code = daemon.wait(60)
+            if daemon.poll() is None:
+                os.killpg(daemon.pid, signal.SIGKILL)
+                daemon.wait(10)
+                code = None
+            codes.append(code)
         self.broker.stop()
-        return code
+        return codes[0] if codes else None
 
     # ------------------------------------------------------------------ producing
 
@@ -180,7 +226,7 @@ class DaemonRig:
                     time.sleep(delay)
             sent[body["jobId"]] = time.time()
             self.producer.produce(TOPIC, orjson.dumps(body),
-                                  partition=self._sent_total % PARTITIONS)
+                                  partition=self._sent_total % self.partitions)
             self._sent_total += 1
             self.producer.poll(0)
         self.producer.flush(30)

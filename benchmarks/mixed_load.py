@@ -186,6 +186,33 @@ def measure(rig: DaemonRig, path: Path, rows: int, *, repeat: int = 1,
     return {"rounds": rounds, "executor": dict(rig.executor)}
 
 
+def large_ab(server: BenchServer, path: Path, rows: int, configs: list[dict[str, Any]],
+             rounds: int) -> list[dict[str, Any]]:
+    """The large jobs alone under each executor config, interleaved: per round, each
+    config in turn (rotated), a fresh daemon on a fresh schema. Does a way of sharing the
+    workers cost the large jobs throughput, drift of the shared machine spread over all?"""
+    out: list[dict[str, Any]] = []
+    for n in range(rounds):
+        for k in range(len(configs)):
+            config = configs[(n + k) % len(configs)]
+            schema = server.new_schema("ab")
+            try:
+                with daemon_burst.rig(server.schema_dsn(schema), executor=config,
+                                      allowed_roots=[str(path.parent)]) as rig:
+                    figures = _metered(server, schema, f"ab {config}",
+                                       functools.partial(alone, rig, path, rows))
+            finally:
+                server.drop_schema(schema)
+            out.append({"round": n + 1, "executor": config, **figures})
+    return out
+
+
+def _config(text: str) -> dict[str, Any]:
+    """``max-pool-size=3,small-job-workers=1`` -> executor keys."""
+    pairs = (item.split("=", 1) for item in text.split(",") if item)
+    return {k: int(v) if v.isdigit() else v for k, v in pairs}
+
+
 def verdict(figures: dict[str, Any]) -> list[tuple[str, Any, bool]]:
     """The two targets of scenario 1, judged on every round."""
     out = []
@@ -226,12 +253,22 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=1)
     parser.add_argument("--executor", action="append", default=[], metavar="KEY=VALUE",
                         help="a node.import.executor key for the daemon (repeatable)")
+    parser.add_argument("--ab", nargs="+", metavar="K=V,K=V",
+                        help="instead: the large jobs alone under each of these executor "
+                             "configs, interleaved --repeat rounds")
     parser.add_argument("--data-dir", type=Path, default=Path(
         os.environ.get("NODES_IMPORT_BENCH_DATA", "/tmp/nodes-import-bench")))
     args = parser.parse_args()
-    executor = {k: int(v) if v.isdigit() else v
-                for k, v in (item.split("=", 1) for item in args.executor)}
+    executor = _config(",".join(args.executor))
     path = generate.ensure(args.data_dir, "new", args.rows)
+    if args.ab:
+        with BenchServer() as server:
+            for f in large_ab(server, path, args.rows, [_config(c) for c in args.ab],
+                              args.repeat):
+                print(f"round {f['round']} {f['executor']}: {f['rows_per_s']:,.0f} rows/s "
+                      f"({f['wall_s']} s), server CPU {f['server_cpu_s']} s, other "
+                      f"processes' CPU {f['others_cpu_s']} s")
+        return
     with BenchServer() as server, daemon_burst.rig(
             server.dsn, allowed_roots=[str(path.parent)], executor=executor) as rig:
         show(measure(rig, path, args.rows, repeat=args.repeat, server=server,

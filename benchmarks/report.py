@@ -29,6 +29,8 @@ DAEMON_P50_TARGET_MS = 200
 # large jobs' rows/s mixed over alone.
 MIXED_P95_TARGET_MS = 300
 MIXED_KEEP_TARGET = 0.9
+# Issue 17, scenario 2: rows/s with 2 and 3 daemons over one daemon's.
+DAEMONS_KEEP_TARGET = 0.95
 
 
 def _fmt(value: Any, spec: str = "") -> str:
@@ -62,7 +64,7 @@ def daemon_table(results: list[Result]) -> str:
               "| x B | x C★ | daemon+workers CPU s | peak RSS MB daemon / workers | ok |"),
              "|" + "---|" * 13]
     for r in results:
-        if r.kind != "daemon":
+        if r.kind != "daemon" or r.params.get("several"):  # those: daemons_table
             continue
         p = r.params
         rss = (f"{p.get('peak_daemon_rss_mb', p.get('daemon_rss_mb'))} / "
@@ -105,6 +107,39 @@ def mixed_results(figures: dict[str, Any], file_bytes: int) -> list[Result]:
             notes=f"{small['jobs']} of {small['sent']} sent while a large job ran",
             ok=small["completed"] == small["sent"]))
     return out
+
+
+def daemons_results(figures: list[dict[str, Any]], file_bytes: int) -> list[Result]:
+    """The daemons step's figures (``daemons.measure``) as result rows, one per count."""
+    out = []
+    for f in figures:
+        out.append(Result(
+            f"{f['jobs']} x {f['rows_each']:,}-row jobs through {f['daemons']} daemon(s)",
+            "daemon", f["jobs"] * f["rows_each"], f["wall_s"], f["jobs"] * file_bytes,
+            server_cpu_s=f["server_cpu_s"], wal_bytes=int(f["wal_mb"] * 1e6) or None,
+            params={**f, "several": True}, ok=f["completed"] == f["jobs"],
+            notes=f"x{f['vs_first']} of one daemon's rows/s"))
+    return out
+
+
+def daemons_table(results: list[Result]) -> str:
+    """The daemons step: rows/s against one daemon, connections and lock waits."""
+    lines = [("| daemons | rows/s | x one daemon | x B | x C★ | jobs per daemon "
+              "| connections peak / mean | peak by application | lock waits backend-s "
+              "(peak at once) | ungranted locks peak | lease waits | server CPU s |"),
+             "|" + "---|" * 12]
+    for r in results:
+        p = r.params
+        if not p.get("several"):
+            continue
+        apps = ", ".join(f"{k or '(bench)'} {v}" for k, v in p["connections_peak_by_app"].items())
+        lines.append(f"| {p['daemons']} | {r.rows_per_s:,.0f} | {p['vs_first']} "
+                     f"| {_fmt(r.ratio_b, '.2f')} | {_fmt(r.ratio_cstar, '.2f')} "
+                     f"| {p['jobs_per_daemon']} | {p['connections_peak']} / "
+                     f"{p['connections_mean']} | {apps} | {p['lock_wait_backend_s']} "
+                     f"({p['lock_waiting_peak']}) | {p['ungranted_locks_peak']} "
+                     f"| {p['lease_waits']} | {_fmt(r.server_cpu_s, '.1f')} |")
+    return "\n".join(lines)
 
 
 def with_ratios(results: list[Result]) -> list[Result]:
@@ -205,7 +240,11 @@ def verdicts(results: list[Result]) -> list[dict[str, Any]]:
         if r.kind == "scenario" and r.rows >= 1_000_000:  # smaller runs are smoke tests
             checks += _scenario_verdicts(r, seed, naive)
     for r in results:
-        if r.params.get("mixed") == "small":
+        if r.params.get("several") and r.params["daemons"] > 1:
+            keep = r.params.get("vs_first")
+            checks.append((f"{r.name}: >= {DAEMONS_KEEP_TARGET} of one daemon's rows/s", keep,
+                           r.ok and keep is not None and keep >= DAEMONS_KEEP_TARGET))
+        elif r.params.get("mixed") == "small":
             p95 = r.params.get("p95_ms")
             checks.append((f"{r.name}: p95 < {MIXED_P95_TARGET_MS} ms", p95,
                            r.ok and p95 is not None and p95 < MIXED_P95_TARGET_MS))
@@ -316,6 +355,8 @@ def render(info: dict[str, Any], results: list[Result],
     print(table(results))
     if any(r.kind == "daemon" for r in results):
         print("\n" + daemon_table(results))
+    if any(r.params.get("several") for r in results):
+        print("\n" + daemons_table(results))
     if not checks:
         print("\ntargets (issue 6) are judged at 1,000,000 rows or more: none judged here.")
     else:

@@ -15,7 +15,9 @@ server with a local Tansu broker: 200 small jobs on 4 partitions (jobs/s, latenc
 produce to ``finished_at`` p50/p95), then 4 large file jobs produced at once (4 x 250,000
 rows; 4 x 25,000 with ``--quick``). The mixed-load step (``benchmarks/mixed_load.py``,
 issue 17) runs 4 x 1M-row jobs alone, then again with 200 small jobs paced at 20/s while
-they run: the small jobs' latency and the large jobs' rows/s against alone.
+they run: the small jobs' latency and the large jobs' rows/s against alone. The daemons
+step (``benchmarks/daemons.py``, issue 17) runs 8 x 250k-row jobs through 1, 2 and 3
+daemons in one group: rows/s, connections and lock waits sampled from the server.
 
 Scenarios run on the engine as it is; with ``--proposal NAME`` they run again with that
 proposal of ``benchmarks/proposals.py`` applied (labelled ``[NAME]``), and the extras,
@@ -44,6 +46,7 @@ import orjson
 from benchmarks import (
     baselines,
     daemon_burst,
+    daemons,
     generate,
     imports,
     mixed_load,
@@ -141,6 +144,14 @@ def mixed_step(server: BenchServer, data_dir: Path, quick: bool) -> list[Result]
     finally:
         server.drop_schema(schema)
     return report.mixed_results(figures, path.stat().st_size)
+
+
+def daemons_step(server: BenchServer, data_dir: Path, quick: bool) -> list[Result]:
+    """Scenario 2 of issue 17 (``daemons.py``): 8 large jobs through 1, 2 and 3 daemons in
+    one group; 8 x 250k rows (8 x 25k with ``--quick``)."""
+    rows = 25_000 if quick else 250_000
+    path = generate.ensure(data_dir, "new", rows)
+    return report.daemons_results(daemons.measure(server, path, rows), path.stat().st_size)
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -266,6 +277,12 @@ def measure(plan: Plan, info: dict[str, Any], results: list[Result],
             except Exception as exc:  # the figures so far still get reported
                 print(f"mixed-load step failed: {type(exc).__name__}: {exc}", file=sys.stderr)
                 info["mixed_error"] = f"{type(exc).__name__}: {exc}"
+            step("several daemons, one database: 8 large jobs through 1, 2, 3 (issue 17)")
+            try:
+                results += daemons_step(server, args.data_dir, args.quick)
+            except Exception as exc:  # the figures so far still get reported
+                print(f"daemons step failed: {type(exc).__name__}: {exc}", file=sys.stderr)
+                info["daemons_error"] = f"{type(exc).__name__}: {exc}"
         if plan.proposal and not args.daemon_only:
             step(f"scenarios, engine + [{plan.proposal}]")
             results += imports.run_all(server, args.data_dir, plan.rows, proposal=plan.proposal,
