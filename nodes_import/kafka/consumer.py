@@ -40,9 +40,12 @@ class JobConsumer:
         self._on_assign, self._on_revoke = on_assign, on_revoke
         self._consumer: Consumer | None = None
         self.paused = False
-        # librdkafka assigns after on_assign returns: new partitions are paused on the
-        # next poll when the daemon is paused.
+        # librdkafka assigns after on_assign returns: on the next poll, new partitions are
+        # paused when the daemon is paused, and resumed when it is not (an application pause
+        # may outlive a revoke: paused, revoked, "resumed" while nothing was assigned, then
+        # given the same partitions back, they stayed paused for good; seen in the soak).
         self._pause_after_assign = False
+        self._resume_after_assign: list[TopicPartition] = []
 
     def open(self, timeout_s: float) -> None:
         """Connect, prove the broker answers within ``timeout_s``, subscribe."""
@@ -71,6 +74,8 @@ class JobConsumer:
         self._on_assign(tps)
         if self.paused and partitions:
             self._pause_after_assign = True
+        elif partitions:
+            self._resume_after_assign = list(partitions)
 
     def _revoked(self, _consumer: Consumer, partitions: list[TopicPartition]) -> None:
         tps = _tps(partitions)
@@ -83,6 +88,10 @@ class JobConsumer:
         if self._pause_after_assign:
             self._pause_after_assign = False
             self.pause()
+        elif self._resume_after_assign:
+            assigned, self._resume_after_assign = self._resume_after_assign, []
+            if not self.paused:
+                self.consumer.resume(assigned)
         return None if msg is None else self._delivery(msg)
 
     def poll_many(self, max_messages: int, timeout_s: float) -> list[Delivery]:
