@@ -118,7 +118,7 @@ def daemons_results(figures: list[dict[str, Any]], file_bytes: int) -> list[Resu
             "daemon", f["jobs"] * f["rows_each"], f["wall_s"], f["jobs"] * file_bytes,
             server_cpu_s=f["server_cpu_s"], wal_bytes=int(f["wal_mb"] * 1e6) or None,
             params={**f, "several": True}, ok=f["completed"] == f["jobs"],
-            notes=f"x{f['vs_first']} of one daemon's rows/s"))
+            notes=f"x{f['vs_first']} of one daemon's rows/s (mean)"))
     return out
 
 
