@@ -9,8 +9,9 @@ the database design is timed; this favours the baselines):
   indexes (primary key with ``uuidv7()`` ids as the engine uses on PostgreSQL 18, the
   unique (reference_id, group_id), domain_id), no metadata, no upsert;
 - ``C★``: the schema's own limit (issue 17): the same rows into the real ``nodes`` AND
-  ``node_metadata`` (its foreign key checked), one ``COPY`` each in one transaction on one
-  connection, keys pre-sorted, time-ordered ids (uuidv7 layout, ascending) chosen and the
+  ``node_metadata`` (its foreign key checked), one ``COPY`` each per connection, on 2
+  connections (as the engine's 2 writers) each loading one run of consecutive keys in one
+  transaction, keys pre-sorted, time-ordered ids (uuidv7 layout, ascending) chosen and the
   metadata JSON built before the clock starts. Everything the import must do and nothing
   it may skip, in the cheapest order the schema allows;
 - ``seed-design``: the seed LLD as written: 500-row batches, each CREATE TEMP TABLE +
@@ -110,7 +111,7 @@ class Prepared:
     c_metadata: bytes = b""  # C★: node_id, metadata (COPY text)
 
 
-def prepare(path: Path, *, only_b: bool = False) -> Prepared:
+def prepare(path: Path, *, only_b: bool = False, c_star: bool = True) -> Prepared:
     """Decompress and parse ``path`` once; build every baseline's input (``only_b``: B's
     alone, for 10M rows, where the naive baseline's Python tuples would take gigabytes)."""
     with gzip.open(path, "rb") as handle:
@@ -124,7 +125,7 @@ def prepare(path: Path, *, only_b: bool = False) -> Prepared:
                         "type": pa.repeat(pa.scalar("USER"), rows),
                         "domain_id": pa.repeat(pa.scalar(DOMAIN), rows)})
     meta = metadata_json(table, [c for c in table.column_names if c != "reference_id"])
-    c_nodes, c_metadata = _c_star_payloads(refs, meta)
+    c_nodes, c_metadata = _c_star_payloads(refs, meta) if c_star else (b"", b"")
     if only_b:
         return Prepared(rows, path.stat().st_size, b"", _csv(b_table), [], [],
                         c_nodes, c_metadata)
@@ -245,49 +246,78 @@ def client_floor(path: Path, rows: int) -> Result:
     return result
 
 
-def copy_b(server: BenchServer, data: Prepared, id_function: str = "uuidv7()") -> Result:
-    """B: one COPY into a nodes-shaped table with its three indexes."""
-    schema = server.new_schema("b")
-    dsn = server.schema_dsn(schema)
-    with psycopg.connect(dsn, autocommit=True) as conn:
-        conn.execute(_B_TABLE.format(id=id_function))  # type: ignore[arg-type]
+def copy_b(server: BenchServer, data: Prepared, id_function: str = "uuidv7()", *,
+           schema: str | None = None, dsn: str | None = None) -> Result:
+    """B: one COPY into a nodes-shaped table with its three indexes (``schema``: into
+    that schema's ``nodes``, whose ``id`` defaults to ``uuidv7()``, kept afterwards)."""
+    table = "nodes" if schema else "nodes_b"
+    own = schema is None
+    schema = schema or server.new_schema("b")
+    dsn = dsn or server.schema_dsn(schema)
+    if own:
+        with psycopg.connect(dsn, autocommit=True) as conn:
+            conn.execute(_B_TABLE.format(id=id_function))  # type: ignore[arg-type]
     name = "B: COPY, 3 indexes" + ("" if id_function == "uuidv7()" else f" ({id_function})")
     result = Result(name, "baseline", data.rows, 0, data.compressed_bytes,
                     params={"id": id_function})
 
     def work() -> None:
         with psycopg.connect(dsn) as conn:
-            _copy(conn, "COPY nodes_b (reference_id, group_id, type, domain_id)"
+            _copy(conn, f"COPY {table} (reference_id, group_id, type, domain_id)"
                   " FROM STDIN (FORMAT csv)", data.b_csv)
             conn.commit()
 
     _timed(server, schema, result, work)
-    server.drop_schema(schema)
+    if own:
+        server.drop_schema(schema)
     return result
 
 
-C_STAR_NAME = "C★: COPY nodes + node_metadata (FK), sorted keys, uuidv7"
+C_STAR_NAME = "C★: COPY nodes + node_metadata (FK), sorted keys, uuidv7, 2 conns"
 
 
-def copy_c_star(server: BenchServer, data: Prepared) -> Result:
-    """C★: one COPY into ``nodes`` and one into ``node_metadata`` (the engine's schema,
-    foreign key checked), one transaction."""
-    schema, dsn = _engine_schema(server, "cstar")
+def _parts(payload: bytes, parts: int) -> list[bytes]:
+    """A COPY text payload cut into ``parts`` runs of whole lines, in order."""
+    lines = payload.split(b"\n")[:-1]
+    size = -(-len(lines) // parts)
+    return [b"\n".join(lines[n:n + size]) + b"\n" for n in range(0, len(lines), size)]
+
+
+def copy_c_star(server: BenchServer, data: Prepared, connections: int = 2, *,
+                schema: str | None = None, dsn: str | None = None) -> Result:
+    """C★: the sorted rows in ``connections`` runs of consecutive keys, one connection and
+    one transaction each (as the engine's 2 writers use both cores): a COPY into
+    ``nodes``, then one into ``node_metadata`` (the engine's schema, foreign key
+    checked; ``schema``: into that schema's tables, kept afterwards)."""
+    own = schema is None
+    if schema is None or dsn is None:
+        schema, dsn = _engine_schema(server, "cstar")
     result = Result(C_STAR_NAME, "baseline", data.rows, 0, data.compressed_bytes,
-                    params={"id": "uuidv7 layout, ascending", "keys": "sorted"})
+                    params={"id": "uuidv7 layout, ascending", "keys": "sorted",
+                            "connections": connections})
+    runs = list(zip(_parts(data.c_nodes, connections), _parts(data.c_metadata, connections),
+                    strict=True))
 
-    def work() -> None:
+    def load(nodes: bytes, metadata: bytes) -> None:
         with psycopg.connect(dsn) as conn:
             _copy(conn, "COPY nodes (id, reference_id, group_id, type, domain_id)"
-                  " FROM STDIN (FORMAT text)", data.c_nodes)
+                  " FROM STDIN (FORMAT text)", nodes)
             _copy(conn, "COPY node_metadata (node_id, metadata) FROM STDIN (FORMAT text)",
-                  data.c_metadata)
+                  metadata)
             conn.commit()
 
+    def work() -> None:
+        threads = [threading.Thread(target=load, args=run) for run in runs]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+
     _timed(server, schema, result, work)
-    rows = server.query(f"SELECT count(*) FROM {schema}.node_metadata")  # our own name
-    result.ok = rows[0][0] == data.rows
-    server.drop_schema(schema)
+    if own:
+        rows = server.query(f"SELECT count(*) FROM {schema}.node_metadata")  # our own name
+        result.ok = rows[0][0] == data.rows
+        server.drop_schema(schema)
     return result
 
 

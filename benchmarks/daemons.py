@@ -15,7 +15,8 @@ settled (every daemon holds partitions), produces the jobs at once and waits for
 - leases: ``job leased by another daemon; waiting`` lines (a job claimed twice).
 
 Figures: rows/s of all jobs (first produce -> last ``finished_at``), each count against
-one daemon's (target: >= 0.95 with 2 and 3 daemons), server CPU and WAL.
+one daemon's (target: >= 0.95 with 2 and 3 daemons), server CPU and WAL, and what the
+active backends waited on (``wait_event``), in backend-seconds.
 
 ``bin/bench`` runs it as the "daemons" step (``run.py``). Alone::
 
@@ -45,7 +46,7 @@ SAMPLE_S = 0.5
 KEEP_TARGET = 0.95  # rows/s with 2 and 3 daemons over one daemon's
 
 _ACTIVITY = """
-SELECT coalesce(application_name, ''), state, wait_event_type
+SELECT coalesce(application_name, ''), state, wait_event_type, wait_event
 FROM pg_stat_activity
 WHERE datname = current_database() AND backend_type = 'client backend'
   AND pid <> pg_backend_pid()
@@ -63,6 +64,7 @@ class ActivitySampler(threading.Thread):
         self.by_app: list[Counter[str]] = []
         self.lock_waiting: list[int] = []
         self.ungranted: list[int] = []
+        self.waits: Counter[str] = Counter()  # samples of active backends per wait event
 
     def run(self) -> None:
         with psycopg.connect(self.dsn, autocommit=True) as conn:
@@ -71,8 +73,10 @@ class ActivitySampler(threading.Thread):
                 ungranted = conn.execute("SELECT count(*) FROM pg_locks WHERE NOT granted"
                                          ).fetchone()
                 self.connections.append(len(rows))
-                self.by_app.append(Counter(app for app, _, _ in rows))
-                self.lock_waiting.append(sum(wait == "Lock" for _, _, wait in rows))
+                self.by_app.append(Counter(app for app, _, _, _ in rows))
+                self.lock_waiting.append(sum(wait == "Lock" for _, _, wait, _ in rows))
+                self.waits.update(f"{kind}:{event}" if kind else "CPU (no wait)"
+                                  for _, state, kind, event in rows if state == "active")
                 self.ungranted.append(int(ungranted[0]) if ungranted else 0)
 
     def figures(self) -> dict[str, Any]:
@@ -89,6 +93,9 @@ class ActivitySampler(threading.Thread):
             "lock_wait_backend_s": round(sum(self.lock_waiting) * SAMPLE_S, 1),
             "lock_waiting_peak": max(self.lock_waiting, default=0),
             "ungranted_locks_peak": max(self.ungranted, default=0),
+            # what the active backends were doing, in backend-seconds
+            "active_backend_s": {k: round(v * SAMPLE_S, 1)
+                                 for k, v in self.waits.most_common(6)},
         }
 
 
@@ -136,9 +143,11 @@ def run_count(server: BenchServer, path: Path, rows: int, daemons: int,
 
 def measure(server: BenchServer, path: Path, rows: int,
             counts: tuple[int, ...] = COUNTS) -> list[dict[str, Any]]:
-    """Every daemon count in turn; each count's rows/s over the first count's."""
+    """Every daemon count in turn (a count may come again: ``1 2 3 3 2 1`` spreads the
+    shared machine's drift); each one's rows/s over the mean of one daemon's runs."""
     out = [run_count(server, path, rows, n) for n in counts]
-    base = out[0]["rows_per_s"]
+    ones = [f["rows_per_s"] for f in out if f["daemons"] == 1]
+    base = sum(ones) / len(ones) if ones else out[0]["rows_per_s"]
     for f in out:
         f["vs_first"] = round(f["rows_per_s"] / base, 3) if base else None
     return out
@@ -148,11 +157,12 @@ def show(figures: list[dict[str, Any]]) -> None:
     """One line per daemon count."""
     for f in figures:
         print(f"{f['daemons']} daemon(s): {f['rows_per_s']:,.0f} rows/s ({f['wall_s']} s, "
-              f"x{f['vs_first']} of the first), jobs per daemon {f['jobs_per_daemon']}, "
+              f"x{f['vs_first']} of one daemon's mean), jobs per daemon {f['jobs_per_daemon']}, "
               f"connections peak {f['connections_peak']} mean {f['connections_mean']} "
               f"{f['connections_peak_by_app']}, lock waits {f['lock_wait_backend_s']} "
               f"backend-s (peak {f['lock_waiting_peak']}, ungranted {f['ungranted_locks_peak']})"
-              f", lease waits {f['lease_waits']}, server CPU {f['server_cpu_s']} s")
+              f", lease waits {f['lease_waits']}, server CPU {f['server_cpu_s']} s; active "
+              f"backends {f['active_backend_s']}")
 
 
 def main() -> None:

