@@ -471,14 +471,18 @@ def test_after_a_rebalance_the_new_owner_waits_for_a_live_lease_and_never_runs_a
     # ~1-3 s on Tansu, hands a partition to the second daemon: 60k rows raced it.
     rows = 150_000
     kafka.create_topic(partitions=2)
-    first = daemons.start()
+    # small-job-workers 0: both large jobs run at once on the first daemon, as this test
+    # means (with the default lane for small jobs the second waited for the first, which
+    # could be over before the rebalance: then no lease to wait for)
+    lanes = {"node": {"import": {"executor": {"small-job-workers": 0}}}}
+    first = daemons.start(**lanes)
     jobs = [str(uuid.uuid4()) for _ in range(2)]
     for n, job in enumerate(jobs):
         users = write_users(tmp_path / f"u{n}.csv.gz", rows, start=n * rows)
         kafka.send(job_message(file=str(users), job_id=job), partition=n)
     wait_until(lambda: all((job_row(db, j) or {}).get("rows_committed", 0) > 0 for j in jobs),
                30, "both jobs running on the first daemon")
-    second = daemons.start()  # the group rebalances: one partition moves to it
+    second = daemons.start(**lanes)  # the group rebalances: one partition moves to it
     for job in jobs:
         row = wait_status(db, job)
         assert (row["total"], row["inserted"], row["attempts"]) == (rows, rows, 1)
