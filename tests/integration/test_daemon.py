@@ -469,7 +469,7 @@ def test_after_a_rebalance_the_new_owner_waits_for_a_live_lease_and_never_runs_a
         daemons: Daemons, kafka: KafkaTest, db: Database, tmp_path: Path) -> None:
     # Jobs long enough (2,000-row batches, one writer) to still run when the rebalance,
     # ~1-3 s on Tansu, hands a partition to the second daemon: 60k rows raced it.
-    rows = 150_000
+    rows = 400_000  # 150k could finish before the rebalance on a quiet machine
     kafka.create_topic(partitions=2)
     # small-job-workers 0: both large jobs run at once on the first daemon, as this test
     # means (with the default lane for small jobs the second waited for the first, which
