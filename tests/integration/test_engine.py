@@ -176,12 +176,38 @@ def test_a_reference_id_file_line_that_is_not_utf8_is_recorded_as_failed(
     assert set(_nodes(db)) == {"a1", "a3"}
 
 
+def _rows_with_blank_ids(good: int, blank: int) -> str:
+    """A CSV of ``good`` rows with a reference ID, then ``blank`` rows whose ID is blank
+    (each rejected: 'blank reference_id')."""
+    return ("reference_id,note\n" + "".join(f"r{n},x\n" for n in range(good))
+            + "".join(f" ,b{n}\n" for n in range(blank)))
+
+
 def test_the_job_fails_once_rejected_rows_pass_the_reject_ratio(
         db: Database, tmp_path: Path, gz_csv: Callable[..., Path]) -> None:
-    content = "reference_id\n" + "".join(f"r{n}\n" if n % 2 else "\n \n" for n in range(40))
-    row = _run(db, _job(gz_csv(content)), _cfg(tmp_path, max_reject_ratio=0.1))
+    # 11 of 100 rows rejected: 0.11, over 0.1 (and well under 4x the limit, so a limit
+    # checked against a multiple of the setting would let it through)
+    row = _run(db, _job(gz_csv(_rows_with_blank_ids(89, 11))),
+               _cfg(tmp_path, max_reject_ratio=0.1))
     assert row["status"] == "FAILED"
-    assert "max-reject-ratio" in row["error"]
+    assert row["error"] == ("11 of 100 rows rejected, over "
+                            "node.import.max-reject-ratio (0.1)")
+    # the limit is checked before the batch is written: nothing of it committed
+    assert (row["total_nodes"], row["success_count"], row["failed_count"]) == (0, 0, 0)
+    assert db.scalar("SELECT count(*) FROM nodes") == 0
+    assert db.scalar("SELECT count(*) FROM job_failures") == 0
+
+
+def test_a_job_with_rejected_rows_at_the_reject_ratio_completes_with_exact_counts(
+        db: Database, tmp_path: Path, gz_csv: Callable[..., Path]) -> None:
+    # 10 of 100 rows rejected: exactly 0.1 is not over the limit
+    row = _run(db, _job(gz_csv(_rows_with_blank_ids(90, 10))),
+               _cfg(tmp_path, max_reject_ratio=0.1))
+    assert row["status"] == "COMPLETED"
+    assert (row["total_nodes"], row["success_count"], row["failed_count"]) == (100, 90, 10)
+    _assert_counts_add_up(row)
+    assert db.scalar("SELECT count(*) FROM nodes") == 90
+    assert db.scalar("SELECT count(*) FROM job_failures") == 10
 
 
 @pytest.mark.parametrize("make, message", [
