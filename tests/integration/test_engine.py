@@ -277,6 +277,51 @@ def test_a_terminated_backend_mid_job_is_retried_to_exact_counts(
     assert db.scalar("SELECT count(*) FROM node_metadata") == 20_000
 
 
+def test_a_global_timeout_that_runs_out_mid_job_cancels_the_waiting_batch_and_keeps_the_rest(
+        db: Database, tmp_path: Path) -> None:
+    """The timeout runs out while batch 2 waits on a lock: its statement must be cancelled
+    when the job's time is up (statement_timeout capped by the time left), not when the
+    batch timeout is; batch 1 stays committed and the counters say so."""
+    path = write_users(tmp_path / "u.csv.gz", 2000)
+    timeout_ms = 6000  # room for batch 1 to commit on a loaded machine
+    locked, ended = threading.Event(), threading.Event()
+    holder: list[psycopg.Connection[Any]] = []
+
+    def lock_nodes_after_the_first_batch(progress: engine.Progress) -> None:
+        if not locked.is_set():
+            conn = psycopg.connect(db.dsn)
+            conn.execute("LOCK TABLE nodes IN ACCESS EXCLUSIVE MODE")
+            holder.append(conn)
+            locked.set()
+
+    def release_when_the_job_ended() -> None:
+        # the job ends by itself with the lock still held, unless its batch waits out the
+        # 120 s batch timeout instead of its time left: then the lock goes well after the
+        # deadline, batch 2 commits, and the counts below show it
+        locked.wait(timeout_ms / 1000.0)
+        ended.wait(timeout_ms / 1000.0 + 10)
+        for conn in holder:
+            conn.rollback()
+            conn.close()
+
+    releaser = threading.Thread(target=release_when_the_job_ended)
+    releaser.start()
+    try:
+        row = _run(db, _job(path), _cfg(tmp_path, batch_size=500, max_parallel_futures=1,
+                                        global_timeout_ms=timeout_ms, batch_timeout_ms=120_000),
+                   on_progress=lock_nodes_after_the_first_batch)
+    finally:
+        ended.set()
+        releaser.join()
+    assert locked.is_set()
+    assert row["status"] == "FAILED"
+    assert row["error"] == "Timeout exceeded"
+    assert (row["total_nodes"], row["success_count"], row["inserted_count"]) == (500,) * 3
+    _assert_counts_add_up(row)
+    assert db.scalar("SELECT count(*) FROM nodes") == 500
+    assert db.scalar("SELECT count(*) FROM node_metadata") == 500
+
+
 def test_a_job_past_its_global_timeout_fails_with_timeout_exceeded(
         db: Database, tmp_path: Path) -> None:
     path = write_users(tmp_path / "u.csv.gz", 5000)
