@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import os
 import shutil
@@ -11,7 +12,9 @@ import sys
 import tempfile
 import time
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import orjson
 import psutil
@@ -61,6 +64,41 @@ def wait_status(db: Database, job_id: str, wanted: str = "COMPLETED",
         return None
 
     return wait_until(check, timeout, f"job {job_id} {wanted}")  # type: ignore[no-any-return]
+
+
+@contextlib.contextmanager
+def nodes_locked(db: Database) -> Iterator[psycopg.Connection[Any]]:
+    """Hold a lock on ``nodes`` that every batch write waits on (reads go on): a job stays
+    running, its open batch uncommitted, for as long as the test needs; released (rolled
+    back) on exit, or earlier with ``rollback()`` on the connection yielded."""
+    with psycopg.connect(db.dsn) as conn:
+        conn.execute("LOCK TABLE nodes IN SHARE MODE")
+        try:
+            yield conn
+        finally:
+            conn.rollback()
+
+
+def batches_waiting(db: Database) -> list[int]:
+    """The backends whose batch waits on ``nodes_locked``'s lock: their pids."""
+    return [r[0] for r in db.query("SELECT pid FROM pg_locks WHERE NOT granted"
+                                   " AND relation = 'nodes'::regclass")]
+
+
+def daemon_workers(pid: int) -> list[psutil.Process]:
+    """The daemon's worker processes (not the resource tracker)."""
+    return [c for c in psutil.Process(pid).children()
+            if "spawn_main" in " ".join(c.cmdline())]
+
+
+def gone(processes: list[psutil.Process]) -> bool:
+    """Every one of ``processes`` has exited (a zombie counts as exited)."""
+    def alive(p: psutil.Process) -> bool:
+        try:
+            return p.is_running() and p.status() != psutil.STATUS_ZOMBIE
+        except psutil.NoSuchProcess:
+            return False
+    return not any(alive(p) for p in processes)
 
 
 def test_a_file_job_and_a_reference_id_job_are_imported_and_their_offsets_committed(
@@ -208,17 +246,24 @@ def test_a_second_signal_exits_at_once_and_takes_the_workers_along(
     assert row is not None and row["status"] in ("PROCESSING", "COMPLETED")
 
 
-def test_a_daemon_killed_mid_job_is_taken_over_after_its_lease_with_exact_counts(
+def test_a_daemon_killed_mid_job_takes_its_workers_along_and_is_taken_over_after_its_lease(
         daemons: Daemons, kafka: KafkaTest, db: Database, tmp_path: Path) -> None:
     kafka.create_topic()
     # A lease longer than the group's takeover (~3 s), so the new owner must wait for it.
     lease = {"import": {"lease-timeout": {"ms": 6000}, "heartbeat-interval": {"ms": 1000}}}
     daemon = daemons.start(node=lease)
-    job = _send_big_job_and_wait_for_its_first_batches(kafka, db, tmp_path)
-    daemon.signal(signal.SIGKILL)  # the daemon alone: its workers die with it (PDEATHSIG)
-    daemon.wait(10)
+    users = write_users(tmp_path / "big.csv.gz", 60_000)
+    job = str(uuid.uuid4())
+    with nodes_locked(db):  # the job is mid-batch, whatever the machine's speed
+        kafka.send(job_message(file=str(users), job_id=job))
+        wait_until(lambda: batches_waiting(db), 30, "the job's first batch waiting")
+        workers = daemon_workers(daemon.pid)
+        assert workers
+        daemon.signal(signal.SIGKILL)  # the daemon alone: its workers die with it (PDEATHSIG)
+        daemon.wait(10)
+        wait_until(lambda: gone(workers), 10, "no worker outliving its daemon")
     row = job_row(db, job)
-    assert row is not None and row["status"] == "PROCESSING", row
+    assert row is not None and (row["status"], row["rows_committed"]) == ("PROCESSING", 0), row
     dead_owner = row["claimed_by"]
     second = daemons.start(node=lease)
     row = wait_status(db, job)
@@ -226,6 +271,35 @@ def test_a_daemon_killed_mid_job_is_taken_over_after_its_lease_with_exact_counts
     assert row["claimed_by"] != dead_owner and row["attempts"] == 2
     assert db.scalar("SELECT count(*) FROM nodes") == 60_000
     assert second.events("job leased by another daemon; waiting")
+
+
+def test_a_drain_timeout_that_runs_out_kills_the_workers_rolls_back_and_exits_0(
+        daemons: Daemons, kafka: KafkaTest, db: Database, tmp_path: Path) -> None:
+    """SIGTERM while a batch cannot finish (it waits on a lock): past the drain timeout
+    the workers are killed, the open batch rolls back, the leases are released and the
+    daemon exits 0."""
+    kafka.create_topic()
+    daemon = daemons.start(node={"import": {"drain-timeout": {"ms": 1500},
+                                            "lease-timeout": {"ms": 60_000}}})
+    users = write_users(tmp_path / "big.csv.gz", 20_000)
+    job = str(uuid.uuid4())
+    with nodes_locked(db):
+        kafka.send(job_message(file=str(users), job_id=job))
+        waiting = wait_until(lambda: batches_waiting(db), 30, "the job's first batch waiting")
+        workers = daemon_workers(daemon.pid)
+        daemon.signal(signal.SIGTERM)
+        assert daemon.wait(30) == 0, daemon.log_text()[-3000:]
+        assert gone(workers)
+        assert [e["jobsLeft"] for e in daemon.events("drained")] == [1]
+        assert daemon.events("daemon stopped")
+        row = db.query("SELECT status, rows_committed, heartbeat_at FROM job_status"
+                       " WHERE id = %s", (job,))
+        assert row == [("PROCESSING", 0, None)]  # the lease released: resumable at once
+    # the killed worker's backend gets the lock, finds its client gone and rolls back
+    wait_until(lambda: not db.query("SELECT 1 FROM pg_stat_activity WHERE pid = ANY(%s)",
+                                    (waiting,)), 30, "the open batch's backend ended")
+    assert db.scalar("SELECT count(*) FROM nodes") == 0
+    assert db.scalar("SELECT rows_committed FROM job_status WHERE id = %s", (job,)) == 0
 
 
 def test_a_worker_killed_mid_job_is_replaced_and_the_job_resumes_with_exact_counts(
