@@ -541,31 +541,33 @@ def test_two_daemons_split_the_partitions_and_one_finishes_the_work_of_the_other
 
 def test_after_a_rebalance_the_new_owner_waits_for_a_live_lease_and_never_runs_a_job_twice(
         daemons: Daemons, kafka: KafkaTest, db: Database, tmp_path: Path) -> None:
-    # Jobs long enough (2,000-row batches, one writer) to still run when the rebalance,
-    # ~1-3 s on Tansu, hands a partition to the second daemon: 60k rows raced it.
-    rows = 400_000  # 150k could finish before the rebalance on a quiet machine
+    # Both jobs are held mid-batch on a lock the test takes until the rebalance has handed
+    # a partition to the second daemon and it has met the live lease: no race between a
+    # job's length and the rebalance (~1-3 s on Tansu), whatever the machine's speed.
+    rows = 20_000
     kafka.create_topic(partitions=2)
-    # small-job-workers 0: both large jobs run at once on the first daemon, as this test
-    # means (with the default lane for small jobs the second waited for the first, which
-    # could be over before the rebalance: then no lease to wait for)
+    # small-job-workers 0: both large jobs run at once on the first daemon
     lanes = {"node": {"import": {"executor": {"small-job-workers": 0}}}}
     first = daemons.start(**lanes)
     jobs = [str(uuid.uuid4()) for _ in range(2)]
-    for n, job in enumerate(jobs):
-        users = write_users(tmp_path / f"u{n}.csv.gz", rows, start=n * rows)
-        kafka.send(job_message(file=str(users), job_id=job), partition=n)
-    wait_until(lambda: all((job_row(db, j) or {}).get("rows_committed", 0) > 0 for j in jobs),
-               30, "both jobs running on the first daemon")
-    second = daemons.start(**lanes)  # the group rebalances: one partition moves to it
+    with nodes_locked(db):
+        for n, job in enumerate(jobs):
+            users = write_users(tmp_path / f"u{n}.csv.gz", rows, start=n * rows)
+            kafka.send(job_message(file=str(users), job_id=job), partition=n)
+        wait_until(lambda: len(batches_waiting(db)) == 2, 30,
+                   "both jobs mid-batch on the first daemon")
+        second = daemons.start(**lanes)  # the group rebalances: one partition moves to it
+        wait_until(lambda: second.events("job leased by another daemon; waiting"), 30,
+                   "the new owner waiting for the live lease")
     for job in jobs:
         row = wait_status(db, job)
         assert (row["total"], row["inserted"], row["attempts"]) == (rows, rows, 1)
         assert str(row["claimed_by"]).endswith(f":{first.pid}")
-    assert second.events("job leased by another daemon; waiting")
     wait_until(lambda: second.events("job already finished; skipped"), 20,
                "the new owner skipping the finished job")
     wait_until(lambda: kafka.committed(partitions=2) == {0: 1, 1: 1}, 20, "both committed")
     assert db.scalar("SELECT count(*) FROM nodes") == 2 * rows
+    assert not second.events("job submitted")  # it never ran either job
 
 
 def test_dlq_replay_with_a_new_job_id_reruns_a_job_once_its_problem_is_fixed(
