@@ -65,6 +65,7 @@ from nodes_import.store import connection, jobrows
 log = logging.getLogger(__name__)
 
 DB_TIMEOUT_S = 2.0  # an admin request waits at most this for a connection
+ADMIN_POOL_NAME = "nodes-import-admin"  # its application_name in pg_stat_activity
 # The daemon's lease (node.import.lease-timeout.ms) when none is given: a running job
 # without a heartbeat this long is run by nobody, and a cancel ends it at once.
 DEFAULT_LEASE_MS = 30_000
@@ -286,6 +287,7 @@ class Operations:
         self.server: AdminServer | None = None
         self.pool: ConnectionPool | None = None
         self.housekeeper: Housekeeper | None = None
+        self._dsn, self._connect_timeout_s = "", 0.0  # set by attach
 
     def start(self) -> None:
         """1. Serve the admin API (when enabled)."""
@@ -299,11 +301,30 @@ class Operations:
 
     def attach(self, dsn: str, connect_timeout_s: float) -> None:
         """2. Open the pool; start housekeeping."""
-        self.pool = connection.open_pool(dsn, max_size=2, timeout_s=connect_timeout_s,
-                                      name="nodes-import-admin")
+        self._dsn, self._connect_timeout_s = dsn, connect_timeout_s
+        self.pool = self._open_pool()
         self.app.pool = self.pool
         self.housekeeper = Housekeeper(self.pool, self.ops)
         self.housekeeper.start()
+
+    def _open_pool(self) -> ConnectionPool:
+        return connection.open_pool(self._dsn, max_size=2, timeout_s=self._connect_timeout_s,
+                                    name=ADMIN_POOL_NAME)
+
+    def reopen(self) -> None:
+        """After an outage, a fresh pool in place of the current one (as the daemon's own,
+        ``MainDatabase.reopen``): psycopg_pool waits longer after each failed reconnect
+        (1, 2, 4, 8 s...), so after a long outage the old pool could leave ``/readyz``,
+        the scrapes and housekeeping failing for about as long again. ``StorageError``
+        (the current one is kept and goes on trying) when the database is gone again."""
+        if self.pool is None:
+            return
+        fresh = self._open_pool()
+        old, self.pool = self.pool, fresh
+        self.app.pool = fresh
+        if self.housekeeper is not None:
+            self.housekeeper.pool = fresh
+        old.close(timeout=1.0)
 
     def close(self) -> None:
         """3. Stop housekeeping, the server, the pool. Idempotent."""

@@ -201,10 +201,11 @@ class Daemon:
             self.stopping.wait(POLL_S)
 
     def _reopen_db(self) -> None:
-        """After an outage, a fresh pool (``MainDatabase.reopen``)."""
+        """After an outage, fresh pools (``MainDatabase.reopen``, ``Operations.reopen``)."""
         try:
             self.db.reopen()
-        except errors.StorageError as exc:  # gone again: the old pool goes on trying
+            self.ops.reopen()
+        except errors.StorageError as exc:  # gone again: the old pools go on trying
             self.admission.database_failed(exc)
 
     # ------------------------------------------------------------------ offsets

@@ -13,12 +13,14 @@ from pathlib import Path
 import pytest
 from psycopg_pool import ConnectionPool
 
-from nodes_import.config import ImportConfig, RetryConfig
-from nodes_import.daemon.admin import AdminApp, AdminServer
+from nodes_import.config import ImportConfig, OperationsConfig, RetryConfig
+from nodes_import.daemon.admin import AdminApp, AdminServer, Operations
 from nodes_import.errors import NodesImportError
 from nodes_import.jobs import ImportJob
 from nodes_import.worker import engine
+from tests.fixtures.faultproxy import FaultProxy, through
 from tests.fixtures.http import request, samples
+from tests.fixtures.kafka import wait_until
 from tests.fixtures.postgres import Database
 
 DOMAIN = "3f1c1a3e-2b9d-4c55-9a57-0d3c6a1f0b21"
@@ -87,6 +89,37 @@ def test_readyz_is_503_without_a_database_and_never_shows_the_password() -> None
     finally:
         server.close()
         pool.close()
+
+
+def test_after_a_long_outage_the_reopened_admin_pool_answers_readyz_at_once(
+        db: Database, pg_proxy: FaultProxy) -> None:
+    """psycopg_pool waits 1, 2, 4, 8 s... between reconnect attempts: after an outage the
+    admin pool could keep /readyz failing for about as long as the outage lasted. The
+    daemon reopens it when the database answers again (``Operations.reopen``, called with
+    ``MainDatabase.reopen``)."""
+    ops = Operations(OperationsConfig(admin_enabled=False), owner="test:1",
+                     readiness=lambda: None, scrape=lambda snap: None)
+    ops.attach(through(pg_proxy, db.dsn), connect_timeout_s=1.0)
+    try:
+        assert ops.app.not_ready() == []
+        pg_proxy.refuse_for(3600)
+        pool = ops.pool
+        assert pool is not None
+
+        def backed_off() -> bool:  # 4 failed attempts: the next one is ~8 s away
+            ops.app.not_ready()
+            return pool.get_stats().get("connections_errors", 0) >= 4
+
+        wait_until(backed_off, 30, "the admin pool backing off")
+        pg_proxy.heal()
+        # the database answers, but the old pool would wait out its backoff first
+        assert ops.app.not_ready()[0].startswith("database: ")
+        ops.reopen()
+        assert ops.pool is not pool and ops.app.pool is ops.pool
+        assert ops.housekeeper is not None and ops.housekeeper.pool is ops.pool
+        assert ops.app.not_ready() == []
+    finally:
+        ops.close()
 
 
 def test_metrics_serves_the_prometheus_text_format(admin: tuple[AdminApp, int],

@@ -8,12 +8,19 @@ import uuid
 from pathlib import Path
 
 from nodes_import.cli.sample import write_users
+from nodes_import.daemon.decisions import INTERRUPTED
 from tests.fixtures.daemon import Daemons
 from tests.fixtures.faultproxy import FaultProxy, through
 from tests.fixtures.http import free_port, request, scrape, total
 from tests.fixtures.kafka import KafkaTest, wait_until
 from tests.fixtures.postgres import Database
-from tests.integration.test_daemon import job_message, job_row, wait_status
+from tests.integration.test_daemon import (
+    batches_waiting,
+    job_message,
+    job_row,
+    nodes_locked,
+    wait_status,
+)
 
 BREAKER = {"failure-threshold": 3, "probe-initial": {"ms": 300}, "probe-max": {"ms": 1000}}
 QUEUED = 5  # jobs sent while the database is away
@@ -37,10 +44,10 @@ def test_while_the_database_keeps_failing_no_job_starts_and_all_complete_exactly
     # 1. a file job in flight when the database goes away
     users = write_users(tmp_path / "users.csv.gz", 40_000)
     running = str(uuid.uuid4())
-    kafka.send(job_message("big", file=str(users), job_id=running))
-    wait_until(lambda: (job_row(db, running) or {}).get("rows_committed", 0), 30,
-               "the file job's first batch")
-    pg_proxy.refuse_for(3600)  # until healed
+    with nodes_locked(db):  # the job mid-batch when the database goes away, on any machine
+        kafka.send(job_message("big", file=str(users), job_id=running))
+        wait_until(lambda: batches_waiting(db), 30, "the file job's first batch")
+        pg_proxy.refuse_for(3600)  # until healed
 
     # 2. jobs sent during the outage
     queued = {str(uuid.uuid4()) for _ in range(QUEUED)}
@@ -59,6 +66,18 @@ def test_while_the_database_keeps_failing_no_job_starts_and_all_complete_exactly
     rows = [job_row(db, j) for j in queued]
     assert all(r is None or r["status"] == "PENDING" for r in rows), rows
     assert total(scrape(port), "kafka_consumer_paused") == 1
+    # The file job the outage interrupted is held, not failed: its worker returns it
+    # unfinished (not trying to record it FAILED) and the daemon keeps its slot to resume
+    # it once the breaker closes.
+    def logged(message: str) -> list[dict[str, object]]:
+        return [e for e in daemon.events(message) if e.get("jobId") == running]
+
+    wait_until(lambda: logged(INTERRUPTED), 60, "the running job interrupted and held")
+    assert logged("job interrupted: the database went away")
+    assert total(scrape(port), "node_import_db_circuit_state") == 1
+    row = job_row(db, running)
+    assert row is not None and row["status"] == "PROCESSING", row
+    assert not [e for e in daemon.events("job finished") if e.get("status") == "FAILED"]
 
     # 3. the database answers again: everything completes, each row once
     pg_proxy.heal()
