@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import threading
-import time
 from concurrent.futures import Future
 from concurrent.futures.process import BrokenProcessPool
 from typing import Any
@@ -94,13 +93,14 @@ class _Process:
 
 
 class _Dying(_Process):
-    """Killed with the other one, but seen alive at first: it exits ``after_s`` later."""
+    """Killed with the other one, but seen alive at first: it exits once ``waited`` is
+    set (the pool waiting for it), not after a guessed delay."""
 
-    def __init__(self, after_s: float) -> None:
+    def __init__(self, waited: threading.Event) -> None:
         super().__init__(None)
 
         def die() -> None:
-            time.sleep(after_s)
+            waited.wait()
             self.exitcode = -9
             os.close(self._end)
 
@@ -163,9 +163,22 @@ def test_when_no_dead_worker_is_found_every_interrupted_job_counts_the_crash() -
     assert all(pool.died_on(f, broken + 5) for f in futures)  # a generation never seen
 
 
-def test_a_worker_that_dies_a_moment_after_the_first_is_still_counted_dead() -> None:
+def test_a_worker_that_dies_a_moment_after_the_first_is_still_counted_dead(
+        monkeypatch: pytest.MonkeyPatch) -> None:
     # Both killed at once; the busy one (call 2) frees its memory first and is seen alive.
-    dying = _Dying(after_s=0.05)
+    # It exits only once the pool waits on the workers' sentinels: a pool that did not
+    # wait would count it a survivor, whatever the machine's load. The grace is a bound,
+    # not a wait: the pool's wait ends when the dying one exits.
+    monkeypatch.setattr(pool_module, "DEATH_GRACE_S", 60.0)
+    waited = threading.Event()
+    real_wait = pool_module.mp_connection.wait
+
+    def wait(objects: Any, timeout: float | None = None) -> Any:
+        waited.set()
+        return real_wait(objects, timeout)
+
+    monkeypatch.setattr(pool_module.mp_connection, "wait", wait)
+    dying = _Dying(waited)
     pool, (alone, *bundled), broken = _broken_pool({101: _Process(-9), 102: dying},
                                                    [101, 1, 102, 2])
     assert pool.died_on(alone, broken)

@@ -5,7 +5,6 @@ the database could not store."""
 from __future__ import annotations
 
 import json
-import time
 import uuid
 from typing import Any
 
@@ -102,13 +101,17 @@ def test_truncated_and_concatenated_messages_end_cleanly(junk: bytes, cut: int) 
 
 
 @pytest.mark.parametrize("depth", [100, 1024, 5000, 200_000])
-def test_deep_nesting_is_rejected_or_parsed_quickly_without_a_recursion_error(depth: int) -> None:
-    started = time.monotonic()
+def test_deep_nesting_is_rejected_or_parsed_without_a_recursion_error(depth: int) -> None:
+    # Past the parser's depth limit (orjson: 1024) the message is refused where the limit
+    # is passed, so the work is bounded by the limit, not by the message (no wall-clock
+    # bound here: the speed of the rest is the benchmark's business).
     for value in (b"[" * depth + b"]" * depth, b"[" * depth,
                   b'{"groupId": "g", "domainId": "' + DOMAIN.encode() + b'", "file": "f", "x": '
                   + b'{"a":' * depth + b"1" + b"}" * depth + b"}"):
-        _outcome(value[:LIMIT])
-    assert time.monotonic() - started < 2.0
+        got = _outcome(value[:LIMIT])
+        if depth > 1024:
+            assert isinstance(got, MessageRejected) and got.stage == STAGE_PARSE
+            assert "depth limit exceeded" in str(got), got
 
 
 def test_huge_strings_are_refused_by_size_or_length_with_the_reason() -> None:
