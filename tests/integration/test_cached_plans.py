@@ -9,7 +9,6 @@ not by time.
 
 from __future__ import annotations
 
-import time
 import uuid
 
 import psycopg
@@ -19,6 +18,7 @@ from nodes_import.jobs import ImportJob
 from nodes_import.pipeline import encode
 from nodes_import.pipeline.parse import RawBatch
 from nodes_import.store import batchwrite, connection, jobrows
+from tests.fixtures.kafka import wait_until
 from tests.fixtures.postgres import Database
 
 DOMAIN = "3f1c1a3e-2b9d-4c55-9a57-0d3c6a1f0b21"
@@ -32,11 +32,29 @@ def _part(first: int, count: int) -> encode.EncodedPart:
     return encode.encode_batch(RawBatch(table, numbers), HEADER, 1)[0]
 
 
-def _seq_scans(db: Database) -> int:
-    with psycopg.connect(db.dsn, autocommit=True) as conn:
-        conn.execute("SET stats_fetch_consistency = none")
-        return conn.execute("SELECT seq_scan FROM pg_stat_user_tables WHERE relname = 'nodes'"
-                            " AND schemaname = %s", (db.schema,)).fetchone()[0]
+def _seq_scans(db: Database, *, inserted: int) -> int:
+    """The sequential scans of ``nodes`` counted so far, read once the statistics count
+    ``inserted`` rows inserted into it: the flush carrying the last write's figures has
+    arrived, so a zero read here is a real zero, not a flush still on its way."""
+    def counters() -> tuple[int, int]:
+        with psycopg.connect(db.dsn, autocommit=True) as conn:
+            conn.execute("SET stats_fetch_consistency = none")
+            row = conn.execute("SELECT seq_scan, n_tup_ins FROM pg_stat_user_tables"
+                               " WHERE relname = 'nodes' AND schemaname = %s",
+                               (db.schema,)).fetchone()
+        assert row is not None
+        return int(row[0]), int(row[1])
+
+    scans: list[int] = []
+
+    def flushed() -> bool:
+        seq, ins = counters()
+        assert ins <= inserted, (ins, inserted)
+        scans[:] = [seq]
+        return ins == inserted
+
+    wait_until(flushed, 30, f"the statistics to count {inserted} rows inserted into nodes")
+    return scans[0]
 
 
 def test_a_grown_table_is_not_scanned_per_row_by_plans_cached_when_it_was_small(
@@ -69,13 +87,9 @@ def test_a_grown_table_is_not_scanned_per_row_by_plans_cached_when_it_was_small(
             conn.execute("INSERT INTO nodes (id, reference_id, group_id, type, domain_id)"
                          " SELECT gen_random_uuid(), 'x' || g, 'other', 'USER', %s"
                          " FROM generate_series(1, 20000) g", (DOMAIN,))
-        before = _seq_scans(db)
+        before = _seq_scans(db, inserted=80 + 20_000)
         assert write(_part(1000, 2000)) == batchwrite.PartResult(2000, 0, 0, 0)
-        deadline = time.monotonic() + 1.5
-        scans = _seq_scans(db) - before
-        while scans == 0 and time.monotonic() < deadline:  # flushed, or truly none
-            time.sleep(0.1)
-            scans = _seq_scans(db) - before
+        scans = _seq_scans(db, inserted=80 + 20_000 + 2000) - before
     finally:
         writer.close()
     assert scans < 10, f"{scans} sequential scans of nodes for 2,000 rows written"
@@ -99,7 +113,7 @@ def test_a_table_analyzed_while_empty_is_probed_by_index_not_scanned_per_key(
     writer = psycopg.connect(db.dsn)
     connection._configure(writer)
     try:
-        before = _seq_scans(db)
+        before = _seq_scans(db, inserted=0)
         result = batchwrite.write_part(
             writer, ImportJob(job_id, "g", DOMAIN, node_type="USER"), _part(1, 2000),
             columns=encode.staged_columns(HEADER), bytes_read=0, timeout_ms=600_000,
@@ -107,11 +121,7 @@ def test_a_table_analyzed_while_empty_is_probed_by_index_not_scanned_per_key(
         writer.execute("SELECT pg_stat_force_next_flush()")
         writer.commit()
         assert result == batchwrite.PartResult(2000, 0, 0, 0)
-        deadline = time.monotonic() + 1.5
-        scans = _seq_scans(db) - before
-        while scans == 0 and time.monotonic() < deadline:  # flushed, or truly none
-            time.sleep(0.1)
-            scans = _seq_scans(db) - before
+        scans = _seq_scans(db, inserted=2000) - before
     finally:
         writer.close()
     assert scans < 10, f"{scans} sequential scans of nodes for 2,000 keys"

@@ -5,7 +5,6 @@ COMMIT went through but whose answer was lost is found finished, not written aga
 from __future__ import annotations
 
 import threading
-import time
 import uuid
 
 from tests.fixtures.daemon import Daemons
@@ -39,7 +38,12 @@ def test_small_jobs_in_bundles_survive_repeated_cuts_with_exact_counts(
             kafka.flush()
             cutter.start()
     kafka.flush()
-    time.sleep(1.5)
+    # The cuts go on until they have made bundles fail (each then runs its jobs one by one)
+    # or every job is over: not for a guessed time, which a slow start could outlast.
+    declined = "bundle declined; its jobs run one by one"
+    wait_until(lambda: daemon.events(declined) or db.scalar(
+        "SELECT count(*) FROM job_status WHERE status IN ('COMPLETED', 'FAILED')") == JOBS,
+        120, "bundles cut and declined")
     stop.set()
     cutter.join()
     wait_until(lambda: db.scalar("SELECT count(*) FROM job_status WHERE status IN"
@@ -52,6 +56,6 @@ def test_small_jobs_in_bundles_survive_repeated_cuts_with_exact_counts(
     assert db.scalar("SELECT count(DISTINCT group_id) FROM nodes") == JOBS
     assert db.scalar("SELECT count(*) FROM job_failures") == 0
     # The cuts did reach the bundles: some were declined and ran one by one.
-    assert daemon.events("bundle declined; its jobs run one by one")
+    assert daemon.events(declined)
     wait_until(lambda: sum(kafka.committed(partitions=4).values()) == JOBS, 20,
                "every offset committed")
