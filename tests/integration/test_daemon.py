@@ -199,14 +199,20 @@ def test_a_redelivered_message_does_not_import_again(
     assert db.scalar("SELECT count(*) FROM nodes") == 1002
 
 
-def _send_big_job_and_wait_for_its_first_batches(kafka: KafkaTest, db: Database,
-                                                 tmp_path: Path) -> str:
-    """A 60,000-row job, sent and running (some batches committed); returns its id."""
+def _send_big_job_held_after_its_first_batch(kafka: KafkaTest, db: Database, tmp_path: Path,
+                                            locker: psycopg.Connection[Any]) -> str:
+    """A 60,000-row job, sent under ``nodes_locked``: one batch let through, the next one
+    held on the lock, so it is mid-job with rows committed on any machine; its id."""
     users = write_users(tmp_path / "big.csv.gz", 60_000)
     job = str(uuid.uuid4())
     kafka.send(job_message(file=str(users), job_id=job))
-    wait_until(lambda: (job_row(db, job) or {}).get("rows_committed", 0) > 0, 30,
-               "the first batches committed")
+    wait_until(lambda: batches_waiting(db), 30, "the job's first batch waiting")
+    locker.rollback()  # the waiting batch gets the table...
+    # ...and this lock, queued behind it, is granted before the job's next batch asks
+    locker.execute("LOCK TABLE nodes IN SHARE MODE")
+    wait_until(lambda: batches_waiting(db), 30, "the job's next batch waiting")
+    row = job_row(db, job)
+    assert row is not None and int(str(row["rows_committed"])) > 0, row
     return job
 
 
@@ -214,14 +220,22 @@ def test_sigterm_drains_in_flight_batches_exits_0_and_the_job_resumes_on_the_nex
         daemons: Daemons, kafka: KafkaTest, db: Database, tmp_path: Path) -> None:
     kafka.create_topic()
     daemon = daemons.start()
-    job = _send_big_job_and_wait_for_its_first_batches(kafka, db, tmp_path)
-    daemon.signal(signal.SIGTERM)
-    assert daemon.wait(20) == 0, daemon.log_text()
+    users = write_users(tmp_path / "big.csv.gz", 60_000)
+    job = str(uuid.uuid4())
+    with nodes_locked(db) as locker:  # the job mid-batch when the signal comes
+        kafka.send(job_message(file=str(users), job_id=job))
+        wait_until(lambda: batches_waiting(db), 30, "the job's first batch waiting")
+        daemon.signal(signal.SIGTERM)
+        wait_until(lambda: daemon.events("stopping: draining in-flight jobs"), 10,
+                   "the drain begun")
+        locker.rollback()  # the open batch may finish now: the drain waits for it
+        assert daemon.wait(60) == 0, daemon.log_text()[-3000:]
     row = job_row(db, job)
-    assert row is not None and row["status"] in ("PROCESSING", "COMPLETED")
-    assert daemon.events("drained") and daemon.events("daemon stopped")
-    if row["status"] == "PROCESSING":
-        assert kafka.committed() != {0: 1}  # not done: its offset waits
+    assert row is not None and row["status"] == "PROCESSING", row
+    assert 0 < int(str(row["rows_committed"])) < 60_000  # stopped at a checkpoint
+    assert [e["jobsLeft"] for e in daemon.events("drained")] == [0]
+    assert daemon.events("daemon stopped")
+    assert kafka.committed() != {0: 1}  # not done: its offset waits
     daemons.start()
     row = wait_status(db, job)
     assert (row["total"], row["success"], row["inserted"]) == (60_000, 60_000, 60_000)
@@ -231,18 +245,22 @@ def test_sigterm_drains_in_flight_batches_exits_0_and_the_job_resumes_on_the_nex
 def test_a_second_signal_exits_at_once_and_takes_the_workers_along(
         daemons: Daemons, kafka: KafkaTest, db: Database, tmp_path: Path) -> None:
     kafka.create_topic()
-    daemon = daemons.start(node={"import": {"drain-timeout": {"ms": 60_000}}})
-    workers = psutil.Process(daemon.pid).children()
-    job = _send_big_job_and_wait_for_its_first_batches(kafka, db, tmp_path)
-    daemon.signal(signal.SIGTERM)
-    wait_until(lambda: daemon.events("signal received: stopping"), 10, "the first signal",
-               every=0.01)
-    daemon.signal(signal.SIGTERM)
-    assert daemon.wait(5) == 128 + signal.SIGTERM
-    wait_until(lambda: not any(w.is_running() and w.status() != psutil.STATUS_ZOMBIE
-                               for w in workers), 10, "the workers gone")
+    # a drain that would wait 10 minutes for the held batch: only the second signal ends it
+    daemon = daemons.start(node={"import": {"drain-timeout": {"ms": 600_000}}})
+    users = write_users(tmp_path / "big.csv.gz", 60_000)
+    job = str(uuid.uuid4())
+    with nodes_locked(db):
+        kafka.send(job_message(file=str(users), job_id=job))
+        wait_until(lambda: batches_waiting(db), 30, "the job's first batch waiting")
+        workers = daemon_workers(daemon.pid)
+        daemon.signal(signal.SIGTERM)
+        wait_until(lambda: daemon.events("signal received: stopping"), 10, "the first signal",
+                   every=0.01)
+        daemon.signal(signal.SIGTERM)
+        assert daemon.wait(60) == 128 + signal.SIGTERM  # far inside the drain timeout
+        wait_until(lambda: gone(workers), 10, "the workers gone")
     row = job_row(db, job)
-    assert row is not None and row["status"] in ("PROCESSING", "COMPLETED")
+    assert row is not None and (row["status"], row["rows_committed"]) == ("PROCESSING", 0)
 
 
 def test_a_daemon_killed_mid_job_takes_its_workers_along_and_is_taken_over_after_its_lease(
@@ -305,8 +323,9 @@ def test_a_worker_killed_mid_job_is_replaced_and_the_job_resumes_with_exact_coun
         daemons: Daemons, kafka: KafkaTest, db: Database, tmp_path: Path) -> None:
     kafka.create_topic()
     daemon = daemons.start()
-    job = _send_big_job_and_wait_for_its_first_batches(kafka, db, tmp_path)
-    assert _kill_workers(daemon.pid) > 0
+    with nodes_locked(db) as locker:
+        job = _send_big_job_held_after_its_first_batch(kafka, db, tmp_path, locker)
+        assert _kill_workers(daemon.pid) > 0
     row = wait_status(db, job)
     assert (row["total"], row["success"], row["inserted"]) == (60_000, 60_000, 60_000)
     assert db.scalar("SELECT count(*) FROM nodes") == 60_000
@@ -328,9 +347,10 @@ def test_a_job_whose_worker_keeps_dying_is_failed_and_dead_lettered(
         daemons: Daemons, kafka: KafkaTest, db: Database, tmp_path: Path) -> None:
     kafka.create_topic()
     daemon = daemons.start(node={"import": {"executor": {"max-job-crashes": 1}}})
-    job = _send_big_job_and_wait_for_its_first_batches(kafka, db, tmp_path)
-    assert _kill_workers(daemon.pid) > 0
-    row = wait_status(db, job, "FAILED")
+    with nodes_locked(db) as locker:
+        job = _send_big_job_held_after_its_first_batch(kafka, db, tmp_path, locker)
+        assert _kill_workers(daemon.pid) > 0
+        row = wait_status(db, job, "FAILED")
     assert "worker process died 1 times" in str(row["error"])
     info = dl.header_map(kafka.read(kafka.dlq, 1)[0].headers)
     assert info[dl.H_STAGE] == "import" and info[dl.H_JOB_ID] == job
