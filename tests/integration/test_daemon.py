@@ -86,8 +86,12 @@ def batches_waiting(db: Database) -> list[int]:
 
 def daemon_workers(pid: int) -> list[psutil.Process]:
     """The daemon's worker processes (not the resource tracker)."""
-    return [c for c in psutil.Process(pid).children()
-            if "spawn_main" in " ".join(c.cmdline())]
+    workers = []
+    for child in psutil.Process(pid).children():
+        with contextlib.suppress(psutil.NoSuchProcess):
+            if "spawn_main" in " ".join(child.cmdline()):
+                workers.append(child)
+    return workers
 
 
 def gone(processes: list[psutil.Process]) -> bool:
@@ -283,11 +287,20 @@ def test_a_daemon_killed_mid_job_takes_its_workers_along_and_is_taken_over_after
     assert row is not None and (row["status"], row["rows_committed"]) == ("PROCESSING", 0), row
     dead_owner = row["claimed_by"]
     second = daemons.start(node=lease)
+    # The dead daemon's lease is kept live (a beat of its heartbeat each check) until the
+    # new owner has met it: the group's takeover may outlast 6 s on a loaded machine.
+    # Then it is left to run out, and the new owner takes the job over.
+    def met_the_live_lease() -> bool:
+        db.query("UPDATE job_status SET heartbeat_at = now() WHERE id = %s"
+                 " AND claimed_by = %s RETURNING 1", (job, dead_owner))
+        return bool(second.events("job leased by another daemon; waiting"))
+
+    wait_until(met_the_live_lease, 60, "the new owner waiting for the dead one's lease",
+               every=0.5)
     row = wait_status(db, job)
     assert (row["total"], row["success"], row["inserted"]) == (60_000, 60_000, 60_000)
     assert row["claimed_by"] != dead_owner and row["attempts"] == 2
     assert db.scalar("SELECT count(*) FROM nodes") == 60_000
-    assert second.events("job leased by another daemon; waiting")
 
 
 def test_a_drain_timeout_that_runs_out_kills_the_workers_rolls_back_and_exits_0(
@@ -334,10 +347,11 @@ def test_a_worker_killed_mid_job_is_replaced_and_the_job_resumes_with_exact_coun
 
 
 def _kill_workers(pid: int) -> int:
-
+    """SIGKILL the daemon's worker processes, chosen before the first dies (the daemon
+    then ends the survivors itself, and a child read afterwards may be gone); how many."""
     killed = 0
-    for child in psutil.Process(pid).children():
-        if "multiprocessing" in " ".join(child.cmdline()):
+    for child in daemon_workers(pid):
+        with contextlib.suppress(psutil.NoSuchProcess):
             child.kill()
             killed += 1
     return killed
@@ -365,6 +379,7 @@ def test_a_worker_death_counts_a_crash_only_for_its_own_job_and_ends_the_other_w
     """Two jobs on two workers; one worker is killed. With max-job-crashes 1, its job is
     FAILED; the other job, interrupted only because the pool broke, resumes and COMPLETES,
     and the other old worker is ended at once instead of finishing that job alongside."""
+    size = 30_000
     kafka.create_topic()
     # small-job-workers 0: both workers may take a large job (the default keeps one for
     # small jobs)
@@ -372,18 +387,16 @@ def test_a_worker_death_counts_a_crash_only_for_its_own_job_and_ends_the_other_w
                                                          "small-job-workers": 0},
                                             "batch": {"size": 5000}}})
     jobs = {}
-    for group in ("first", "second"):
-        users = write_users(tmp_path / f"{group}.csv.gz", 150_000)
-        jobs[group] = str(uuid.uuid4())
-        kafka.send(job_message(group, file=str(users), job_id=jobs[group]))
-    wait_until(lambda: all((job_row(db, j) or {}).get("rows_committed", 0) > 0
-                           for j in jobs.values()), 60, "both jobs running")
-    busy = [c for c in psutil.Process(daemon.pid).children()  # not the resource tracker
-            if "spawn_main" in " ".join(c.cmdline())]
-    assert len(busy) == 2, [(w.pid, w.cmdline()) for w in busy]
-    busy[0].kill()
-    wait_until(lambda: not any(w.is_running() and w.status() != psutil.STATUS_ZOMBIE
-                               for w in busy[1:]), 5, "the other old worker ended")
+    with nodes_locked(db):  # both jobs mid-batch when the worker dies, on any machine
+        for group in ("first", "second"):
+            users = write_users(tmp_path / f"{group}.csv.gz", size)
+            jobs[group] = str(uuid.uuid4())
+            kafka.send(job_message(group, file=str(users), job_id=jobs[group]))
+        wait_until(lambda: len(batches_waiting(db)) == 2, 60, "both jobs running")
+        busy = daemon_workers(daemon.pid)
+        assert len(busy) == 2, [(w.pid, w.cmdline()) for w in busy]
+        busy[0].kill()
+        wait_until(lambda: gone(busy[1:]), 5, "the other old worker ended")
     rows = {}
     for group, job in jobs.items():
         wait_until(lambda j=job: (job_row(db, j) or {}).get("status") in ("COMPLETED", "FAILED"),
@@ -392,7 +405,7 @@ def test_a_worker_death_counts_a_crash_only_for_its_own_job_and_ends_the_other_w
     statuses = sorted(str(r["status"]) for r in rows.values())
     assert statuses == ["COMPLETED", "FAILED"], rows
     done = next(r for r in rows.values() if r["status"] == "COMPLETED")
-    assert (done["total"], done["success"], done["inserted"]) == (150_000, 150_000, 150_000)
+    assert (done["total"], done["success"], done["inserted"]) == (size, size, size)
     failed = next(r for r in rows.values() if r["status"] == "FAILED")
     assert "worker process died 1 times" in str(failed["error"])
     assert daemon.events("job interrupted by another worker's death; it resumes on a new worker")
