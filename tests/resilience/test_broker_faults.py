@@ -20,7 +20,6 @@ import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
-import psycopg
 import pytest
 
 from nodes_import.cli.local import BROKER_READY
@@ -30,7 +29,12 @@ from tests.fixtures.faultproxy import FaultProxy
 from tests.fixtures.http import free_port
 from tests.fixtures.kafka import KafkaTest, wait_until
 from tests.fixtures.postgres import Database
-from tests.integration.test_daemon import job_message, wait_status
+from tests.integration.test_daemon import (
+    batches_waiting,
+    job_message,
+    nodes_locked,
+    wait_status,
+)
 
 OUTAGE_S = 6.0  # past the test session timeout (2 s): the group evicts the daemon
 
@@ -78,12 +82,9 @@ def test_the_daemon_rides_out_a_broker_outage_and_a_redelivered_job_is_not_reimp
         running = str(uuid.uuid4())
         # The job must end while the broker is away, so that its offset cannot be committed
         # before the outage: its first batch waits on a lock the test holds until the cut.
-        with psycopg.connect(db.dsn) as locker:
-            locker.execute("LOCK TABLE nodes IN SHARE MODE")
+        with nodes_locked(db) as locker:
             kafka.send(job_message("during", file=str(users), job_id=running))
-            wait_until(lambda: db.scalar("SELECT count(*) FROM pg_locks WHERE NOT granted"
-                                         " AND relation = 'nodes'::regclass"), 30,
-                       "the job's first batch waiting on the lock")
+            wait_until(lambda: batches_waiting(db), 30, "the job's first batch waiting")
 
             # 1. the broker goes away while the job runs (until the job has ended and the
             # group's session timeout has long passed); the job finishes meanwhile
