@@ -320,6 +320,5 @@ def settings_env(**settings: Any) -> dict[str, str]:
         "batch_size": "NODES_IMPORT_NODE_IMPORT_BATCH_SIZE",
         "parallel": "NODES_IMPORT_NODE_IMPORT_MAX_PARALLEL_FUTURES",
         "block_size": "NODES_IMPORT_NODE_IMPORT_BLOCK_SIZE_BYTES",
-        "pool_size": "NODES_IMPORT_DATABASE_POOL_MAX_SIZE",
     }
     return {names[k]: str(v) for k, v in settings.items() if v is not None}

@@ -85,6 +85,12 @@ RETIRED_KEYS: dict[str, Retired] = {
         "node.import.executor.max-pool-size",
         "the daemon consumes with one Kafka consumer per process (more daemons consume "
         "more partitions) and runs its jobs on a pool of worker processes"),
+    "database.pool.max-size": Retired(
+        "node.import.max-parallel-futures",
+        "every pool is sized by what uses it (a job: its max-parallel-futures writers + 1, in "
+        "each worker and in a one-off import; the daemon's main loop and the admin API: 2; "
+        "the jobs commands: 1), so the budget is daemons x workers x (writers + 1) + 4 per "
+        "daemon (docs/operations.md)"),
 }
 
 
@@ -244,8 +250,6 @@ class DatabaseConfig:
                                 field_default="", doc="""
         Where the embedded PostgreSQL cluster lives; null: `$XDG_DATA_HOME/nodes-import/pgdata`
         (`~/.local/share/nodes-import/pgdata` without `XDG_DATA_HOME`).""")
-    pool_max_size: int = setting("database.pool.max-size", 4, doc="""
-        Connections per process (the daemon, each worker).""")
     connect_timeout_ms: int = setting("database.connect-timeout.ms", 10_000, doc="""
         Start-up fails past this when the database does not answer; new connections time out
         after it.""")

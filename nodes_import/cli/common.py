@@ -103,10 +103,11 @@ def configured(cfg: Config) -> Config:
 
 
 @contextmanager
-def database(cfg: Config, *, max_size: int | None = None) -> Iterator[ConnectionPool]:
-    """A pool on the configured (or embedded) database, with the schema up to date."""
+def database(cfg: Config, *, max_size: int) -> Iterator[ConnectionPool]:
+    """A pool of ``max_size`` connections on the configured (or embedded) database, with the
+    schema up to date."""
     dsn = resolve_dsn(cfg)
-    pool = connection.open_pool(dsn, max_size=max_size or cfg.database.pool_max_size,
+    pool = connection.open_pool(dsn, max_size=max_size,
                                 timeout_s=cfg.database.connect_timeout_ms / 1000.0)
     try:
         with pool.connection() as conn:

@@ -19,6 +19,7 @@ from __future__ import annotations
 import itertools
 import logging
 import multiprocessing
+import os
 import time
 import weakref
 from concurrent.futures import Future, ProcessPoolExecutor
@@ -46,6 +47,9 @@ class WorkerPool:
                  start_method: str) -> None:
         self.settings, self.max_workers, self.core = settings, max_workers, core
         self._mp = multiprocessing.get_context(start_method)
+        # Who a worker's OS parent is, for its die-with-parent check: this process when
+        # spawned; with forkserver the server (which exits with us), not checked.
+        self._parent_pid = os.getpid() if start_method == "spawn" else None
         self._stop_jobs = self._mp.Event()
         self._executor: ProcessPoolExecutor | None = None
         self._logs: logs.WorkerLogs | None = None
@@ -71,7 +75,8 @@ class WorkerPool:
         self._executor = ProcessPoolExecutor(
             max_workers=self.max_workers, mp_context=self._mp,
             initializer=worker.init_worker,
-            initargs=(self.settings, self._stop_jobs, self._logs.queue, self._table))
+            initargs=(self.settings, self._stop_jobs, self._logs.queue, self._table,
+                      self._parent_pid))
         # Started now, so the first job does not wait for a spawn.
         warm = [self._executor.submit(worker.warm_up)
                 for _ in range(min(self.core, self.max_workers))]

@@ -62,14 +62,15 @@ _call_slot: int | None = None
 
 
 def init_worker(settings: WorkerSettings, stop_event: Any, log_queue: Any = None,
-                calls: Any = None) -> None:
-    """Executor initializer: ignore stop signals, log as JSON through the parent (its
-    ``log_queue``; stderr without one), take a pair in the ``calls`` table, open this
-    process's pool."""
+                calls: Any = None, parent_pid: int | None = None) -> None:
+    """Executor initializer: ignore stop signals, die with the parent (``parent_pid``: the
+    daemon that spawned this process, checked in case it died already), log as JSON
+    through the parent (its ``log_queue``; stderr without one), take a pair in the
+    ``calls`` table, open this process's pool."""
     global _settings, _stop, _calls, _call_slot
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
-    process.die_with_parent(signal.SIGKILL)  # no orphan keeps writing a job
+    process.die_with_parent(signal.SIGKILL, parent_pid)  # no orphan keeps writing a job
     if log_queue is not None:
         logs.setup_worker(log_queue, settings.log_level)
     else:

@@ -17,14 +17,17 @@ from __future__ import annotations
 import time
 import uuid
 from collections import Counter, defaultdict
+from pathlib import Path
 from typing import Any
 
 import orjson
+import psutil
 from confluent_kafka import Consumer, KafkaError, TopicPartition
 
 from nodes_import.jobs import derived_job_id
 from nodes_import.kafka import deadletter as dl
 from tests.soak.cluster import CONSUMER, DLQ, GROUP, QUIET, TOPIC, Cluster, pids_alive
+from tests.soak.faults import ORPHAN_GRACE_S
 from tests.soak.monitor import Memory
 from tests.soak.producer import SEQ_HEADER, StreamProducer
 
@@ -71,6 +74,18 @@ def committed(bootstrap: str, partitions: int) -> dict[int, int]:
         return {tp.partition: tp.offset for tp in consumer.committed(tps, timeout=20)}
     finally:
         consumer.close()
+
+
+def _with_tmpdir(tmp: Path) -> list[psutil.Process]:
+    """Live processes whose environment has ``TMPDIR=tmp``."""
+    found = []
+    for proc in psutil.process_iter():
+        try:
+            if proc.environ().get("TMPDIR") == str(tmp) and proc.status() != psutil.STATUS_ZOMBIE:
+                found.append(proc)
+        except psutil.Error:
+            continue
+    return found
 
 
 class Checker:
@@ -305,9 +320,20 @@ class Checker:
 
     # -- 6. processes
     def processes(self, memory: Memory) -> None:
-        left = pids_alive(self.cluster.seen_pids)
+        # A stopped daemon's helpers (multiprocessing's resource tracker) end once every
+        # process holding its pipe has: give them the grace a killed daemon's workers get.
+        deadline = time.monotonic() + ORPHAN_GRACE_S
+        while (left := pids_alive(self.cluster.seen_pids)) and time.monotonic() < deadline:
+            time.sleep(0.1)
         if left:
             self.anomaly("a process outlived the run (orphan)", len(left), examples=left[:SAMPLES])
+        # And those the meter never saw (spawned just before their daemon was killed): every
+        # process of the daemons carries their TMPDIR; none may be left.
+        unseen = [(p.pid, " ".join(p.cmdline())[:120]) for p in _with_tmpdir(self.cluster.tmp)
+                  if p.pid not in self.cluster.seen_pids]
+        if unseen:
+            self.anomaly("a process of the daemons outlived the run, never metered (orphan)",
+                         len(unseen), examples=unseen[:SAMPLES])
         leftovers = sorted(str(p.relative_to(self.cluster.tmp))
                            for p in self.cluster.tmp.rglob("*"))
         if leftovers:

@@ -130,6 +130,16 @@ def test_kafka_consumer_concurrency_in_the_environment_is_refused_naming_its_rep
         config.load(overrides={"kafka.consumer.concurrency": 4}, environ={})
 
 
+def test_database_pool_max_size_is_refused_naming_how_pools_are_sized(tmp_path: Path) -> None:
+    # It was read by no command (every pool is sized by what uses it): refused, not ignored.
+    path = tmp_path / "c.yaml"
+    path.write_text("database: {pool: {max-size: 8}}\n")
+    with pytest.raises(ConfigError, match=r"database\.pool\.max-size.*max-parallel-futures"):
+        config.load(path, environ={})
+    with pytest.raises(ConfigError, match=r"NODES_IMPORT_DATABASE_POOL_MAX_SIZE"):
+        config.load(environ={"NODES_IMPORT_DATABASE_POOL_MAX_SIZE": "8"})
+
+
 def test_a_refused_key_names_a_key_that_exists() -> None:
     for key, retired in config.RETIRED_KEYS.items():
         assert key not in config.KEYS
