@@ -37,8 +37,6 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from nodes_import.errors import ConfigError
 from nodes_import.settings import (
     MAPPING,
@@ -462,6 +460,8 @@ def closest(name: str, known: list[str] | dict[str, Any]) -> str:
 
 def read_file(path: str | os.PathLike[str]) -> dict[str, Any]:
     """Load a YAML config file into dotted keys, rejecting unknown and refused ones."""
+    import yaml  # only when there is a file: most commands start without one
+
     try:
         with open(path, encoding="utf-8") as handle:
             tree = yaml.safe_load(handle) or {}

@@ -21,8 +21,6 @@ from collections.abc import Callable, Iterator, Mapping
 from dataclasses import MISSING, dataclass, field
 from typing import Any, TypeAlias, get_type_hints
 
-import yaml
-
 from nodes_import.errors import ConfigError
 
 # A key's kind: int, float, bool or str (the Python type), or one of these names.
@@ -230,6 +228,8 @@ def _coerce(kind: Kind, value: Any, from_text: bool) -> Any:
         return float(value)
     if kind == STR_LIST:
         if text is not None and text.lstrip().startswith("["):  # YAML: items may hold ':'
+            import yaml  # only for such a value: most commands start without one
+
             try:
                 value = yaml.safe_load(text)
             except yaml.YAMLError as exc:
@@ -241,6 +241,8 @@ def _coerce(kind: Kind, value: Any, from_text: bool) -> Any:
         return list(value)
     if kind == MAPPING:
         if text is not None:
+            import yaml
+
             try:
                 value = yaml.safe_load(text) or {}
             except yaml.YAMLError as exc:

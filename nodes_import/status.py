@@ -15,3 +15,6 @@ FAILED = "FAILED"
 
 ALL = (PENDING, PROCESSING, COMPLETED, FAILED)
 TERMINAL = frozenset({COMPLETED, FAILED})
+# Statuses a purge may delete: the terminal ones (a PENDING or PROCESSING job may still be
+# running), in the order of ALL, which the CLI's --status choices show.
+PURGEABLE = tuple(s for s in ALL if s in TERMINAL)

@@ -6,17 +6,18 @@ import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import replace
-from typing import Any, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
 
 import click
 import orjson
-from psycopg_pool import ConnectionPool
 
 from nodes_import import config as config_mod
 from nodes_import import logs
 from nodes_import.config import Config
 from nodes_import.errors import ConfigError, NodesImportError
-from nodes_import.store import connection
+
+if TYPE_CHECKING:
+    from psycopg_pool import ConnectionPool
 
 EXIT_OK = 0
 EXIT_FAILED = 1
@@ -106,6 +107,8 @@ def configured(cfg: Config) -> Config:
 def database(cfg: Config, *, max_size: int) -> Iterator[ConnectionPool]:
     """A pool of ``max_size`` connections on the configured (or embedded) database, with the
     schema up to date."""
+    from nodes_import.store import connection  # psycopg: only commands that connect load it
+
     dsn = resolve_dsn(cfg)
     pool = connection.open_pool(dsn, max_size=max_size,
                                 timeout_s=cfg.database.connect_timeout_ms / 1000.0)

@@ -1,6 +1,7 @@
 """``dlq list`` and ``dlq show``: what is on the dead-letter topic, its error headers
-decoded, read without moving any consumer offset. Added to the ``dlq`` group of
-``kafka.py``; the Kafka client is imported inside each command, as there."""
+decoded, read without moving any consumer offset. Added here to the ``dlq`` group of
+``kafka.py`` (``cli.main`` loads the family from this module); the Kafka client is
+imported inside each command, as there."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ import click
 
 from nodes_import.cli.common import BOOTSTRAP_FLAGS, JSON_HELP, dumps, fail, fail_on, load
 from nodes_import.cli.kafka import BOOTSTRAP_HELP
+from nodes_import.cli.kafka import dlq as dlq_group
 from nodes_import.errors import NodesImportError
 
 if TYPE_CHECKING:
@@ -126,3 +128,9 @@ def dlq_show(ctx: click.Context, where: str | None, job_id: Any, as_json: bool,
         click.echo(dumps([asdict(x) for x in found] if job_id else asdict(found[0])))
         return
     click.echo("\n\n".join(_show(letter) for letter in found))
+
+
+# The whole family: ``dlq replay`` (kafka.py), list and show.
+dlq = dlq_group
+dlq.add_command(dlq_list)
+dlq.add_command(dlq_show)

@@ -8,10 +8,9 @@ from __future__ import annotations
 import sys
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
-from psycopg_pool import ConnectionPool
 
 from nodes_import import status
 from nodes_import.cli import progress
@@ -19,8 +18,10 @@ from nodes_import.cli.common import EXIT_FAILED, EXIT_OK, database, fail, fail_o
 from nodes_import.cli.progress import final_text
 from nodes_import.errors import NodesImportError, TransientStorageError
 from nodes_import.jobs import JobRow
-from nodes_import.store import connection, jobrows
 from nodes_import.worker.jobstate import Progress
+
+if TYPE_CHECKING:
+    from psycopg_pool import ConnectionPool
 
 # How often the job's row is read while waiting.
 POLL_S = 1.0
@@ -49,6 +50,8 @@ def until_finished(pool: ConnectionPool, job_id: str, *, timeout_s: float | None
     ``timeout_s`` passed (None). A job not created yet (the daemon has not taken its
     message) is waited for; each PROCESSING row is shown. A database that goes away for a
     while is waited for too (the job goes on without us)."""
+    from nodes_import.store import connection, jobrows
+
     deadline = None if timeout_s is None else time.monotonic() + timeout_s
     while True:
         try:

@@ -1,4 +1,5 @@
-"""The ``jobs`` commands: ``list``, ``show``, ``cancel``, ``rejects``, ``purge``."""
+"""The ``jobs`` commands: ``list``, ``show``, ``cancel``, ``rejects``, ``purge``. The
+store (and with it psycopg) is imported inside each command: ``jobs --help`` loads none."""
 
 from __future__ import annotations
 
@@ -28,7 +29,6 @@ from nodes_import.cli.common import (
 )
 from nodes_import.cli.progress import summary
 from nodes_import.errors import NodesImportError
-from nodes_import.store import cancel, jobrows, rejects
 
 # The columns of `jobs rejects` (CSV header, JSON keys): a job_failures row.
 REJECT_COLUMNS = ("row_number", "reference_id", "reason", "line")
@@ -74,6 +74,8 @@ def jobs() -> None:
 def jobs_list(ctx: click.Context, job_status: str | None, group_id: str | None,
               since: float | None, limit: int, dsn: str | None, as_json: bool) -> None:
     """The most recent jobs first."""
+    from nodes_import.store import jobrows
+
     cfg = load(ctx, **{"database.dsn": dsn})
     try:
         with database(cfg, max_size=1) as pool, pool.connection() as conn:
@@ -98,6 +100,8 @@ def jobs_list(ctx: click.Context, job_status: str | None, group_id: str | None,
 def jobs_show(ctx: click.Context, job_id: Any, dsn: str | None, as_json: bool) -> None:
     """One job with its first rejected rows, and its progress while it runs (rows, percent
     read, rows/s, ETA)."""
+    from nodes_import.store import jobrows
+
     cfg = load(ctx, **{"database.dsn": dsn})
     try:
         with database(cfg, max_size=1) as pool, pool.connection() as conn:
@@ -118,13 +122,6 @@ def jobs_show(ctx: click.Context, job_id: Any, dsn: str | None, as_json: bool) -
         click.echo(f"  row {f.row_number}: {f.reason}: {f.line!r}")
 
 
-_CANCEL_TEXT = {
-    cancel.CANCELLED: "cancelled: it {was}; FAILED \"Cancelled\"",
-    cancel.REQUESTED: "cancel requested: it stops at its next batch boundary, keeping what "
-                      "it committed, and ends FAILED \"Cancelled\"",
-}
-
-
 @jobs.command("cancel")
 @click.argument("job_id", type=click.UUID)
 @click.option("--wait", is_flag=True, help="Follow the job until it has stopped.")
@@ -136,6 +133,11 @@ def jobs_cancel(ctx: click.Context, job_id: Any, wait: bool, timeout: float | No
     """Cancel a job: a PENDING job never starts; a running one stops at its next batch
     boundary (whichever daemon or worker runs it), keeps what it committed and ends FAILED
     "Cancelled". Exit 1 when the job is unknown or already finished."""
+    from nodes_import.store import cancel
+
+    said = {cancel.CANCELLED: "cancelled: it {was}; FAILED \"Cancelled\"",
+            cancel.REQUESTED: "cancel requested: it stops at its next batch boundary, keeping "
+                              "what it committed, and ends FAILED \"Cancelled\""}
     cfg = load(ctx, **{"database.dsn": dsn})
     try:
         with database(cfg, max_size=1) as pool:
@@ -148,7 +150,7 @@ def jobs_cancel(ctx: click.Context, job_id: Any, wait: bool, timeout: float | No
                 fail(f"job {job_id} already finished ({done.row.status}); nothing to cancel")
             was = "had not started" if done.was == status.PENDING else \
                 "was PROCESSING but nobody ran it (no heartbeat)"
-            click.echo(f"job {job_id}: " + _CANCEL_TEXT[done.outcome].format(was=was))
+            click.echo(f"job {job_id}: " + said[done.outcome].format(was=was))
             if not wait or done.outcome == cancel.CANCELLED:
                 return
             row = follow.until_finished(pool, str(job_id), timeout_s=timeout, shown=None)
@@ -186,6 +188,8 @@ def jobs_rejects(ctx: click.Context, job_id: Any, as_format: str, output: str | 
                  dsn: str | None) -> None:
     """Every rejected row of a job (row number, reference_id, reason, line), streamed from
     the database: a job with millions of them is never held in memory."""
+    from nodes_import.store import jobrows, rejects
+
     cfg = load(ctx, **{"database.dsn": dsn})
     written = 0
     try:
@@ -217,7 +221,7 @@ def jobs_rejects(ctx: click.Context, job_id: Any, as_format: str, output: str | 
 @click.option("--older-than", "older_than", type=Duration(), required=True,
               help="Finished more than this long ago: 30d, 12h, 90m (a bare number is days).")
 @click.option("--status", "statuses", multiple=True,
-              type=click.Choice(jobrows.PURGEABLE, case_sensitive=False),
+              type=click.Choice(status.PURGEABLE, case_sensitive=False),
               help="Only jobs of this status (repeatable; default COMPLETED and FAILED). "
                    "PENDING and PROCESSING jobs are never purged.")
 @click.option("--batch-size", default=500, show_default=True, type=click.IntRange(1, 100_000),
@@ -228,8 +232,10 @@ def jobs_rejects(ctx: click.Context, job_id: Any, as_format: str, output: str | 
 def jobs_purge(ctx: click.Context, older_than: float, statuses: tuple[str, ...],
                batch_size: int, dry_run: bool, dsn: str | None) -> None:
     """Delete finished jobs and their rejected rows (job_failures), in batches."""
+    from nodes_import.store import jobrows
+
     cfg = load(ctx, **{"database.dsn": dsn})
-    wanted = tuple(s.upper() for s in statuses) or jobrows.PURGEABLE
+    wanted = tuple(s.upper() for s in statuses) or status.PURGEABLE
     try:
         with database(cfg, max_size=1) as pool, pool.connection() as conn:
             purged = jobrows.purge_jobs(conn, older_than_s=older_than, statuses=wanted,

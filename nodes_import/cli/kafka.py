@@ -1,6 +1,7 @@
 """The Kafka-side commands of ``nodes-import``: ``submit`` (one job message) and ``dlq``
-(the dead-letter topic). Registered on ``cli.main`` when ``cli`` is imported; the Kafka
-client is imported inside each command, so the other commands never load it."""
+(the dead-letter topic). Loaded by ``cli.main`` when the command line names them (see
+``cli.COMMANDS``); the Kafka client is imported inside each command, so the other
+commands never load it."""
 
 from __future__ import annotations
 

@@ -43,7 +43,9 @@ def run_cmd(ctx: click.Context, config_path: str | None, dsn: str | None,
             group_id: str | None, admin_port: int | None, use_local: bool) -> None:
     """Run the import daemon in the foreground until SIGTERM/SIGINT (exit 0)."""
     from nodes_import.daemon import service
+    from nodes_import.pipeline import memory
 
+    memory.use_jemalloc()
     if config_path:
         ctx.obj["config_path"] = config_path
     cfg = load(ctx, **{"database.dsn": dsn, "kafka.bootstrap-servers": bootstrap_servers,
@@ -71,7 +73,9 @@ def demo_cmd(ctx: click.Context) -> None:
     the embedded PostgreSQL and a local broker of the 'local' extra.
     """
     from nodes_import.cli.demo import run_demo
+    from nodes_import.pipeline import memory
 
+    memory.use_jemalloc()
     cfg = load(ctx)
     log_level(ctx, DEFAULT_LOG_LEVEL)
     try:

@@ -21,6 +21,7 @@ LF and CR, which JSON already escapes inside its strings.
 from __future__ import annotations
 
 import functools
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import orjson
@@ -93,24 +94,40 @@ class _Scan:
         return not (self.controls or self.backslash)
 
 
-def _scan(column: pa.Array | pa.ChunkedArray) -> _Scan:
-    """Scan a column's raw value bytes: a min over them and two memchr searches, ~0.2 ms
-    for 35k values where a per-value regex takes ~5 ms. A sliced array's buffer may hold
-    bytes outside the slice: that can only claim an escape is needed when none is."""
-    controls = quote = backslash = False
+def _value_buffers(column: pa.Array | pa.ChunkedArray) -> Iterator[pa.Buffer]:
+    """The non-empty value buffers of a string column's chunks. A sliced array's buffer
+    may hold bytes outside the slice: a scan of it can only claim an escape is needed (or
+    a control byte is there) when none is."""
     chunks = column.chunks if isinstance(column, pa.ChunkedArray) else [column]
     for chunk in chunks:
         if len(chunk) == chunk.null_count:
             continue
         data = chunk.buffers()[2]
-        if data is None or data.size == 0:
-            continue
-        smallest = pc.min(pa.Array.from_buffers(pa.uint8(), data.size, [None, data])).as_py()
+        if data is not None and data.size:
+            yield data
+
+
+def _smallest_byte(data: pa.Buffer) -> int:
+    return int(pc.min(pa.Array.from_buffers(pa.uint8(), data.size, [None, data])).as_py())
+
+
+def _scan(column: pa.Array | pa.ChunkedArray) -> _Scan:
+    """Scan a column's raw value bytes: a min over them and two memchr searches, ~0.2 ms
+    for 35k values where a per-value regex takes ~5 ms."""
+    controls = quote = backslash = False
+    for data in _value_buffers(column):
         raw = data.to_pybytes()
-        controls = controls or smallest < 0x20
+        controls = controls or _smallest_byte(data) < 0x20
         quote = quote or raw.find(b'"') >= 0
         backslash = backslash or raw.find(b"\\") >= 0
     return _Scan(controls, quote, backslash)
+
+
+def _has_controls(column: pa.Array | pa.ChunkedArray) -> bool:
+    """``_scan(column).controls`` alone: the min over the bytes, without the copy and the
+    two searches only the encoding needs (the dry run's checks: 0.1-0.2 s of CPU per 5M
+    rows of 6 columns)."""
+    return any(_smallest_byte(data) < 0x20 for data in _value_buffers(column))
 
 
 def _json_string_body(values: pa.Array | pa.ChunkedArray,
@@ -304,7 +321,7 @@ def validate_batch(batch: RawBatch, max_field_bytes: int = 1 << 20) -> Validated
     scans, the same ``reject_mask`` and reasons, nothing built for COPY."""
     table, numbers = batch.table, batch.row_numbers
     controls = {name for name, column in zip(table.column_names, table.columns, strict=True)
-                if _scan(column).controls}
+                if _has_controls(column)}
     mask = reject_mask(table, max_field_bytes, controls)
     keys = table.column(REFERENCE_ID).combine_chunks()
     rejected = from_invalid(batch.invalid)

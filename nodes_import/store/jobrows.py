@@ -344,9 +344,8 @@ def release_leases(conn: psycopg.Connection[Any], *, owner: str) -> int:
 # Read by the daemon's admin side (scrape-time gauges, the long-running job check) and
 # by ``jobs purge``. Ages are the database's clock, like the leases.
 
-# Statuses a purge may delete: the terminal ones (a PENDING or PROCESSING job may still be
-# running), in the order of status.ALL, which the CLI's --status choices show.
-PURGEABLE = tuple(s for s in states.ALL if s in states.TERMINAL)
+# Statuses a purge may delete (declared in status.py, where the CLI reads them too).
+PURGEABLE = states.PURGEABLE
 
 
 @dataclass(frozen=True)

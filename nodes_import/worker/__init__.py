@@ -8,11 +8,17 @@ after their in-flight batches through ``stop_event``. Each worker also writes, i
 table shared with the daemon (``calls``), which worker call it is running: when a worker
 dies, the daemon can tell the call that was on it from the calls its death interrupted
 on the others. This module must never import the Kafka client.
+
+The engine, the store (psycopg) and Arrow are imported inside the entry points that use
+them: importing any module of this package runs this one first, and the command line
+imports ``worker.dryrun`` and ``worker.jobstate`` where no database is used
+(``import --dry-run``, the progress display, ``--help``).
 """
 
 from __future__ import annotations
 
 import gc
+import importlib
 import logging
 import os
 import signal
@@ -21,17 +27,15 @@ import traceback
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any
-
-from psycopg_pool import ConnectionPool
+from typing import TYPE_CHECKING, Any
 
 from nodes_import import logs, metrics, process, status
 from nodes_import.config import ImportConfig
 from nodes_import.errors import ConnectionLostError, NodesImportError, type_name
 from nodes_import.jobs import Ending, ImportJob, JobOutcome
-from nodes_import.pipeline import memory
-from nodes_import.store import connection, jobrows
-from nodes_import.worker import bundle, engine
+
+if TYPE_CHECKING:
+    from psycopg_pool import ConnectionPool
 
 log = logging.getLogger(__name__)
 
@@ -68,6 +72,8 @@ def init_worker(settings: WorkerSettings, stop_event: Any, log_queue: Any = None
     through the parent (its ``log_queue``; stderr without one), take a pair in the
     ``calls`` table, open this process's pool."""
     global _settings, _stop, _calls, _call_slot
+    from nodes_import.pipeline import memory
+
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     process.die_with_parent(signal.SIGKILL, parent_pid)  # no orphan keeps writing a job
@@ -77,6 +83,9 @@ def init_worker(settings: WorkerSettings, stop_event: Any, log_queue: Any = None
         logs.setup(settings.log_level)
     metrics.configure(group=settings.group_label, domain=settings.domain_label)
     metrics.prepare()
+    # The engine loaded before the switch to jemalloc, as the command line does (switched
+    # first, a 1M-row import made twice the page faults: cli.imports._loaded).
+    importlib.import_module("nodes_import.worker.engine")
     memory.use_jemalloc()
     _settings, _stop = settings, stop_event
     if calls is not None:
@@ -116,6 +125,8 @@ def _open_pool() -> ConnectionPool:
     """This process's pool, opened on first use. An initializer that raised would break
     the whole executor, so a database outage must surface per job instead."""
     global _pool
+    from nodes_import.store import connection
+
     if _pool is None:
         if _settings is None:
             raise RuntimeError("init_worker did not run in this process")
@@ -157,6 +168,8 @@ def run_job(job: ImportJob, cfg: ImportConfig, call_id: int = 0) -> JobOutcome:
 
 
 def _run_job(job: ImportJob, cfg: ImportConfig) -> JobOutcome:
+    from nodes_import.worker import engine
+
     cancel, finished = threading.Event(), threading.Event()
     watcher = threading.Thread(target=_watch_stop, args=(cancel, finished),
                                name=f"stop-watch-{job.job_id[:8]}", daemon=True)
@@ -194,6 +207,9 @@ def run_bundle(jobs: list[ImportJob], cfg: ImportConfig, call_id: int = 0) -> li
 
 
 def _run_bundle(jobs: list[ImportJob], cfg: ImportConfig) -> list[JobOutcome]:
+    from nodes_import.store import connection
+    from nodes_import.worker import bundle
+
     results: dict[int, JobOutcome] = {}
     # Per group, the first job that goes one by one: the group's later jobs follow it,
     # so that a group's jobs are still applied in message order.
@@ -230,6 +246,8 @@ def _run_bundle(jobs: list[ImportJob], cfg: ImportConfig) -> list[JobOutcome]:
 
 
 def _fail(job: ImportJob, exc: Exception) -> JobOutcome:
+    from nodes_import.store import jobrows
+
     error = f"internal error: {type(exc).__name__}: {exc}"
     trace = traceback.format_exc()
     try:

@@ -8,12 +8,14 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-
-from psycopg_pool import ConnectionPool
+from typing import TYPE_CHECKING
 
 from nodes_import.config import ImportConfig
 from nodes_import.errors import NodesImportError
 from nodes_import.jobs import ImportJob
+
+if TYPE_CHECKING:
+    from psycopg_pool import ConnectionPool
 
 TIMEOUT_MESSAGE = "Timeout exceeded"
 # How long past its statement_timeout a batch may wait for the server's answer before the

@@ -18,11 +18,11 @@ from tests.fixtures.kafka import wait_until
 SCRIPT = textwrap.dedent("""
     import os, signal, sys, time
     from nodes_import import process
+    parent = os.getpid()
     pid = os.fork()
     if pid:
         print(pid, flush=True)
         os._exit(0)
-    parent = os.getppid()
     while os.getppid() == parent:
         time.sleep(0.01)
     process.die_with_parent(signal.SIGKILL, {parent_pid})
