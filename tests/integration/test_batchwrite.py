@@ -88,6 +88,21 @@ def test_a_failed_part_recorded_again_is_not_counted_twice_and_is_logged(
     assert record.fields == {"jobId": job.job_id, "partition": 0}  # type: ignore[attr-defined]
 
 
+def test_a_part_written_again_is_not_counted_twice_and_is_logged(
+        db: Database, caplog: pytest.LogCaptureFixture) -> None:
+    job = _started(db)
+    part = _part(1, 3)
+    _write(db, job, part)
+    with caplog.at_level(logging.WARNING, logger="nodes_import.store.batchwrite"):
+        assert _write(db, job, part) == batchwrite.PartResult(0, 0, 0, 0)
+    assert _counters(db, job.job_id)["rows_committed"] == 3
+    [record] = [r for r in caplog.records if r.name == "nodes_import.store.batchwrite"]
+    assert record.getMessage() == ("batch part was already committed (its acknowledgement was"
+                                   " lost); not counted again")
+    assert record.fields == {  # type: ignore[attr-defined]
+        "jobId": job.job_id, "partition": 0, "lastRow": 3}
+
+
 def test_a_cancel_asked_for_is_read_back_by_both_kinds_of_part(db: Database) -> None:
     job = _started(db)
     assert _write(db, job, _part(1, 3)).cancelled is False
