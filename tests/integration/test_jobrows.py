@@ -4,6 +4,11 @@ from __future__ import annotations
 
 import uuid
 
+import psycopg
+import pytest
+from psycopg.rows import class_row
+
+from nodes_import.errors import StorageError
 from nodes_import.jobs import JobRow
 from nodes_import.store import jobrows
 from tests.fixtures.postgres import Database
@@ -122,3 +127,40 @@ def test_a_job_starts_from_pending_or_processing_and_a_failed_one_only_when_reru
                                  source_bytes=None) is None
     statuses = dict(db.query("SELECT id::text, status FROM job_status"))
     assert statuses == {pending: "PROCESSING", failed: "PROCESSING", done: "COMPLETED"}
+
+
+def test_a_job_row_read_through_a_table_alias_is_the_same_row(db: Database) -> None:
+    [job_id] = _add_jobs(db, 1, status="FAILED")
+    query = psycopg.sql.SQL("SELECT {} FROM job_status js JOIN job_status other"
+                            " ON other.id = js.id WHERE js.id = %s").format(
+        jobrows.job_columns("js"))  # qualified: the join makes every bare name ambiguous
+    with db.pool.connection() as conn:
+        with conn.cursor(row_factory=class_row(JobRow)) as cur:
+            aliased = cur.execute(query, (job_id,)).fetchone()
+        conn.rollback()
+        assert aliased == jobrows.get_job(conn, job_id)
+        # get_job leaves the connection idle, not inside a transaction it opened
+        assert conn.info.transaction_status == psycopg.pq.TransactionStatus.IDLE
+
+
+def test_only_the_owner_can_complete_its_job_inside_its_transaction(db: Database) -> None:
+    [job_id] = _add_jobs(db, 1, status="PROCESSING")
+    db.query("UPDATE job_status SET claimed_by = 'new:2' WHERE id = %s RETURNING 1", (job_id,))
+    with db.pool.connection() as conn:
+        with pytest.raises(StorageError) as caught, conn.transaction():
+            jobrows.complete_job(conn, job_id=job_id, owner="old:1")
+        assert str(caught.value) == f"job {job_id} is not PROCESSING under old:1; not completed"
+        with conn.transaction():
+            assert jobrows.complete_job(conn, job_id=job_id, owner="new:2").status == "COMPLETED"
+
+
+@pytest.mark.parametrize(("statuses", "message"), [
+    (["PROCESSING", "PENDING"], "only finished jobs can be purged (COMPLETED, FAILED), "
+                                "not PENDING, PROCESSING"),
+    ([], "only finished jobs can be purged (COMPLETED, FAILED), not none"),
+])
+def test_a_purge_of_unfinished_statuses_is_refused_saying_which(
+        db: Database, statuses: list[str], message: str) -> None:
+    with db.pool.connection() as conn, pytest.raises(ValueError) as caught:
+        jobrows.purge_jobs(conn, older_than_s=0, statuses=statuses)
+    assert str(caught.value) == message

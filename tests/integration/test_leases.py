@@ -109,6 +109,7 @@ def test_a_daemons_intake_creates_and_claims_a_batch_with_claim_jobs_answers(
     assert [(c.outcome, c.status, c.holder) for c in claims] == [
         (jobrows.CLAIMED, "PENDING", "a:1"), (jobrows.HELD, "PENDING", "b:2"),
         (jobrows.CLAIMED, "PENDING", "a:1"), (jobrows.FINISHED, "FAILED", None)]
+    assert claims[0].heartbeat_age_s == claims[2].heartbeat_age_s == 0.0  # claimed just now
     rows = dict(db.query("SELECT id::text, claimed_by FROM job_status"))
     assert rows == {new: "a:1", held: "b:2", expired: "a:1", finished: None}
     assert db.scalar("SELECT status FROM job_status WHERE id = %s", (new,)) == "PENDING"
