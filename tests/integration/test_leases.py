@@ -183,5 +183,8 @@ def test_the_heartbeat_renews_every_held_lease_until_stopped_and_outlives_an_out
             beat.join(timeout=30)
             main.close()
     assert not beat.is_alive()
+    failed = next(r for r in caplog.records if r.getMessage() == "lease renewal failed")
+    assert failed.fields == {  # type: ignore[attr-defined]
+        "error": "the daemon's database pool is not open"}
     assert db.scalar("SELECT heartbeat_at < now() - interval '59 minutes' FROM job_status"
                      " WHERE id = %s", (other,))  # not held here: left to expire
