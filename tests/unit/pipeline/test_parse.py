@@ -147,3 +147,29 @@ def test_reading_a_local_file_never_loads_pyarrows_remote_filesystems(gz_csv: Ca
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          timeout=60, check=True)
     assert out.stdout.strip() == "False"
+
+
+@pytest.mark.parametrize("up_to", [40, 200], ids=["few", "many"])  # both numbering paths
+def test_each_batch_carries_exactly_the_invalid_rows_numbered_up_to_its_last_row(
+        gz_csv: Callable, up_to: int) -> None:
+    # every 4th row too wide: batches of 3 valid rows end right after one (1, 2, 4 | 5, 6, 8
+    # ...); each belongs to the batch whose rows surround it, and one after a batch's last
+    # row to the next (a resume from that batch's checkpoint must still record it)
+    lines, valid = ["reference_id,plan"], 0
+    for n in range(1, 301):
+        wide = n % 4 == 3 and n <= up_to
+        lines.append(f"r{n},p,extra" if wide else f"r{n},p")
+        valid += not wide
+    reader = CsvReader(_source(gz_csv("\n".join(lines) + "\n")), block_size=1 << 16,
+                       batch_size=3)
+    batches = list(reader.batches())
+    previous_last, seen = 0, []
+    for batch in batches[:-1]:
+        last = batch.row_numbers.to_pylist()[-1]
+        numbers = [b.row_number for b in batch.invalid]
+        assert all(previous_last < n < last for n in numbers), (previous_last, last, numbers)
+        seen += numbers
+        previous_last = last
+    seen += [b.row_number for b in batches[-1].invalid]
+    assert seen == [n for n in range(1, 301) if lines[n].endswith(",extra")]
+    assert sum(len(b.row_numbers) for b in batches) == valid
