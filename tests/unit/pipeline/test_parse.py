@@ -215,7 +215,7 @@ def test_an_id_file_with_a_line_over_the_block_size_is_refused_naming_the_id_fil
 def test_rows_that_are_not_utf8_keep_their_line_up_to_a_thousand_a_batch(
         gz_csv: Callable, count: int) -> None:
     body = b"".join(b"\xff%d,a\x00b\n" % n for n in range(count))
-    header, rows, bad = _read(gz_csv(b"reference_id,plan\nok,p\n" + body), batch_size=2000)
+    _, rows, bad = _read(gz_csv(b"reference_id,plan\nok,p\n" + body), batch_size=2000)
     assert rows == [(1, {"reference_id": "ok", "plan": "p"})]
     assert [n for n, _ in bad] == list(range(2, count + 2))
     expected = (lambda n: f"\ufffd{n},a\\0b") if count <= 1000 else (lambda n: "")
