@@ -8,7 +8,7 @@ import pytest
 
 from nodes_import.pipeline import encode
 from nodes_import.pipeline.parse import InvalidRow, RawBatch
-from nodes_import.pipeline.validate import Rejected, reject_mask, rejected_rows
+from nodes_import.pipeline.validate import Rejected, from_invalid, reject_mask, rejected_rows
 
 MAX_FIELD_BYTES = 300
 # (reference_id, type, plan) -> the reason, or None when the row is kept
@@ -73,3 +73,9 @@ def test_a_batch_without_bad_values_keeps_every_key(invalid: list[InvalidRow]) -
     dry = encode.validate_batch(RawBatch(table, pa.array([1, 2], pa.int64()), invalid))
     assert dry.keys.to_pylist() == ["a", "b"]
     assert [r.row_number for r in dry.rejected] == [r.row_number for r in invalid]
+
+
+def test_a_row_the_parser_could_not_split_is_stored_with_its_nul_bytes_shown() -> None:
+    # PostgreSQL text cannot hold NUL: job_failures.line gets \0 instead
+    invalid = [InvalidRow(3, "a\x00b,c,d", "expected 2 fields, got 3")]
+    assert from_invalid(invalid) == [Rejected(3, None, "expected 2 fields, got 3", "a\\0b,c,d")]
