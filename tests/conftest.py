@@ -22,3 +22,13 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
             if fixture in names:
                 for marker in markers:
                     item.add_marker(getattr(pytest.mark, marker))
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter,
+                            config: pytest.Config) -> None:
+    """Name the random order's seed at the end of every run, -q included, so a failure
+    that depends on the order can be replayed with ``--randomly-seed=N`` (pytest-randomly;
+    ``-p no:randomly`` runs the tests in file order)."""
+    if config.pluginmanager.hasplugin("randomly"):
+        seed = config.getoption("randomly_seed", None)
+        terminalreporter.write_line(f"random test order: --randomly-seed={seed} replays it")

@@ -102,9 +102,12 @@ class _RowNumbers:
         return sorted(rest, key=lambda r: r.row_number)
 
 
-def _invalid_handler(sink: list[InvalidRow]) -> Callable[[Any], str]:
+def _invalid_handler(sink: list[InvalidRow], header_lines: int = 1) -> Callable[[Any], str]:
+    """Records each row Arrow cannot split into the header's columns; Arrow numbers lines
+    from 1 with the header line counted, data rows are numbered after ``header_lines``."""
     def handle(row: Any) -> str:
-        number = row.number - 1 if row.number is not None and row.number > 0 else -1
+        number = (row.number - header_lines if row.number is not None and row.number > 0
+                  else -1)
         reason = f"expected {row.expected_columns} fields, got {row.actual_columns}"
         try:
             text = row.text or ""
@@ -383,7 +386,8 @@ class IdFileReader:
                 ),
                 # No delimiter or quote can split an ID line: one line, one value.
                 parse_options=pacsv.ParseOptions(delimiter="\x1f", quote_char=False,
-                                                 invalid_row_handler=_invalid_handler(invalid)),
+                                                 invalid_row_handler=_invalid_handler(
+                                                     invalid, header_lines=0)),
                 convert_options=pacsv.ConvertOptions(
                     column_types={REFERENCE_ID: pa.string() if as_text else pa.binary()},
                     strings_can_be_null=False),

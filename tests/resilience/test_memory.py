@@ -54,7 +54,9 @@ def _peak_rss_mb_of(args: list[str], env: dict[str, str], cwd: Path) -> tuple[fl
                             capture_output=True, text=True, timeout=1800)
     assert result.returncode == 0, result.stderr[-2000:]
     line = [x for x in result.stderr.splitlines() if x.startswith("PEAK_RSS_KB")][-1]
-    return int(line.split()[1]) / 1024.0, result.stdout
+    peak = int(line.split()[1]) / 1024.0
+    print(f"peak RSS {peak:.0f} MB")  # shown by bin/test --heavy (-rP)
+    return peak, result.stdout
 
 
 def _env(db: Database) -> dict[str, str]:

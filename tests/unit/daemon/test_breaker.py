@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import logging
 
 import pytest
 
@@ -94,11 +95,63 @@ def test_failures_reported_while_open_do_not_extend_the_wait() -> None:
     assert breaker.probe_due()
 
 
-def test_nonsense_settings_are_refused() -> None:
-    with pytest.raises(ValueError):
-        CircuitBreaker(failure_threshold=0, probe_initial_s=1.0, probe_max_s=2.0)
-    with pytest.raises(ValueError):
-        CircuitBreaker(failure_threshold=1, probe_initial_s=3.0, probe_max_s=2.0)
+@pytest.mark.parametrize(("threshold", "initial", "maximum"), [(0, 1.0, 2.0), (1, 3.0, 2.0),
+                                                                (1, 0.0, 2.0), (1, -1.0, 2.0)])
+def test_nonsense_settings_are_refused(threshold: int, initial: float, maximum: float) -> None:
+    with pytest.raises(ValueError) as caught:
+        CircuitBreaker(failure_threshold=threshold, probe_initial_s=initial, probe_max_s=maximum)
+    assert str(caught.value) == "failure_threshold >= 1 and 0 < probe_initial_s <= probe_max_s"
+
+
+def test_the_least_settings_are_allowed_and_a_new_breaker_is_closed_with_no_outage() -> None:
+    breaker = CircuitBreaker(failure_threshold=1, probe_initial_s=2.0, probe_max_s=2.0)
+    assert (breaker.state, breaker.failures, breaker.delay_s, breaker.probe_at,
+            breaker.opened_at, breaker.last_error) == (CLOSED, 0, 2.0, 0.0, None, None)
+    assert breaker.allows_jobs and not breaker.probe_due()
+
+
+def test_a_failed_probe_keeps_its_own_error() -> None:
+    clock = FakeClock()
+    breaker = _breaker(clock, threshold=1)
+    breaker.record_failure("refused")
+    clock.now += 1.0
+    assert breaker.probe_due()
+    breaker.probe_failed("timed out")
+    assert breaker.last_error == "timed out"
+
+
+def _events(caplog: pytest.LogCaptureFixture) -> list[tuple[int, str, dict[str, object]]]:
+    return [(r.levelno, r.getMessage(), r.fields)  # type: ignore[attr-defined]
+            for r in caplog.records if r.name == "nodes_import.daemon.breaker"]
+
+
+def test_opening_and_closing_are_warnings_with_their_fields_and_the_probes_are_debug(
+        caplog: pytest.LogCaptureFixture) -> None:
+    clock = FakeClock()
+    breaker = CircuitBreaker(failure_threshold=2, probe_initial_s=1.234, probe_max_s=10.0,
+                             clock=clock)
+    with caplog.at_level(logging.DEBUG, logger="nodes_import.daemon.breaker"):
+        breaker.record_failure("refused")
+        breaker.record_failure("refused")
+        clock.now += 1.234
+        assert breaker.probe_due()
+        breaker.probe_failed("timed out")
+        clock.now += 2.468
+        assert breaker.probe_due()
+        breaker.probe_succeeded()
+    name = "database circuit breaker %s"
+    assert _events(caplog) == [
+        (logging.WARNING, name % OPEN, {"breaker": OPEN, "from": CLOSED, "failures": 2,
+                                        "nextProbeInS": 1.23, "error": "refused"}),
+        (logging.DEBUG, name % HALF_OPEN, {"breaker": HALF_OPEN, "from": OPEN, "failures": 2,
+                                           "nextProbeInS": None, "error": "refused"}),
+        (logging.DEBUG, name % OPEN, {"breaker": OPEN, "from": HALF_OPEN, "failures": 2,
+                                      "nextProbeInS": 2.47, "error": "timed out"}),
+        (logging.DEBUG, name % HALF_OPEN, {"breaker": HALF_OPEN, "from": OPEN, "failures": 2,
+                                           "nextProbeInS": None, "error": "timed out"}),
+        (logging.WARNING, name % CLOSED, {"breaker": CLOSED, "from": HALF_OPEN, "failures": 0,
+                                          "nextProbeInS": None, "error": "timed out"}),
+    ]
 
 
 # ---------------------------------------------------------------- admission

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import traceback
 from typing import Any
 
 import pytest
@@ -153,7 +154,9 @@ def test_an_exception_from_the_call_fails_the_job_as_an_internal_error() -> None
     assert (decision.error, decision.error_type, decision.outage, decision.crash) == (
         "internal error: RuntimeError: cannot pickle the job", "builtins.RuntimeError",
         False, False)
-    assert decision.stack_trace is not None and "cannot pickle the job" in decision.stack_trace
+    # the whole trace, as Python prints it: the lines joined as they are
+    assert decision.stack_trace == "".join(traceback.format_exception(error))
+    assert decision.stack_trace.startswith("Traceback (most recent call last):\n")
 
 
 def test_an_exception_never_raised_fails_the_job_without_a_stack_trace() -> None:

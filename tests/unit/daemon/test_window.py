@@ -2,9 +2,21 @@
 
 from __future__ import annotations
 
+import time
 from concurrent.futures import Future
 
-from nodes_import.daemon.window import RETRY_MAX_S, RUNNING, WAITING, Slot, Window, backoff_s
+from nodes_import import metrics
+from nodes_import.daemon.database import MainDatabase
+from nodes_import.daemon.window import (
+    RETRY_MAX_S,
+    RUNNING,
+    WAITING,
+    Heartbeat,
+    Leases,
+    Slot,
+    Window,
+    backoff_s,
+)
 from nodes_import.jobs import Ending, ImportJob, JobOutcome
 from nodes_import.kafka.offsets import Delivery
 
@@ -103,3 +115,61 @@ def test_a_revoke_drops_the_partitions_waiting_work_and_keeps_their_running_jobs
     window.done(running)  # its new owner commits the partition
     assert window.tracker.to_commit() == {}
     assert waiting not in window.slots
+
+
+def test_a_slots_log_fields_name_its_message_and_once_parsed_its_job() -> None:
+    window = Window(capacity=8)
+    slot = window.track(Delivery("jobs", 2, 10, None, b"{}"))
+    assert slot.ctx() == {"topic": "jobs", "partition": 2, "offset": 10}
+    slot.job = ImportJob(job_id="j1", group_id="g", domain_id="d", reference_ids=("a",))
+    assert slot.ctx() == {"topic": "jobs", "partition": 2, "offset": 10, "jobId": "j1",
+                          "groupId": "g", "domainId": "d"}
+
+
+def test_the_first_copy_of_a_job_is_its_earliest_slot_and_none_for_an_unknown_job() -> None:
+    window = Window(capacity=8)
+    window.admit(window.track(Delivery("jobs", 0, 9, None, b"not json")))  # no job
+    first = _take(window, 10, job_id="a")
+    _take(window, 11, job_id="b")
+    _take(window, 12, job_id="a")
+    assert window.first_copy("a") is first
+    assert window.first_copy("b") is window.slots[2]
+    assert window.first_copy("c") is None
+
+
+def test_reaping_a_slot_that_never_ran_changes_nothing() -> None:
+    window = Window(capacity=8)
+    running, waiting = _take(window, 10), _take(window, 11)
+    _run(window, running)
+    window.reaped(waiting)
+    assert list(window.running) == ["job-0-10"]
+    window.reaped(running)
+    assert window.running == {}
+
+
+def test_a_retry_waits_its_backoff_from_now() -> None:
+    window = Window(capacity=8)
+    slot = _take(window, 10)
+    before = time.monotonic()
+    delay = window.later(slot)
+    assert slot.not_before >= before + delay
+    assert window.due(before) == []
+
+
+def test_a_done_message_is_counted_as_processed_for_its_topic() -> None:
+    def processed() -> float:
+        value = metrics.registry().get_sample_value(
+            "kafka_consumer_messages_processed_total", {"topic": "jobs-window-test"})
+        return value or 0.0
+
+    window = Window(capacity=8)
+    slot = window.track(Delivery("jobs-window-test", 0, 1, None, b"{}"))
+    before = processed()
+    window.done(slot)
+    assert processed() == before + 1
+
+
+def test_the_lease_heartbeat_is_a_named_daemon_thread() -> None:
+    beat = Heartbeat(Leases(), MainDatabase("postgresql://", connect_timeout_s=1), "a:1", 5.0)
+    assert (beat.name, beat.daemon, beat.owner, beat.interval_s) == (
+        "lease-heartbeat", True, "a:1", 5.0)

@@ -7,7 +7,7 @@ from hypothesis import strategies as st
 
 from nodes_import.config import KafkaConfig
 from nodes_import.kafka.clients import client_settings, redacted
-from nodes_import.kafka.offsets import OffsetTracker
+from nodes_import.kafka.offsets import Delivery, OffsetTracker
 
 TP = ("jobs-users", 0)
 
@@ -79,3 +79,78 @@ def test_user_properties_pass_through_but_cannot_turn_auto_commit_on() -> None:
     assert settings["enable.auto.commit"] is False
     assert settings["enable.auto.offset.store"] is False
     assert redacted(settings)["sasl.password"] == "***" and "logger" not in redacted(settings)
+
+
+def test_forgetting_a_partition_drops_its_messages_in_flight_and_an_unknown_one_is_fine() -> None:
+    tracker = OffsetTracker()
+    other = ("jobs-users", 1)
+    for offset in (5, 6):
+        tracker.add(TP, offset)
+    tracker.add(other, 9)
+    tracker.forget([TP, ("jobs-users", 7)])  # partition 7 was never seen here
+    assert tracker.in_flight() == 1
+    tracker.done(TP, 5)  # a job of the revoked partition ends: its new owner commits it
+    assert tracker.to_commit() == {}
+
+
+def test_a_partition_assigned_again_commits_its_positions_afresh() -> None:
+    tracker = OffsetTracker()
+    tracker.add(TP, 5)
+    tracker.done(TP, 5)
+    tracker.committed(tracker.to_commit())
+    assert tracker.to_commit() == {}
+    tracker.forget([TP])
+    # back again; the group's committed offset may since have been moved back: offset 5
+    # comes again and its position must be committed, not taken for the old commit
+    tracker.add(TP, 5)
+    tracker.done(TP, 5)
+    assert tracker.to_commit() == {TP: 6}
+
+
+class _Message:
+    """What ``Delivery.of`` reads of a confluent-kafka message (its accessors)."""
+
+    def __init__(self, *, partition: int | None, offset: int | None, headers: object,
+                 timestamp: tuple[int, int]) -> None:
+        self._partition, self._offset = partition, offset
+        self._headers, self._timestamp = headers, timestamp
+
+    def topic(self) -> str:
+        return "jobs-users"
+
+    def partition(self) -> int | None:
+        return self._partition
+
+    def offset(self) -> int | None:
+        return self._offset
+
+    def key(self) -> bytes:
+        return b"k"
+
+    def value(self) -> bytes:
+        return b"{}"
+
+    def headers(self) -> object:
+        return self._headers
+
+    def timestamp(self) -> tuple[int, int]:
+        return self._timestamp
+
+
+def test_a_delivery_copies_every_field_of_the_message_and_encodes_text_headers() -> None:
+    msg = _Message(partition=3, offset=42, headers=[("a", b"1"), ("b", "two"), ("c", None)],
+                   timestamp=(1, 1_700_000_000_000))  # TIMESTAMP_CREATE_TIME
+    got = Delivery.of(msg)  # type: ignore[arg-type]
+    assert got == Delivery("jobs-users", 3, 42, b"k", b"{}",
+                           [("a", b"1"), ("b", b"two"), ("c", None)], 1_700_000_000_000)
+    assert got.tp == ("jobs-users", 3)
+
+
+def test_a_delivery_of_a_message_without_headers_partition_or_timestamp() -> None:
+    for headers in (None, {}):
+        msg = _Message(partition=None, offset=None, headers=headers,
+                       timestamp=(0, -1))  # TIMESTAMP_NOT_AVAILABLE
+        assert Delivery.of(msg) == Delivery(  # type: ignore[arg-type]
+            "jobs-users", 0, 0, b"k", b"{}", [], None)
+    msg = _Message(partition=1, offset=2, headers={"x": "y"}, timestamp=(2, 5))
+    assert Delivery.of(msg).headers == [("x", b"y")]  # type: ignore[arg-type]

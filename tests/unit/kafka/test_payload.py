@@ -83,3 +83,56 @@ def test_arbitrary_bytes_either_parse_or_raise_a_payload_error(value: bytes) -> 
         parse(value)
     except MessageRejected as exc:
         assert exc.stage in ("parse", "validate") and str(exc)
+
+
+@pytest.mark.parametrize(("value", "stage", "reason"), [
+    (None, "parse", "empty message (null value)"),
+    (b"", "parse", "empty message (zero bytes)"),
+    (b" \n", "parse", "blank message (whitespace only)"),
+    (orjson.dumps({**OK, "referenceIds": []}), "validate", "referenceIds is empty"),
+    (orjson.dumps({**OK, "referenceIds": ["a", 3]}), "validate",
+     "referenceIds[1]: expected a string, got number"),
+    (orjson.dumps({**OK, "referenceIds": ["a\x00"]}), "validate",
+     "referenceIds[0]: contains a NUL character"),
+    (orjson.dumps(OK), "validate",
+     "neither file nor referenceIds nor referenceIdsFile is set; give exactly one"),
+    (orjson.dumps({**OK, "file": "f", "referenceIdsFile": "g"}), "validate",
+     "both file and referenceIdsFile are set; give exactly one"),
+    (orjson.dumps({**OK, "file": "f", "referenceIds": ["a"], "referenceIdsFile": "g"}),
+     "validate", "file, referenceIds and referenceIdsFile are all set; give exactly one"),
+    (orjson.dumps({**OK, "file": "f", "nodeType": "T" * 65}), "validate",
+     "nodeType: longer than 64 characters"),
+    (orjson.dumps({**OK, "file": "f", "jobId": "z" * 100}), "validate",
+     f"jobId: not a UUID: {'z' * 80!r}"),
+])
+def test_the_reason_a_message_is_rejected_is_exactly_what_the_dead_letter_says(
+        value: bytes | None, stage: str, reason: str) -> None:
+    with pytest.raises(MessageRejected) as caught:
+        parse(value)
+    assert (caught.value.stage, str(caught.value)) == (stage, reason)
+
+
+def test_the_limits_themselves_are_allowed() -> None:
+    longest = parse(orjson.dumps({**OK, "groupId": "g" * 255, "nodeType": "T" * 64,
+                                  "referenceIds": ["a", "b"]}), max_reference_ids=2)
+    assert (len(longest.group_id), longest.node_type, longest.reference_ids) == (
+        255, "T" * 64, ("a", "b"))
+    with pytest.raises(MessageRejected) as caught:
+        parse(orjson.dumps({**OK, "referenceIds": ["a", "b", "c"]}), max_reference_ids=2)
+    assert (caught.value.stage, str(caught.value)) == (
+        "validate", "referenceIds: 3 IDs, over node.import.max-reference-ids (2)")
+
+
+@pytest.mark.parametrize("request_", [
+    NodeExchange("g", DOMAIN, file="s3://b/u.csv.gz", node_type="USER", job_id=JOB),
+    NodeExchange("g", DOMAIN, reference_ids_file="/data/ids.txt.gz"),
+    NodeExchange("g", DOMAIN, reference_ids=("x", "y")),
+], ids=["file", "referenceIdsFile", "referenceIds"])
+def test_each_kind_of_job_round_trips_through_its_wire_form(request_: NodeExchange) -> None:
+    wire = orjson.loads(request_.to_json())
+    assert parse(request_.to_json()) == request_
+    assert set(wire) == {"groupId", "domainId"} | {
+        name for name, value in (("file", request_.file), ("referenceIds", request_.reference_ids),
+                                 ("referenceIdsFile", request_.reference_ids_file),
+                                 ("nodeType", request_.node_type), ("jobId", request_.job_id))
+        if value is not None}

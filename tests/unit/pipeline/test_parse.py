@@ -147,3 +147,76 @@ def test_reading_a_local_file_never_loads_pyarrows_remote_filesystems(gz_csv: Ca
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          timeout=60, check=True)
     assert out.stdout.strip() == "False"
+
+
+@pytest.mark.parametrize("up_to", [40, 200], ids=["few", "many"])  # both numbering paths
+def test_each_batch_carries_exactly_the_invalid_rows_numbered_up_to_its_last_row(
+        gz_csv: Callable, up_to: int) -> None:
+    # every 4th row too wide: batches of 3 valid rows end right after one (1, 2, 4 | 5, 6, 8
+    # ...); each belongs to the batch whose rows surround it, and one after a batch's last
+    # row to the next (a resume from that batch's checkpoint must still record it)
+    lines, valid = ["reference_id,plan"], 0
+    for n in range(1, 301):
+        wide = n % 4 == 3 and n <= up_to
+        lines.append(f"r{n},p,extra" if wide else f"r{n},p")
+        valid += not wide
+    reader = CsvReader(_source(gz_csv("\n".join(lines) + "\n")), block_size=1 << 16,
+                       batch_size=3)
+    batches = list(reader.batches())
+    previous_last, seen = 0, []
+    for batch in batches[:-1]:
+        last = batch.row_numbers.to_pylist()[-1]
+        numbers = [b.row_number for b in batch.invalid]
+        assert all(previous_last < n < last for n in numbers), (previous_last, last, numbers)
+        seen += numbers
+        previous_last = last
+    seen += [b.row_number for b in batches[-1].invalid]
+    assert seen == [n for n in range(1, 301) if lines[n].endswith(",extra")]
+    assert sum(len(b.row_numbers) for b in batches) == valid
+
+
+def _ids(path: Path, batch_size: int = 2) -> tuple[list[tuple[int, str | None]], list]:
+    reader = IdFileReader(_source(path), block_size=1 << 16, batch_size=batch_size)
+    rows, bad = [], []
+    for batch in reader.batches():
+        rows += list(zip(batch.row_numbers.to_pylist(),
+                         batch.table.column("reference_id").to_pylist(), strict=True))
+        bad += [(b.row_number, b.line, b.reason) for b in batch.invalid]
+    return rows, bad
+
+
+def test_an_id_file_keeps_ids_that_look_like_null_and_numbers_its_lines(
+        gz_csv: Callable) -> None:
+    rows, bad = _ids(gz_csv("NULL\nnull\nN/A\n\nNaN\n#N/A\n-\n"))
+    assert rows == [(1, "NULL"), (2, "null"), (3, "N/A"), (4, "NaN"), (5, "#N/A"), (6, "-")]
+    assert bad == []
+
+
+def test_an_id_line_that_splits_or_is_not_utf8_is_a_rejected_row_in_its_place(
+        gz_csv: Callable) -> None:
+    rows, bad = _ids(gz_csv(b"a\nb\x1fc\nd\n\xff\xfe\ne\n"), batch_size=10)
+    # the unit separator is the reader's delimiter: such a line cannot be one ID. An ID file
+    # has no header line: its line 2 is row 2 (it was numbered 1, and "a" 2, before)
+    assert bad == [(2, "b\x1fc", "expected 1 fields, got 2"),
+                   (4, "\ufffd\ufffd", "invalid UTF-8 in column 'reference_id'")]
+    assert rows == [(1, "a"), (3, "d"), (5, "e")]
+
+
+def test_an_id_file_with_a_line_over_the_block_size_is_refused_naming_the_id_file(
+        gz_csv: Callable) -> None:
+    path = gz_csv(b"b" * 300_000 + b"\na\n")  # in the first block: refused at open
+    with pytest.raises(SourceError) as caught:
+        _ids(path)
+    assert str(caught.value) == ("cannot read the ID file: a row is larger than"
+                                 " node.import.block-size-bytes")
+
+
+@pytest.mark.parametrize("count", [1000, 1001])  # MAX_INVALID_LINES, and one more
+def test_rows_that_are_not_utf8_keep_their_line_up_to_a_thousand_a_batch(
+        gz_csv: Callable, count: int) -> None:
+    body = b"".join(b"\xff%d,a\x00b\n" % n for n in range(count))
+    _, rows, bad = _read(gz_csv(b"reference_id,plan\nok,p\n" + body), batch_size=2000)
+    assert rows == [(1, {"reference_id": "ok", "plan": "p"})]
+    assert [n for n, _ in bad] == list(range(2, count + 2))
+    expected = (lambda n: f"\ufffd{n},a\\0b") if count <= 1000 else (lambda n: "")
+    assert [line for _, line in bad] == [expected(n) for n in range(count)]

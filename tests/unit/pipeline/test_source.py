@@ -1,0 +1,77 @@
+"""The source's limits at their exact values, ``file://`` URIs, and its stream's closing."""
+
+from __future__ import annotations
+
+import gzip
+from pathlib import Path
+
+import pytest
+
+from nodes_import.errors import SourceError
+from nodes_import.pipeline.source import Source
+
+BODY = b"reference_id\n" + b"".join(b"r%04d\n" % n for n in range(200))
+
+
+def _source(uri: str, root: Path, *, max_file_bytes: int = 1 << 30,
+            max_decompressed_bytes: int = 1 << 30) -> Source:
+    return Source(uri, allowed_roots=(str(root),), max_file_bytes=max_file_bytes,
+                  max_decompressed_bytes=max_decompressed_bytes)
+
+
+def _read_all(source: Source) -> bytes:
+    stream = source.open()
+    try:
+        return b"".join(iter(lambda: stream.read(1000), b""))
+    finally:
+        stream.close()
+
+
+def test_a_file_exactly_at_each_limit_is_read_and_one_byte_over_is_refused(
+        tmp_path: Path) -> None:
+    path = tmp_path / "u.csv.gz"
+    path.write_bytes(gzip.compress(BODY))
+    size = path.stat().st_size
+    assert _read_all(_source(str(path), tmp_path, max_file_bytes=size,
+                             max_decompressed_bytes=len(BODY))) == BODY
+    with pytest.raises(SourceError, match="max-file-bytes"):
+        _source(str(path), tmp_path, max_file_bytes=size - 1)
+    with pytest.raises(SourceError) as caught:
+        _read_all(_source(str(path), tmp_path, max_decompressed_bytes=len(BODY) - 1))
+    assert str(caught.value) == ("file decompresses past node.import.max-decompressed-bytes"
+                                 f" ({len(BODY) - 1} bytes)")
+
+
+def test_a_file_uri_names_a_local_file_on_this_host_only(tmp_path: Path) -> None:
+    path = tmp_path / "u.csv"
+    path.write_bytes(BODY)
+    for uri in (f"file://{path}", f"file://localhost{path}"):
+        source = _source(uri, tmp_path)
+        assert (source.info.uri, source.info.size, source.info.gzip) == (uri, len(BODY), False)
+        assert _read_all(source) == BODY
+    with pytest.raises(SourceError) as caught:
+        _source(f"file://elsewhere{path}", tmp_path)
+    assert str(caught.value) == (
+        f"file URI with a remote host is not supported: file://elsewhere{path}")
+
+
+def test_a_missing_file_and_a_root_outside_are_refused_saying_which(tmp_path: Path) -> None:
+    with pytest.raises(SourceError) as missing:
+        _source(str(tmp_path / "nothing.csv"), tmp_path)
+    assert str(missing.value) == f"no such file: {tmp_path / 'nothing.csv'}"
+    with pytest.raises(SourceError) as caught:
+        _source("/etc/hostname", tmp_path)
+    assert str(caught.value).endswith(f"(node.import.allowed-roots: {tmp_path})")
+
+
+def test_a_stream_closes_once_and_reads_as_a_plain_forward_file(tmp_path: Path) -> None:
+    path = tmp_path / "u.csv.gz"
+    path.write_bytes(gzip.compress(BODY))
+    stream = _source(str(path), tmp_path).open()
+    assert (stream.readable(), stream.seekable(), stream.writable(), stream.closed) == (
+        True, False, False, False)
+    assert stream.read(0) == b"" and stream.tell() == 0
+    assert stream.read() == BODY and stream.tell() == len(BODY)
+    stream.close()
+    stream.close()  # again: nothing to do
+    assert stream.closed is True
