@@ -41,13 +41,9 @@ SOAK_APP = "nodes-import-soak"
 
 # Consumer settings for Tansu (../shared/notes/kafka-broker.md): it holds a JoinGroup for
 # half the session timeout; 4 s keeps rejoins after a fault near 2 s.
-# roundrobin, not librdkafka's default range: the stand-in broker's group coordinator
-# (Tansu 0.6.0) wedges a range group for good when a member leaves during a join, which the
-# soak's SIGTERMs do (python -m tests.soak.broker_wedge; docs/reliability.md).
 CONSUMER = {"auto.offset.reset": "earliest", "enable.auto.commit": False,
             "session.timeout.ms": 4000, "heartbeat.interval.ms": 1000,
-            "fetch.wait.max.ms": 50, "topic.metadata.refresh.interval.ms": 1000,
-            "partition.assignment.strategy": "roundrobin"}
+            "fetch.wait.max.ms": 50, "topic.metadata.refresh.interval.ms": 1000}
 PRODUCER = {"enable.idempotence": True, "acks": "all", "linger.ms": 5, "log_level": 3}
 QUIET = {"log_level": 3}  # the soak's own clients: errors only (a cut link is expected)
 
