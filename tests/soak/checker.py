@@ -28,13 +28,12 @@ from nodes_import.jobs import derived_job_id
 from nodes_import.kafka import deadletter as dl
 from tests.soak.cluster import CONSUMER, DLQ, GROUP, QUIET, TOPIC, Cluster, pids_alive
 from tests.soak.faults import ORPHAN_GRACE_S
-from tests.soak.monitor import Memory
+from tests.soak.monitor import RSS_BOUND_MB, Memory
 from tests.soak.producer import SEQ_HEADER, StreamProducer
 
 # RSS bounds (MB). A worker: docs/reliability.md "Memory stays flat" (one import process
 # under 300 MB with the default 35,000-row batches; the soak's are 10,000 rows). The
 # daemon holds the Kafka client, the window and the admin API, no rows.
-RSS_BOUND_MB = {"worker": 300.0, "daemon": 250.0, "helper": 100.0}
 SAMPLES = 5  # examples kept per anomaly
 
 

@@ -3,14 +3,21 @@
 Every ``SAMPLE_S`` it reads, on a direct connection (the fault proxy is not in the way),
 the rows committed over all jobs and the jobs finished: the timeline of throughput and
 the "next committed batch" that recovery times are measured to. Every ``RSS_S`` it reads
-the resident memory of every daemon, worker and helper process.
+the resident memory of every daemon, worker and helper process, and takes the threads of a
+daemon that stopped logging for ``SILENT_S`` or went over its RSS bound (``py-spy dump``,
+once per process, into ``stacks/`` of the work dir): a stall is then explained by its stack,
+not guessed at from its last log line.
 """
 
 from __future__ import annotations
 
+import shutil
+import subprocess
+import sys
 import threading
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import psutil
@@ -19,6 +26,17 @@ from tests.soak.cluster import Cluster, drop
 
 SAMPLE_S = 0.25
 RSS_S = 1.0
+# Each process's bound (checked at the end by the checker; a daemon over it is dumped).
+RSS_BOUND_MB = {"worker": 300.0, "daemon": 250.0, "helper": 100.0}
+# The job stream never leaves a daemon this long without a log line (the trickle of small
+# jobs, lease renewals); a daemon this quiet may be stuck: its threads are dumped.
+SILENT_S = 15.0
+
+
+def _py_spy() -> str | None:
+    """py-spy beside this Python (the dev extra) or on PATH; None: no dumps."""
+    local = Path(sys.executable).parent / "py-spy"
+    return str(local) if local.exists() else shutil.which("py-spy")
 
 
 @dataclass
@@ -48,6 +66,9 @@ class Monitor:
         self.stop = threading.Event()
         self._conn: Any = None
         self._lock = threading.Lock()  # read() runs in the sampler and the main thread
+        self.dumps: list[str] = []  # stacks/ files written (silent or oversized daemons)
+        self._dumped: set[int] = set()
+        self._py_spy = _py_spy()
         self._threads = [threading.Thread(target=self._progress, name="soak-progress",
                                           daemon=True),
                          threading.Thread(target=self._rss, name="soak-rss", daemon=True)]
@@ -105,6 +126,39 @@ class Monitor:
                     self.memory.peak[role] = round(mb, 1)
                 if mb > self.memory.by_pid.get(proc.pid, ("", 0.0))[1]:
                     self.memory.by_pid[proc.pid] = (role, round(mb, 1))
+                if role == "daemon" and mb > RSS_BOUND_MB["daemon"]:
+                    self._dump(proc.pid, f"rss {mb:.0f} MB")
+            self._watch_silence()
+
+    def _watch_silence(self) -> None:
+        """Dump each live daemon whose log has not grown for ``SILENT_S``."""
+        for slot in self.cluster.slots:
+            life = slot.current
+            if life is None or life.ended is not None:
+                continue
+            try:
+                quiet = time.time() - life.process.log_path.stat().st_mtime
+            except OSError:
+                continue
+            if quiet > SILENT_S and time.monotonic() - life.started > SILENT_S:
+                self._dump(life.pid, f"daemon{slot.index} silent {quiet:.0f} s")
+
+    def _dump(self, pid: int, why: str) -> None:
+        """``py-spy dump`` of ``pid``'s threads, once per process."""
+        if self._py_spy is None or pid in self._dumped:
+            return
+        self._dumped.add(pid)
+        folder = self.cluster.folder / "stacks"
+        folder.mkdir(exist_ok=True)
+        path = folder / f"{pid}-t{self.now():.0f}.txt"
+        try:
+            out = subprocess.run([self._py_spy, "dump", "--pid", str(pid)],
+                                 capture_output=True, text=True, timeout=30)
+            text = out.stdout + out.stderr
+        except (OSError, subprocess.SubprocessError) as exc:
+            text = f"py-spy failed: {exc!r}"
+        path.write_text(f"{why}, t={self.now():.1f}s\n{text}")
+        self.dumps.append(path.name)
 
     def progress_after(self, t: float) -> float | None:
         """The time of the first sample after ``t`` whose rows or finished jobs exceed the

@@ -171,6 +171,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                    "late redeliveries sent": len(producer.redeliveries),
                    "chains started": len(producer.chains),
                    "daemon processes started": sum(len(s.lives) for s in cluster.slots),
+                   "stack dumps (stacks/: a silent or oversized daemon)": monitor.dumps,
                    **checker.figures}
         result = reports.build(
             args={"seed": args.seed, "minutes": args.minutes, "daemons": args.daemons,
