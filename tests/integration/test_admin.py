@@ -112,8 +112,8 @@ def test_after_a_long_outage_the_reopened_admin_pool_answers_readyz_at_once(
 
         wait_until(backed_off, 30, "the admin pool backing off")
         pg_proxy.heal()
-        # the database answers, but the old pool would wait out its backoff first
-        assert ops.app.not_ready()[0].startswith("database: ")
+        # The database answers, but the old pool would usually wait out its backoff first
+        # (not asserted: on a loaded machine its next attempt may fall right now; CI once).
         ops.reopen()
         assert ops.pool is not pool and ops.app.pool is ops.pool
         assert ops.housekeeper is not None and ops.housekeeper.pool is ops.pool
