@@ -11,12 +11,13 @@ import random
 from pathlib import Path
 
 HEADER = ["reference_id", "email", "first_name", "last_name", "country", "plan"]
-_FIRST = ["Ada", "Grace", "Alan", "Edsger", "Barbara", "Donald", "Frances", "Ken", "Radia",
+# The sample users' values (the soak's stream draws from the same lists).
+FIRST_NAMES = ["Ada", "Grace", "Alan", "Edsger", "Barbara", "Donald", "Frances", "Ken", "Radia",
           "Tim", "Margaret", "Niklaus", "Leslie", "Anita", "Dennis", "Hedy"]
-_LAST = ["Lovelace", "Hopper", "Turing", "Dijkstra", "Liskov", "Knuth", "Allen", "Thompson",
+LAST_NAMES = ["Lovelace", "Hopper", "Turing", "Dijkstra", "Liskov", "Knuth", "Allen", "Thompson",
          "Perlman", "Berners-Lee", "Hamilton", "Wirth", "Lamport", "Borg", "Ritchie", "Lamarr"]
-_COUNTRIES = ["DE", "FR", "US", "GB", "IN", "BR", "JP", "NG", "SE", "CA"]
-_PLANS = ["free", "pro", "team", "enterprise"]
+COUNTRIES = ["DE", "FR", "US", "GB", "IN", "BR", "JP", "NG", "SE", "CA"]
+PLANS = ["free", "pro", "team", "enterprise"]
 # Rows generated per write: bounds memory, keeps the Python overhead per row small.
 _CHUNK = 50_000
 
@@ -39,8 +40,8 @@ def write_users(path: str | Path, rows: int, *, seed: int = 42, start: int = 0,
             lines = []
             for i in range(offset, min(offset + _CHUNK, rows)):
                 n = order[i]
-                first, last = _FIRST[n % 16], _LAST[(n // 16) % 16]
-                plan = _PLANS[n % 4]
+                first, last = FIRST_NAMES[n % 16], LAST_NAMES[(n // 16) % 16]
+                plan = PLANS[n % 4]
                 if changed_every and i % changed_every == 0:
                     plan = plan + "-changed"
                 ref = reference_id(n)
@@ -49,7 +50,7 @@ def write_users(path: str | Path, rows: int, *, seed: int = 42, start: int = 0,
                 if duplicate_every and i % duplicate_every == 2 and i > 2:
                     ref = reference_id(order[i - 1])
                 lines.append(f"{ref},{first.lower()}.{last.lower()}.{n}@example.com,"
-                             f"{first},{last},{_COUNTRIES[n % 10]},{plan}\n")
+                             f"{first},{last},{COUNTRIES[n % 10]},{plan}\n")
             out.write("".join(lines))
     return path
 

@@ -33,6 +33,8 @@ from typing import Any
 
 import orjson
 
+from nodes_import.cli.sample import COUNTRIES, FIRST_NAMES, LAST_NAMES, PLANS
+
 TOPIC = "soak-jobs-users"  # the job topic (jobs without jobId get ids derived from it)
 COLUMNS = ["reference_id", "email", "first_name", "last_name", "country", "plan", "note"]
 TYPES = ["USER", "ADMIN", "SERVICE"]  # node types; index 0 is the default
@@ -41,12 +43,6 @@ ABSENT, NO_METADATA = -2, -1  # GroupState.meta values besides a version (>= 0)
 BLANK, TOO_LONG, WRONG_WIDTH = -1, -2, -3
 REASONS = {BLANK: "blank reference_id", TOO_LONG: "reference_id longer than 255 characters",
            WRONG_WIDTH: f"expected {len(COLUMNS)} fields, got 3"}
-_FIRST = ["Ada", "Grace", "Alan", "Edsger", "Barbara", "Donald", "Frances", "Ken", "Radia",
-          "Tim", "Margaret", "Niklaus", "Leslie", "Anita", "Dennis", "Hedy"]
-_LAST = ["Lovelace", "Hopper", "Turing", "Dijkstra", "Liskov", "Knuth", "Allen", "Thompson",
-         "Perlman", "Berners-Lee", "Hamilton", "Wirth", "Lamport", "Borg", "Ritchie", "Lamarr"]
-_COUNTRIES = ["DE", "FR", "US", "GB", "IN", "BR", "JP", "NG", "SE", "CA"]
-_PLANS = ["free", "pro", "team", "enterprise"]
 # Mostly empty (the key is dropped from the metadata); some values every layer must
 # escape: a quote, a backslash, a comma, a tab, a newline inside a quoted cell, non-ASCII.
 _NOTES = ["", "", "", "", "", "", "", "", "", "", 'says "hi"', "back\\slash", "a,b",
@@ -64,10 +60,10 @@ def reference_id(n: int) -> str:
 
 def values(n: int, version: int) -> list[str]:
     """Key n's metadata cells at ``version`` (an empty cell is no key in the JSON)."""
-    return [f"u{n}.v{version}@example.com", _FIRST[(n + version) % 16],
-            _LAST[(n * 7 + version) % 16],
-            "" if (n + 3 * version) % 41 == 0 else _COUNTRIES[(n + version) % 10],
-            _PLANS[(n + version) % 4], _NOTES[(n * 13 + version) % len(_NOTES)]]
+    return [f"u{n}.v{version}@example.com", FIRST_NAMES[(n + version) % 16],
+            LAST_NAMES[(n * 7 + version) % 16],
+            "" if (n + 3 * version) % 41 == 0 else COUNTRIES[(n + version) % 10],
+            PLANS[(n + version) % 4], _NOTES[(n * 13 + version) % len(_NOTES)]]
 
 
 def metadata(n: int, version: int) -> dict[str, str]:
