@@ -14,7 +14,7 @@ from typing import Any
 
 import orjson
 
-from benchmarks import baselines, profile_import
+from benchmarks import baselines, dry_run, profile_import
 from benchmarks.harness import Result
 
 B_NAME = "B: COPY, 3 indexes"
@@ -149,8 +149,8 @@ def with_ratios(results: list[Result]) -> list[Result]:
     b = next((r for r in results if r.name == B_NAME), None)
     c = next((r for r in results if r.name == baselines.C_STAR_NAME and r.ok), None)
     for r in results:
-        if not r.ok or r.name == baselines.FLOOR_NAME:  # no database: not a load rate
-            continue
+        if not r.ok or r.name == baselines.FLOOR_NAME or r.kind == "dry-run":
+            continue  # no database: not a load rate
         if b and b.rows_per_s:
             r.ratio_b = round(r.rows_per_s / b.rows_per_s, 3)
         if c and c.rows_per_s:
@@ -257,6 +257,11 @@ def verdicts(results: list[Result]) -> list[dict[str, Any]]:
             keep = r.params["keep"]
             checks.append((f"{r.name}: >= {MIXED_KEEP_TARGET} of the rows/s alone", keep,
                            r.ok and keep is not None and keep >= MIXED_KEEP_TARGET))
+        elif r.kind == "dry-run" and r.rows >= 1_000_000:
+            ratio = r.params["wall_ratio"]
+            checks.append((f"{r.name}, {r.rows:,} rows: wall <= {dry_run.TARGET}x the client "
+                           f"floor's (CPU {r.params['cpu_ratio']}x)", ratio,
+                           ratio <= dry_run.TARGET))
         elif r.kind == "daemon" and r.params.get("small") and r.params.get("p50_ms") is not None:
             checks.append((f"{r.name}: median latency < {DAEMON_P50_TARGET_MS} ms",
                            r.params["p50_ms"], r.ok and r.params["p50_ms"] < DAEMON_P50_TARGET_MS))

@@ -12,6 +12,10 @@ the same server, from the same file (see README.md). Modes:
 - ``--daemon-only`` only the daemon steps (``--no-daemon``: everything but them);
 - ``--from-json PATH`` measure nothing: print a saved run (and chart it with ``--png``).
 
+The dry-run step (``benchmarks/dry_run.py``, issue 16; not with ``--daemon-only``):
+``import FILE --dry-run`` and the client floor taking turns on the scenarios' file (5 turns,
+3 with ``--quick``), judged on wall time at 1M rows or more.
+
 The daemon step (``benchmarks/daemon_burst.py``) runs ``nodes-import run`` on the same
 server with a local Tansu broker: 200 small jobs on 4 partitions (jobs/s, latency from
 produce to ``finished_at`` p50/p95), then 4 large file jobs produced at once (4 x 250,000
@@ -50,6 +54,7 @@ from benchmarks import (
     big_table,
     daemon_burst,
     daemons,
+    dry_run,
     generate,
     imports,
     mixed_load,
@@ -267,6 +272,11 @@ def measure(plan: Plan, info: dict[str, Any], results: list[Result],
     with BenchServer() as server:
         info["postgres"] = server.version()
         _loads(server, plan, results, step)
+        if not args.daemon_only:
+            step("import --dry-run against the client floor (issue 16)")
+            path = generate.ensure(args.data_dir, "new", plan.rows)
+            results.append(dry_run.result(dry_run.measure(path, plan.rows,
+                                                          3 if args.quick else 5)))
         if not args.no_daemon:
             step("daemon: small-job burst, large jobs at once")
             try:
