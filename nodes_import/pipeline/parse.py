@@ -205,7 +205,8 @@ class CsvReader:
         try:
             kind = pa.string() if as_text else pa.binary()
             reader = self._open(stream, invalid, {name: kind for name in self.header})
-            yield from _numbered(reader, invalid, self.header, self._batch_size, stream, as_text)
+            yield from _numbered(reader, invalid, self.header, self._batch_size, stream, as_text,
+                                 "the CSV")
         finally:
             stream.close()
 
@@ -233,14 +234,16 @@ def _utf8_fallback(batches: Callable[[bool], Iterator[RawBatch]]) -> Iterator[Ra
 
 
 def _numbered(reader: pacsv.CSVStreamingReader, invalid: list[InvalidRow], columns: list[str],
-              batch_size: int, stream: CountingStream, as_text: bool) -> Iterator[RawBatch]:
+              batch_size: int, stream: CountingStream, as_text: bool,
+              what: str) -> Iterator[RawBatch]:
     """The reader's rows in batches, numbered, with the invalid rows reported in order.
 
     ``invalid`` is the list the reader's invalid-row handler appends to while it parses.
-    Binary columns (``as_text`` false) are validated and turned into strings here.
+    Binary columns (``as_text`` false) are validated and turned into strings here. ``what``
+    names the file in a read error ("the CSV", "the ID file").
     """
     numbers = _RowNumbers(batch_size)
-    for table in _rebatch(_guarded(reader), batch_size):
+    for table in _rebatch(_guarded(reader, what), batch_size):
         numbers.pending.extend(invalid)
         invalid.clear()
         row_numbers, bad = numbers.take(table.num_rows)
@@ -321,8 +324,9 @@ def _line(row: dict[str, bytes | None]) -> str:
     return text.replace("\x00", "\\0")[:MAX_LINE_CHARS]
 
 
-def _guarded(reader: pacsv.CSVStreamingReader) -> Iterator[pa.RecordBatch]:
-    """The reader's blocks, with Arrow's read errors turned into ``SourceError``."""
+def _guarded(reader: pacsv.CSVStreamingReader, what: str) -> Iterator[pa.RecordBatch]:
+    """The reader's blocks, with Arrow's read errors turned into ``SourceError`` naming
+    ``what`` is read."""
     while True:
         try:
             yield reader.read_next_batch()
@@ -331,7 +335,7 @@ def _guarded(reader: pacsv.CSVStreamingReader) -> Iterator[pa.RecordBatch]:
         except SourceError:
             raise
         except (pa.ArrowInvalid, OSError) as exc:
-            raise _read_error("the CSV", exc) from exc
+            raise _read_error(what, exc) from exc
 
 
 _UTF8_MESSAGE = "invalid UTF-8 data"
@@ -392,7 +396,8 @@ class IdFileReader:
                     column_types={REFERENCE_ID: pa.string() if as_text else pa.binary()},
                     strings_can_be_null=False),
             )
-            yield from _numbered(reader, invalid, self.header, self._batch_size, stream, as_text)
+            yield from _numbered(reader, invalid, self.header, self._batch_size, stream, as_text,
+                                 "the ID file")
         except SourceError:
             raise
         except (pa.ArrowInvalid, OSError) as exc:

@@ -202,11 +202,12 @@ def test_an_id_line_that_splits_or_is_not_utf8_is_a_rejected_row_in_its_place(
     assert rows == [(1, "a"), (3, "d"), (5, "e")]
 
 
+@pytest.mark.parametrize("ahead", [0, 200_000])  # in the first block; well after it
 def test_an_id_file_with_a_line_over_the_block_size_is_refused_naming_the_id_file(
-        gz_csv: Callable) -> None:
-    path = gz_csv(b"b" * 300_000 + b"\na\n")  # in the first block: refused at open
+        gz_csv: Callable, ahead: int) -> None:
+    path = gz_csv(b"a\n" * ahead + b"b" * 300_000 + b"\nc\n")
     with pytest.raises(SourceError) as caught:
-        _ids(path)
+        _ids(path, batch_size=1000)  # with rows ahead: refused while reading, not at open
     assert str(caught.value) == ("cannot read the ID file: a row is larger than"
                                  " node.import.block-size-bytes")
 
