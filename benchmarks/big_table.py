@@ -18,6 +18,7 @@ After each measurement the bench group's rows are deleted and the tables vacuume
 next one starts from the same 20M rows. ``bin/bench --large`` runs it (``run.py``); alone::
 
     .venv/bin/python -m benchmarks.big_table --base-rows 20000000
+    .venv/bin/python -m benchmarks.big_table --batch-size 10000 --shared-buffers 1GB
 """
 
 from __future__ import annotations
@@ -137,13 +138,13 @@ def sizes(server: BenchServer) -> dict[str, Any]:
             **{name: round(int(size) / 2**20) for name, size in sorted(rows)}}
 
 
-def explain_batch(server: BenchServer, path: Path) -> str:
+def explain_batch(server: BenchServer, path: Path, rows: int = EXPLAIN_ROWS) -> str:
     """EXPLAIN (ANALYZE, BUFFERS, WAL) of the fresh import's statement for one writer's part
-    (the file's first ``EXPLAIN_ROWS`` rows) against the big table, rolled back."""
+    (the file's first ``rows`` rows) against the big table, rolled back."""
     cfg = ImportConfig()
     src = Source(str(path), allowed_roots=[str(path.parent)], max_file_bytes=cfg.max_file_bytes,
                  max_decompressed_bytes=cfg.max_decompressed_bytes)
-    reader = CsvReader(src, block_size=cfg.block_size_bytes, batch_size=EXPLAIN_ROWS,
+    reader = CsvReader(src, block_size=cfg.block_size_bytes, batch_size=rows,
                        max_columns=cfg.max_columns)
     batch = next(iter(reader.batches()))
     part = encode.encode_batch(batch, reader.header, 1)[0]
@@ -176,9 +177,10 @@ def _measured(server: BenchServer, results: list[Result], step: Callable[[], Res
     restore(server)
 
 
-def measure(server: BenchServer, data_dir: Path, rows: int,
-            base_rows: int = BASE_ROWS) -> tuple[list[Result], dict[str, Any]]:
-    """B, C★ and the three imports into the big tables; the plan and the sizes."""
+def measure(server: BenchServer, data_dir: Path, rows: int, base_rows: int = BASE_ROWS,
+            settings: dict[str, Any] | None = None) -> tuple[list[Result], dict[str, Any]]:
+    """B, C★ and the three imports into the big tables; the plan and the sizes.
+    ``settings``: the imports' (``batch_size=...``, as ``imports.import_once`` takes them)."""
     build_s = ensure_base(server, base_rows)
     restore(server)  # a run that stopped half-way left the bench group behind
     new = generate.ensure(data_dir, "new", rows)
@@ -190,13 +192,16 @@ def measure(server: BenchServer, data_dir: Path, rows: int,
                                                         dsn=dsn))
     _measured(server, results, lambda: baselines.copy_c_star(server, data, schema=SCHEMA,
                                                              dsn=dsn))
-    fresh = imports.import_once(server, SCHEMA, new, "fresh import", rows)
-    unchanged = imports.import_once(server, SCHEMA, new, "re-import unchanged", rows)
-    all_changed = imports.import_once(server, SCHEMA, changed, "re-import 100% changed", rows)
+    fresh = imports.import_once(server, SCHEMA, new, "fresh import", rows, settings=settings)
+    unchanged = imports.import_once(server, SCHEMA, new, "re-import unchanged", rows,
+                                    settings=settings)
+    all_changed = imports.import_once(server, SCHEMA, changed, "re-import 100% changed", rows,
+                                      settings=settings)
     results += [fresh, unchanged, all_changed]
     restore(server)
     info = {"base_rows": base_rows, "build_s": round(build_s, 1), "sizes": sizes(server),
-            "explain": explain_batch(server, new)}
+            "explain": explain_batch(server, new, (settings or {}).get(
+                "batch_size", 2 * EXPLAIN_ROWS) // 2)}
     b, c = results[0], results[1]
     for r in results:
         r.name += f" (into {base_rows / 1e6:g}M-row tables)"
@@ -212,9 +217,14 @@ def main() -> None:
     parser.add_argument("--base-rows", type=int, default=BASE_ROWS)
     parser.add_argument("--data-dir", type=Path, default=Path(
         os.environ.get("NODES_IMPORT_BENCH_DATA", "/tmp/nodes-import-bench")))
+    parser.add_argument("--batch-size", type=int, help="the imports' node.import.batch-size")
+    parser.add_argument("--shared-buffers", help="the server's shared_buffers (e.g. 1GB; "
+                        "default: PostgreSQL's 128MB)")
     args = parser.parse_args()
-    with BenchServer(keep=args.data_dir / "pg-big") as server:
-        results, info = measure(server, args.data_dir, args.rows, args.base_rows)
+    with BenchServer(keep=args.data_dir / "pg-big", shared_buffers=args.shared_buffers) \
+            as server:
+        results, info = measure(server, args.data_dir, args.rows, args.base_rows,
+                                {"batch_size": args.batch_size} if args.batch_size else None)
     for r in results:
         print(f"{r.name}: {r.seconds:.2f} s, {r.rows_per_s:,.0f} rows/s, x B {r.ratio_b}, "
               f"x C★ {r.ratio_cstar}, server CPU {r.server_cpu_s} s, WAL "

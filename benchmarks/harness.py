@@ -93,8 +93,11 @@ class BenchServer:
     """A private embedded PostgreSQL for one benchmark run. Use as a context manager."""
 
     def __init__(self, root: Path | None = None, *, autovacuum: bool = True,
-                 keep: Path | None = None) -> None:
+                 keep: Path | None = None, shared_buffers: str | None = None) -> None:
         self.autovacuum = autovacuum
+        # shared_buffers: the server's default (128MB) unless given; a kept cluster is reset
+        # to it, so a run asking for more does not leave it behind for the next one
+        self.shared_buffers = shared_buffers
         # keep: a data directory kept between runs (the big table's cached cluster)
         self.keep = keep
         self.root = keep or Path(tempfile.mkdtemp(prefix="nodes-import-bench-pg-", dir=root))
@@ -118,6 +121,9 @@ class BenchServer:
             for name, value in settings.items():
                 conn.execute(sql.SQL("ALTER SYSTEM SET {} = {}").format(
                     sql.Identifier(name), sql.Literal(value)))
+            conn.execute(sql.SQL("ALTER SYSTEM SET shared_buffers = {}").format(
+                sql.Literal(self.shared_buffers)) if self.shared_buffers
+                else sql.SQL("ALTER SYSTEM RESET shared_buffers"))
         self.restart()  # shared_preload_libraries needs one
         with psycopg.connect(self.dsn, autocommit=True) as conn:
             conn.execute("CREATE EXTENSION IF NOT EXISTS pg_stat_statements")
