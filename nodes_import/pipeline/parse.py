@@ -353,7 +353,7 @@ def _arrow_message(exc: BaseException) -> str:
     text = str(exc).strip()
     if "straddl" in text:
         return "a row is larger than node.import.block-size-bytes"
-    if "invalid UTF8" in text or "invalid utf8" in text.lower():
+    if "invalid utf8" in text.lower():
         return _UTF8_MESSAGE + " (" + text.splitlines()[0] + ")"
     return text.splitlines()[0] if text else type(exc).__name__
 

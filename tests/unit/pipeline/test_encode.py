@@ -66,6 +66,12 @@ def test_metadata_json_is_exactly_the_non_empty_cells(rows: list[tuple[str, str 
         assert orjson.loads(text) == expected
 
 
+def test_metadata_json_of_no_columns_is_a_null_string_per_row() -> None:
+    out = encode.metadata_json(pa.table({"reference_id": ["a", "b", "c"]}), [])
+    assert out.type == pa.string()
+    assert out.to_pylist() == [None, None, None]
+
+
 def test_rows_with_no_metadata_columns_carry_no_metadata() -> None:
     parts = encode.encode_batch(_batch({"reference_id": ["a", "b"]}), ["reference_id"], 1)
     assert encode.staged_columns(["reference_id"]) == ["row_number", "reference_id"]

@@ -8,9 +8,11 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
+import pyarrow as pa
 import pytest
 
 from nodes_import.errors import SourceError
+from nodes_import.pipeline import parse
 from nodes_import.pipeline.parse import CsvReader, IdFileReader
 from nodes_import.pipeline.source import Source
 
@@ -68,11 +70,26 @@ def test_a_bad_header_is_refused_with_a_clear_reason(gz_csv: Callable, content: 
         CsvReader(_source(gz_csv(content)), block_size=1 << 16, batch_size=10)
 
 
-def test_corrupt_gzip_is_a_source_error(gz_csv: Callable) -> None:
+def test_corrupt_gzip_is_a_source_error_and_is_not_read_again(gz_csv: Callable) -> None:
     data = gzip.compress(("reference_id\n" + "x\n" * 100000).encode())
     path = gz_csv(data[: len(data) // 2], compress=False)
-    with pytest.raises(SourceError):
+    with pytest.raises(SourceError) as caught:
         _read(path)
+    assert type(caught.value) is SourceError
+    assert str(caught.value).startswith("cannot decompress the file: ")
+
+
+def test_an_arrow_error_without_a_message_is_named_by_its_class() -> None:
+    assert parse._arrow_message(OSError()) == "OSError"
+    assert parse._arrow_message(OSError("first line\nsecond")) == "first line"
+
+
+@pytest.mark.parametrize("text", ["CSV conversion error to string: invalid UTF8 data",
+                                  "Invalid UTF8 payload", "invalid utf8 sequence"])
+def test_arrow_s_invalid_utf8_errors_are_recognised_in_any_case(text: str) -> None:
+    assert type(parse._read_error("the CSV", pa.ArrowInvalid(text))) is parse._NotUtf8
+    assert type(parse._read_error("the CSV", pa.ArrowInvalid(text), utf8_retry=False)) \
+        is SourceError
 
 
 def test_a_gzip_bomb_stops_at_the_decompressed_limit(gz_csv: Callable) -> None:
@@ -202,6 +219,14 @@ def test_an_id_line_that_splits_or_is_not_utf8_is_a_rejected_row_in_its_place(
     assert rows == [(1, "a"), (3, "d"), (5, "e")]
 
 
+def test_an_id_file_ending_in_rejected_lines_reports_them_after_its_last_id(
+        gz_csv: Callable) -> None:
+    rows, bad = _ids(gz_csv(b"a\nb\nc\x1fd\ne\x1ff\n"), batch_size=10)
+    assert rows == [(1, "a"), (2, "b")]
+    assert bad == [(3, "c\x1fd", "expected 1 fields, got 2"),
+                   (4, "e\x1ff", "expected 1 fields, got 2")]
+
+
 @pytest.mark.parametrize("ahead", [0, 200_000])  # in the first block; well after it
 def test_an_id_file_with_a_line_over_the_block_size_is_refused_naming_the_id_file(
         gz_csv: Callable, ahead: int) -> None:
@@ -210,6 +235,16 @@ def test_an_id_file_with_a_line_over_the_block_size_is_refused_naming_the_id_fil
         _ids(path, batch_size=1000)  # with rows ahead: refused while reading, not at open
     assert str(caught.value) == ("cannot read the ID file: a row is larger than"
                                  " node.import.block-size-bytes")
+    # only a value that is not UTF-8 makes the reader start again in binary (_NotUtf8):
+    # any other read error is refused as it is, the first time
+    assert type(caught.value) is SourceError
+
+
+def test_a_row_that_is_not_utf8_shows_its_empty_cells_as_empty_in_its_line(
+        gz_csv: Callable) -> None:
+    _, rows, bad = _read(gz_csv(b"reference_id,plan,note\nok,p,n\n\xffx,,n\n,\xfe,\n"))
+    assert rows == [(1, {"reference_id": "ok", "plan": "p", "note": "n"})]
+    assert bad == [(2, "\ufffdx,,n"), (3, ",\ufffd,")]
 
 
 @pytest.mark.parametrize("count", [1000, 1001])  # MAX_INVALID_LINES, and one more
