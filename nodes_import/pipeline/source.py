@@ -75,6 +75,7 @@ class CountingStream:
         self._decoded = decoded
         self._max = max_decompressed
         self.decompressed_bytes = 0
+        self._held = b""  # a carriage return held back from the last read (see read)
         self.closed = False
 
     @property
@@ -86,6 +87,31 @@ class CountingStream:
             return 0
 
     def read(self, size: int = -1) -> bytes:
+        """Up to ``size`` decompressed bytes (all with -1); b"" only at the end.
+
+        A chunk never ends in a carriage return unless the file does: the CR is held back
+        and starts the next chunk. Arrow's CSV reader (pyarrow <= 26, apache/arrow#51368)
+        drops the LF of a CRLF split between two of its blocks even inside a quoted value,
+        silently changing the value; its blocks are these reads, so none ends between the
+        CR and the LF. (A short read is allowed: Arrow takes what a read returns as a block.)
+        """
+        if size == 0:
+            return b""
+        if size == 1:  # too small to hold anything back (Arrow reads whole blocks)
+            chunk, self._held = self._held or self._read(1), b""
+            return chunk
+        chunk = self._held + self._read(size - len(self._held) if size > 0 else size)
+        while chunk == b"\r":  # the CR alone: read on, or the file ends there
+            more = self._read(size - 1 if size > 0 else size)
+            if not more:
+                break
+            chunk += more
+        self._held = b""
+        if len(chunk) > 1 and chunk.endswith(b"\r"):
+            chunk, self._held = chunk[:-1], b"\r"
+        return chunk
+
+    def _read(self, size: int) -> bytes:
         try:
             chunk = self._decoded.read(size if size >= 0 else None)
         except _INFLATE_ERRORS as exc:
@@ -107,7 +133,7 @@ class CountingStream:
         return False
 
     def tell(self) -> int:
-        return self.decompressed_bytes
+        return self.decompressed_bytes - len(self._held)
 
     def close(self) -> None:
         if not self.closed:

@@ -52,6 +52,76 @@ def test_rows_with_the_wrong_field_count_keep_their_place_in_the_numbering(
         assert sorted(bad) == [(n, f"r{n}") for n in range(7, 50, 7)]
 
 
+def test_batches_hold_exactly_batch_size_rows_whatever_the_blocks_and_count_bytes(
+        gz_csv: Callable) -> None:
+    path = gz_csv("reference_id,a\n" + "".join(f"r{n},{n}\n" for n in range(1, 5001)))
+    reader = CsvReader(_source(path), block_size=1 << 12, batch_size=700)  # ~300 rows a block
+    batches = list(reader.batches())
+    assert [b.table.num_rows for b in batches] == [700] * 7 + [100]
+    assert all(b.row_numbers.type == pa.int64() for b in batches)
+    assert pa.concat_arrays([b.row_numbers for b in batches]).to_pylist() == \
+        list(range(1, 5001))
+    assert batches[-1].bytes_read == path.stat().st_size
+
+
+def test_quoted_newlines_across_block_boundaries_stay_inside_their_values(
+        gz_csv: Callable) -> None:
+    # every row has quoted line breaks, so some fall on a 4 KiB block boundary
+    body = "".join(f'r{n},"x\ny\r\nz{n}\n"\n' for n in range(1, 3001))
+    reader = CsvReader(_source(gz_csv("reference_id,note\n" + body)), block_size=1 << 12,
+                       batch_size=1000)
+    rows = [r for b in reader.batches() for r in b.table.to_pylist()]
+    assert rows == [{"reference_id": f"r{n}", "note": f"x\ny\r\nz{n}\n"}
+                    for n in range(1, 3001)]
+
+
+def test_only_an_empty_cell_is_null_and_null_looking_text_is_kept(gz_csv: Callable) -> None:
+    _, rows, bad = _read(gz_csv('reference_id,a,b\nr1,NULL,N/A\nr2,"",NaN\nr3,,null\n'))
+    assert [r for _, r in rows] == [{"reference_id": "r1", "a": "NULL", "b": "N/A"},
+                                    {"reference_id": "r2", "a": None, "b": "NaN"},
+                                    {"reference_id": "r3", "a": None, "b": "null"}]
+    assert bad == []
+
+
+@pytest.mark.parametrize("columns, refused", [(1000, False), (1001, True)])
+def test_a_header_over_a_thousand_columns_is_refused_by_default(
+        gz_csv: Callable, columns: int, refused: bool) -> None:
+    header = ",".join(["reference_id"] + [f"c{n}" for n in range(1, columns)])
+    path = gz_csv(header + "\n" + "r" + "," * (columns - 1) + "\n")
+    if refused:
+        with pytest.raises(SourceError, match=r"1001 columns, over node\.import\.max-columns"):
+            CsvReader(_source(path), block_size=1 << 16, batch_size=10)
+    else:
+        assert len(CsvReader(_source(path), block_size=1 << 16, batch_size=10).header) == 1000
+
+
+@pytest.mark.parametrize("ahead", [0, 200_000])  # at open; well after the first block
+def test_a_csv_row_over_the_block_size_is_refused_naming_the_csv(
+        gz_csv: Callable, ahead: int) -> None:
+    path = gz_csv(b"reference_id,a\n" + b"r,1\n" * ahead + b"r," + b"b" * 300_000 + b"\n")
+    with pytest.raises(SourceError) as caught:
+        _read(path)
+    assert str(caught.value) == ("cannot read the CSV: a row is larger than"
+                                 " node.import.block-size-bytes")
+    assert type(caught.value) is SourceError
+
+
+def test_row_numbers_skip_rejected_rows_of_unknown_number_and_shift_past_the_others() -> None:
+    numbers = parse._RowNumbers(10)
+    unknown, third = (parse.InvalidRow(-1, "?", "r"), parse.InvalidRow(3, "x", "r"))
+    numbers.pending = [third, unknown]
+    got, taken = numbers.take(5)
+    assert got.to_pylist() == [1, 2, 4, 5, 6]
+    assert taken == [unknown, third]
+    later = parse.InvalidRow(9, "y", "r")
+    numbers.pending.append(later)
+    # a take of no rows takes only what lies before its start, and moves nothing
+    assert numbers.take(0)[1] == [] and numbers.pending == [later]
+    numbers.pending.insert(0, parse.InvalidRow(7, "z", "r"))
+    assert numbers.take(0)[1] == [] and len(numbers.pending) == 2
+    assert numbers.take(2)[0].to_pylist() == [8, 10]
+
+
 def test_plain_csv_is_accepted_and_gzip_is_found_by_magic_bytes(gz_csv: Callable) -> None:
     plain = gz_csv("reference_id\nx\n", name="plain.csv.gz", compress=False)
     zipped = gz_csv("reference_id\ny\n", name="zipped.csv", compress=True)

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import gzip
+import io
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from nodes_import.errors import SourceError
-from nodes_import.pipeline.source import Source
+from nodes_import.pipeline.source import CountingStream, Source
 
 BODY = b"reference_id\n" + b"".join(b"r%04d\n" % n for n in range(200))
 
@@ -75,3 +78,32 @@ def test_a_stream_closes_once_and_reads_as_a_plain_forward_file(tmp_path: Path) 
     stream.close()
     stream.close()  # again: nothing to do
     assert stream.closed is True
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.sampled_from([b"\r", b"\n", b"a", b'"']), max_size=300).map(b"".join),
+       st.lists(st.integers(min_value=-1, max_value=40), min_size=1, max_size=60).filter(any))
+def test_the_stream_never_ends_a_read_between_a_cr_and_what_follows(
+        data: bytes, sizes: list[int]) -> None:
+    """apache/arrow#51368: Arrow's CSV reader drops the LF of a CRLF split between two
+    blocks, inside quoted values too; its blocks are these reads."""
+    stream = CountingStream(io.BytesIO(data), io.BytesIO(data), 1 << 20)
+    chunks, turn = [], 0
+    while True:
+        size = sizes[turn % len(sizes)]
+        turn += 1
+        chunk = stream.read(size)
+        if size == 0:
+            assert chunk == b""
+            continue
+        if not chunk:
+            break
+        assert size < 0 or len(chunk) <= size
+        chunks.append(chunk)
+        assert stream.tell() == sum(map(len, chunks))
+    assert b"".join(chunks) == data  # nothing lost, nothing added, in order
+    assert stream.read(100) == b""
+    # no CRLF is split between two reads, but by a read of one byte
+    sized = [s for s in (sizes * 999)[:turn] if s]
+    for chunk, after, size in zip(chunks, chunks[1:], sized, strict=False):
+        assert not (chunk.endswith(b"\r") and after.startswith(b"\n")) or size == 1
