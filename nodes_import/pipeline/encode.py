@@ -131,9 +131,8 @@ def _has_controls(column: pa.Array | pa.ChunkedArray) -> bool:
 
 
 def _json_string_body(values: pa.Array | pa.ChunkedArray,
-                      scan: _Scan | None = None) -> pa.Array | pa.ChunkedArray:
-    """Escape string values for the inside of a JSON string literal."""
-    scan = scan or _scan(values)
+                      scan: _Scan) -> pa.Array | pa.ChunkedArray:
+    """Escape string values for the inside of a JSON string literal (``scan``: theirs)."""
     if scan.json_clean:
         return values  # the common case: plain text, five replace passes saved
     out = values
@@ -152,9 +151,8 @@ def _json_string_body(values: pa.Array | pa.ChunkedArray,
 
 
 def _copy_text(values: pa.Array | pa.ChunkedArray,
-               scan: _Scan | None = None) -> pa.Array | pa.ChunkedArray:
-    """Escape values for a COPY text-format field (nulls stay null)."""
-    scan = scan or _scan(values)
+               scan: _Scan) -> pa.Array | pa.ChunkedArray:
+    """Escape values for a COPY text-format field (nulls stay null; ``scan``: theirs)."""
     if scan.copy_clean:
         return values
     out = values

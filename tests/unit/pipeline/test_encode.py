@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import orjson
 import pyarrow as pa
+import pytest
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
@@ -64,6 +65,23 @@ def test_metadata_json_is_exactly_the_non_empty_cells(rows: list[tuple[str, str 
         if b:
             expected['q"uote\\'] = b
         assert orjson.loads(text) == expected
+
+
+@pytest.mark.parametrize("copy", [False, True])
+def test_text_that_looks_like_the_json_builder_s_own_fragments_is_kept(copy: bool) -> None:
+    values = ["{,", "a{,b{,", None, "{,{,}"]
+    table = pa.table({"reference_id": ["r1", "r2", "r3", "r4"], "{,": values,
+                      "b": ["x", None, None, "{,"]})
+    if copy:
+        part = encode.encode_batch(_batch({k: table.column(k).to_pylist()
+                                           for k in table.column_names}),
+                                   table.column_names, 1)[0]
+        texts = [row["metadata"] for row in _rows(part, ["row_number", "reference_id",
+                                                         "metadata"])]
+    else:
+        texts = encode.metadata_json(table, ["{,", "b"]).to_pylist()
+    assert [orjson.loads(text) for text in texts] == [
+        {"{,": "{,", "b": "x"}, {"{,": "a{,b{,"}, {}, {"{,": "{,{,}", "b": "{,"}]
 
 
 def test_metadata_json_of_no_columns_is_a_null_string_per_row() -> None:

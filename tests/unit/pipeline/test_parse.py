@@ -129,15 +129,35 @@ def test_plain_csv_is_accepted_and_gzip_is_found_by_magic_bytes(gz_csv: Callable
     assert _read(zipped)[1] == [(1, {"reference_id": "y"})]
 
 
+NAMES = [f"c{n}" for n in range(25)]
+
+
 @pytest.mark.parametrize("content, message", [
-    ("id,name\n1,a\n", "no 'reference_id' column"),
-    ("reference_id,a,a\n1,2,3\n", "repeats column name"),
-    ("reference_id,,b\n1,2,3\n", "empty column name"),
+    ("id,name\n1,a\n", "the CSV has no 'reference_id' column (header: ['id', 'name'])"),
+    (",".join(NAMES) + "\n", f"the CSV has no 'reference_id' column (header: {NAMES[:20]})"),
+    ("reference_id,a,a,b,b\n1,2,3,4,5\n",
+     "the CSV header repeats column name(s): a, b"),
+    ("reference_id,a,,b\n1,2,3,4\n",
+     "the CSV header has an empty column name at position 3"),
+    (b"reference_id,\xff\n1,2\n", "cannot read the CSV: the header is not valid UTF-8"),
 ])
-def test_a_bad_header_is_refused_with_a_clear_reason(gz_csv: Callable, content: str,
+def test_a_bad_header_is_refused_with_a_clear_reason(gz_csv: Callable, content: str | bytes,
                                                      message: str) -> None:
-    with pytest.raises(SourceError, match=message):
+    with pytest.raises(SourceError) as caught:
         CsvReader(_source(gz_csv(content)), block_size=1 << 16, batch_size=10)
+    assert str(caught.value) == message
+
+
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")  # pyarrow's
+def test_a_row_of_the_wrong_width_that_is_not_utf8_fails_the_file_naming_the_row(
+        gz_csv: Callable) -> None:
+    # pyarrow (<= 26) decodes a rejected row's text before our handler sees it and fails
+    # the read when it cannot (known-gaps.md): the file is refused, naming the row
+    path = gz_csv(b"reference_id,a\n" + b"r,1\n" * 5 + b"\xff,a,b\nq,2\n")
+    with pytest.raises(SourceError) as caught:
+        _read(path)
+    assert str(caught.value).startswith(
+        "cannot read the CSV: CSV parse error: Row #7: Expected 2 columns, got 3")
 
 
 def test_corrupt_gzip_is_a_source_error_and_is_not_read_again(gz_csv: Callable) -> None:
@@ -287,6 +307,12 @@ def test_an_id_line_that_splits_or_is_not_utf8_is_a_rejected_row_in_its_place(
     assert bad == [(2, "b\x1fc", "expected 1 fields, got 2"),
                    (4, "\ufffd\ufffd", "invalid UTF-8 in column 'reference_id'")]
     assert rows == [(1, "a"), (3, "d"), (5, "e")]
+
+
+def test_an_id_file_whose_first_line_splits_numbers_it_1(gz_csv: Callable) -> None:
+    rows, bad = _ids(gz_csv(b"a\x1fb\nc\n"), batch_size=10)
+    assert bad == [(1, "a\x1fb", "expected 1 fields, got 2")]
+    assert rows == [(2, "c")]
 
 
 def test_an_id_file_ending_in_rejected_lines_reports_them_after_its_last_id(
