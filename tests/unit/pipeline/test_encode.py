@@ -215,3 +215,20 @@ def test_huge_batches_are_joined_in_slices_with_the_same_bytes(monkeypatch) -> N
     (sliced,) = encode.encode_batch(batch, ["reference_id", "m"], 1)
     assert len(sliced.payload) > len(whole.payload) == 1
     assert sliced.payload_bytes == whole.payload_bytes
+
+
+@pytest.mark.parametrize("partitions", [1, 3])
+def test_lines_joined_in_slices_past_the_join_limit_are_the_same_lines(
+        monkeypatch: pytest.MonkeyPatch, partitions: int) -> None:
+    n = 300
+    columns: dict[str, list[str | None]] = {
+        "reference_id": [f"r{i}" for i in range(n)],
+        "type": ["T\t" if i % 7 else None for i in range(n)],
+        "plan": [f'p"{i}\\' if i % 3 else None for i in range(n)]}
+    whole = encode.encode_batch(_batch(columns), list(columns), partitions)
+    monkeypatch.setattr(encode, "MAX_JOIN_BYTES", 2_000)  # ~20 rows a slice, many chunks
+    sliced = encode.encode_batch(_batch(columns), list(columns), partitions)
+    assert len(sliced[0].payload) > 1  # the slices' lines stay separate chunks
+    assert [p.payload_bytes for p in sliced] == [p.payload_bytes for p in whole]
+    assert [(p.rows, p.last_row) for p in sliced] == \
+        [(p.rows, p.last_row) for p in whole]
