@@ -217,18 +217,31 @@ def test_huge_batches_are_joined_in_slices_with_the_same_bytes(monkeypatch) -> N
     assert sliced.payload_bytes == whole.payload_bytes
 
 
-@pytest.mark.parametrize("partitions", [1, 3])
-def test_lines_joined_in_slices_past_the_join_limit_are_the_same_lines(
-        monkeypatch: pytest.MonkeyPatch, partitions: int) -> None:
-    n = 300
-    columns: dict[str, list[str | None]] = {
-        "reference_id": [f"r{i}" for i in range(n)],
-        "type": ["T\t" if i % 7 else None for i in range(n)],
-        "plan": [f'p"{i}\\' if i % 3 else None for i in range(n)]}
-    whole = encode.encode_batch(_batch(columns), list(columns), partitions)
-    monkeypatch.setattr(encode, "MAX_JOIN_BYTES", 2_000)  # ~20 rows a slice, many chunks
-    sliced = encode.encode_batch(_batch(columns), list(columns), partitions)
-    assert len(sliced[0].payload) > 1  # the slices' lines stay separate chunks
-    assert [p.payload_bytes for p in sliced] == [p.payload_bytes for p in whole]
-    assert [(p.rows, p.last_row) for p in sliced] == \
-        [(p.rows, p.last_row) for p in whole]
+def test_each_rejected_row_travels_with_its_key_s_partition_and_parser_rows_once() -> None:
+    refs = [f"user-{n}" if n % 5 else f"user-{n}\x00" for n in range(60)]  # 12 NUL keys
+    invalid = [InvalidRow(61, "a,b", "expected 1 fields, got 2"),
+               InvalidRow(62, "c,d", "expected 1 fields, got 2")]
+    parts = encode.encode_batch(_batch({"reference_id": refs}, invalid), ["reference_id"], 3)
+    for part in parts:  # checkpoints are per partition: a resumed job skips a rejected
+        for r in part.rejected:  # row by its key's partition's checkpoint, as the others
+            if r.row_number <= 60:
+                assert _reference_partition(refs[r.row_number - 1], 3) == part.partition
+    rejected = sorted(r.row_number for part in parts for r in part.rejected)
+    assert rejected == [n + 1 for n in range(0, 60, 5)] + [61, 62]  # each once
+    assert [r.row_number for r in parts[0].rejected][-2:] == [61, 62]  # the parser's: part 0
+
+
+def test_a_partition_with_nothing_in_a_batch_reports_last_row_0() -> None:
+    refs = ["user-1"] * 3  # one key: one partition gets every row
+    parts = encode.encode_batch(_batch({"reference_id": refs}), ["reference_id"], 4)
+    assert sorted(p.last_row for p in parts) == [0, 0, 0, 3]
+
+
+@pytest.mark.parametrize("column", ["reference_id", "m"])
+def test_a_backslash_that_is_the_first_byte_of_a_column_is_escaped(column: str) -> None:
+    values = {"reference_id": ["r1", "r2"], "m": ["a", "b"]}
+    values[column] = ["\\" + values[column][0], values[column][1]]  # first byte: "\\"
+    (part,) = encode.encode_batch(_batch(values), ["reference_id", "m"], 1)
+    rows = _rows(part, ["row_number", "reference_id", "metadata"])
+    assert rows[0]["reference_id"] == values["reference_id"][0]
+    assert orjson.loads(rows[0]["metadata"] or "{}") == {"m": values["m"][0]}
