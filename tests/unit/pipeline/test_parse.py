@@ -317,10 +317,15 @@ def test_an_id_file_whose_first_line_splits_numbers_it_1(gz_csv: Callable) -> No
 
 def test_an_id_file_ending_in_rejected_lines_reports_them_after_its_last_id(
         gz_csv: Callable) -> None:
-    rows, bad = _ids(gz_csv(b"a\nb\nc\x1fd\ne\x1ff\n"), batch_size=10)
+    path = gz_csv(b"a\nb\nc\x1fd\ne\x1ff\n")
+    rows, bad = _ids(path, batch_size=10)
     assert rows == [(1, "a"), (2, "b")]
     assert bad == [(3, "c\x1fd", "expected 1 fields, got 2"),
                    (4, "e\x1ff", "expected 1 fields, got 2")]
+    *_, last = IdFileReader(_source(path), block_size=1 << 16, batch_size=10).batches()
+    assert last.table.num_rows == 0 and len(last.invalid) == 2  # a batch of them alone
+    assert last.row_numbers.type == pa.int64() and last.table.column_names == ["reference_id"]
+    assert last.bytes_read == path.stat().st_size  # progress: the whole file read
 
 
 @pytest.mark.parametrize("ahead", [0, 200_000])  # in the first block; well after it
