@@ -100,9 +100,10 @@ class CountingStream:
         if size == 1:  # too small to hold anything back (Arrow reads whole blocks)
             chunk, self._held = self._held or self._read(1), b""
             return chunk
-        chunk = self._held + self._read(size - len(self._held) if size > 0 else size)
+        # (a negative size, "all", stays negative)
+        chunk = self._held + self._read(size - len(self._held))
         while chunk == b"\r":  # the CR alone: read on, or the file ends there
-            more = self._read(size - 1 if size > 0 else size)
+            more = self._read(size - 1)
             if not more:
                 break
             chunk += more
@@ -112,10 +113,12 @@ class CountingStream:
         return chunk
 
     def _read(self, size: int) -> bytes:
+        """Up to ``size`` bytes from the decoder (a negative ``size``: all), counted."""
         try:
             chunk = self._decoded.read(size if size >= 0 else None)
         except _INFLATE_ERRORS as exc:
-            raise SourceError(f"cannot decompress the file: {exc or type(exc).__name__}") from exc
+            reason = str(exc) or type(exc).__name__  # EOFError() says nothing
+            raise SourceError(f"cannot decompress the file: {reason}") from exc
         self.decompressed_bytes += len(chunk)
         if self.decompressed_bytes > self._max:
             raise SourceError(

@@ -124,3 +124,42 @@ def test_the_stream_never_ends_a_read_between_a_cr_and_what_follows(
     sized = [s for s in (sizes * 999)[:turn] if s]
     for chunk, after, size in zip(chunks, chunks[1:], sized, strict=False):
         assert not (chunk.endswith(b"\r") and after.startswith(b"\n")) or size == 1
+
+
+class _Failing:
+    """A decoder whose every read fails with ``error``."""
+
+    def __init__(self, error: Exception) -> None:
+        self.error = error
+
+    def read(self, size: int | None = None) -> bytes:
+        raise self.error
+
+    def close(self) -> None:
+        pass
+
+
+@pytest.mark.parametrize("error, shown", [(EOFError(), "EOFError"),
+                                          (OSError("bad block"), "bad block")])
+def test_a_decoder_error_is_refused_naming_it(error: Exception, shown: str) -> None:
+    stream = CountingStream(io.BytesIO(b""), _Failing(error), 1 << 20)
+    with pytest.raises(SourceError) as caught:
+        stream.read(100)
+    assert str(caught.value) == f"cannot decompress the file: {shown}"
+
+
+def test_closing_a_gzip_stream_closes_the_stored_file_too(tmp_path: Path) -> None:
+    (tmp_path / "u.csv.gz").write_bytes(gzip.compress(BODY))
+    stream = _source(str(tmp_path / "u.csv.gz"), tmp_path).open()
+    raw = stream._raw
+    stream.close()
+    assert raw.closed and stream.closed
+
+
+def test_a_path_outside_the_roots_is_refused_naming_the_roots(tmp_path: Path) -> None:
+    roots = (str(tmp_path / "a"), str(tmp_path / "b"))
+    with pytest.raises(SourceError) as caught:
+        Source("/etc/passwd", allowed_roots=roots, max_file_bytes=1, max_decompressed_bytes=1)
+    assert str(caught.value) == ("refused to read /etc/passwd: not under an allowed root "
+                                 f"(node.import.allowed-roots: {roots[0]}, {roots[1]})")
+
