@@ -7,7 +7,7 @@ import io
 from pathlib import Path
 
 import pytest
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from nodes_import.errors import SourceError
@@ -99,6 +99,7 @@ class _ShortReads:
 @given(st.lists(st.sampled_from([b"\r", b"\n", b"a", b'"']), max_size=300).map(b"".join),
        st.lists(st.integers(min_value=-1, max_value=40), min_size=1, max_size=60).filter(any),
        st.lists(st.integers(min_value=1, max_value=5), min_size=1, max_size=10))
+@example(b"\r\n", [2], [1])  # the CR read alone by a short read: read on for the LF
 def test_the_stream_never_ends_a_read_between_a_cr_and_what_follows(
         data: bytes, sizes: list[int], short: list[int]) -> None:
     """apache/arrow#51368: Arrow's CSV reader drops the LF of a CRLF split between two
