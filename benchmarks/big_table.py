@@ -44,7 +44,6 @@ from nodes_import.store import batchwrite, connection
 SCHEMA = "big"
 BASE_ROWS = 20_000_000
 GROUP_ROWS = 2_000_000  # keys per group of the base rows
-EXPLAIN_ROWS = 17_500  # one writer's part of a default 35k-row batch
 
 # The base rows, server-side: reference IDs as generate.reference_id makes them.
 _FILL_NODES = """
@@ -138,10 +137,12 @@ def sizes(server: BenchServer) -> dict[str, Any]:
             **{name: round(int(size) / 2**20) for name, size in sorted(rows)}}
 
 
-def explain_batch(server: BenchServer, path: Path, rows: int = EXPLAIN_ROWS) -> str:
+def explain_batch(server: BenchServer, path: Path, batch_size: int | None = None) -> str:
     """EXPLAIN (ANALYZE, BUFFERS, WAL) of the fresh import's statement for one writer's part
-    (the file's first ``rows`` rows) against the big table, rolled back."""
+    of a batch (the file's first ``batch_size`` / writers rows; the default batch size
+    unless given) against the big table, rolled back."""
     cfg = ImportConfig()
+    rows = (batch_size or cfg.batch_size) // cfg.max_parallel_futures
     src = Source(str(path), allowed_roots=[str(path.parent)], max_file_bytes=cfg.max_file_bytes,
                  max_decompressed_bytes=cfg.max_decompressed_bytes)
     reader = CsvReader(src, block_size=cfg.block_size_bytes, batch_size=rows,
@@ -200,8 +201,7 @@ def measure(server: BenchServer, data_dir: Path, rows: int, base_rows: int = BAS
     results += [fresh, unchanged, all_changed]
     restore(server)
     info = {"base_rows": base_rows, "build_s": round(build_s, 1), "sizes": sizes(server),
-            "explain": explain_batch(server, new, (settings or {}).get(
-                "batch_size", 2 * EXPLAIN_ROWS) // 2)}
+            "explain": explain_batch(server, new, (settings or {}).get("batch_size"))}
     b, c = results[0], results[1]
     for r in results:
         r.name += f" (into {base_rows / 1e6:g}M-row tables)"
@@ -217,7 +217,7 @@ def main() -> None:
     parser.add_argument("--base-rows", type=int, default=BASE_ROWS)
     parser.add_argument("--data-dir", type=Path, default=Path(
         os.environ.get("NODES_IMPORT_BENCH_DATA", "/tmp/nodes-import-bench")))
-    parser.add_argument("--batch-size", type=int, help="the imports' node.import.batch-size")
+    parser.add_argument("--batch-size", type=int, help="the imports' node.import.batch.size")
     parser.add_argument("--shared-buffers", help="the server's shared_buffers (e.g. 1GB; "
                         "default: PostgreSQL's 128MB)")
     args = parser.parse_args()

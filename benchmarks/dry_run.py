@@ -16,7 +16,6 @@ Wall time is what the person waiting sees; CPU says what the second core pays fo
 from __future__ import annotations
 
 import argparse
-import compileall
 import os
 import statistics
 import sys
@@ -25,17 +24,16 @@ from typing import Any
 
 import orjson
 
-from benchmarks import baselines, generate
+from benchmarks import baselines, generate, imports
 from benchmarks.harness import Result, run_cli
 
-REPO = Path(__file__).resolve().parent.parent
 TARGET = 1.5  # issue 16: "no slower than the client floor x 1.5"
 
 
 def _dry_run(path: Path, rows: int) -> tuple[float, float]:
     """One dry run of ``path``: (wall s, CPU s); checks it read every row."""
     env = {"NODES_IMPORT_NODE_IMPORT_ALLOWED_ROOTS": str(path.parent),
-           "PYTHONPATH": str(REPO)}
+           "PYTHONPATH": str(imports.REPO)}
     wall, cpu, _rss, out = run_cli(["import", str(path), "--dry-run", "--json"], env)
     seen = orjson.loads(out.strip().splitlines()[-1])
     if seen["rows"] != rows:
@@ -85,9 +83,7 @@ def main() -> None:
     parser.add_argument("--data-dir", type=Path, default=Path(
         os.environ.get("NODES_IMPORT_BENCH_DATA", "/tmp/nodes-import-bench")))
     args = parser.parse_args()
-    # the package's bytecode, as pip writes it (see run.py): else where
-    # PYTHONDONTWRITEBYTECODE is set every dry run compiles the package again (~0.05 s)
-    compileall.compile_dir(str(REPO / "nodes_import"), quiet=1)
+    imports.compile_package()
     out = []
     for rows in args.rows or [1_000_000, 5_000_000]:
         path = generate.ensure(args.data_dir, "new", rows)

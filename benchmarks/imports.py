@@ -22,6 +22,7 @@ Run alone: ``python -m benchmarks.imports --rows 200000``.
 from __future__ import annotations
 
 import argparse
+import compileall
 import sys
 from datetime import datetime
 from pathlib import Path
@@ -33,6 +34,13 @@ from benchmarks import generate
 from benchmarks.harness import DOMAIN, GROUP, BenchServer, Result, meter, run_cli, settings_env
 
 REPO = Path(__file__).resolve().parent.parent
+
+
+def compile_package() -> None:
+    """The package's bytecode, as pip writes it when operators install: otherwise every
+    `nodes-import` run of a benchmark compiles the sources again where
+    PYTHONDONTWRITEBYTECODE is set (~0.05-0.07 s of client CPU a run here)."""
+    compileall.compile_dir(str(REPO / "nodes_import"), quiet=1)
 
 
 def engine_program(proposal: str | None) -> list[str] | None:

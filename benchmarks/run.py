@@ -36,7 +36,6 @@ ratios, verdicts, tables and the chart.
 from __future__ import annotations
 
 import argparse
-import compileall
 import os
 import platform
 import sys
@@ -346,10 +345,7 @@ def main(argv: list[str] | None = None) -> int:
           f"{args.data_dir}", file=sys.stderr)
     if args.daemon_only:
         args.no_sweep = args.no_profile = True
-    # The package's bytecode, as pip writes it when operators install: otherwise every
-    # `nodes-import` run of the suite compiles the sources again where
-    # PYTHONDONTWRITEBYTECODE is set (~0.07 s of client CPU a run here).
-    compileall.compile_dir(str(imports.REPO / "nodes_import"), quiet=1)
+    imports.compile_package()
     if not args.daemon_only:
         for variant in ("new", "changed10", "changed100", "ids"):
             generate.ensure(args.data_dir, variant, plan.rows)
